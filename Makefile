@@ -1,0 +1,42 @@
+# GeoSeg developer and user commands. `make test` and `make demo` run `make setup` first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
+PKG_FILES := __init__.py plugin.py metadata.txt resources.qrc LICENSE README.md core models algorithms ui icons
+export QT_QPA_PLATFORM ?= offscreen
+export GDAL_PAM_ENABLED ?= NO
+DEMO_OUT ?= demo_output
+
+.PHONY: setup test test-core demo bench lint compile package clean
+
+setup:
+	@bash scripts/setup.sh
+
+# Pure-core tests first (no QGIS in the process), then everything inside a real QGIS.
+test: setup
+	$(PY) -m pytest -p no:pytest_qgis -W ignore::pytest.PytestConfigWarning -m core -q
+	$(PY) -m pytest -m "not core" -q
+
+demo: setup
+	bash scripts/demo.sh $(DEMO_OUT)
+
+bench: setup
+	$(PY) -m benchmarks
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+compile: setup
+	pyrcc5 -o resources.py resources.qrc
+
+package: compile
+	rm -rf .build/package && mkdir -p .build/package/geoseg dist
+	cp -r $(PKG_FILES) resources.py .build/package/geoseg/
+	find .build/package -name '__pycache__' -type d -prune -exec rm -rf {} +
+	rm -f dist/geoseg-$(VERSION).zip
+	cd .build/package && zip -qr ../../dist/geoseg-$(VERSION).zip geoseg
+	@echo "built dist/geoseg-$(VERSION).zip"
+
+clean:
+	rm -rf .build dist resources.py .pytest_cache .ruff_cache $(DEMO_OUT)

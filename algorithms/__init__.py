@@ -1,0 +1,1 @@
+"""Processing provider `geoseg`: one algorithm per file, each thin over core/."""

@@ -1,0 +1,167 @@
+"""Windowed raster I/O with GDAL: the only place that reads source pixels or writes chips."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal, osr
+
+from .errors import GeoSegError
+from .grid import Window
+
+gdal.UseExceptions()
+osr.UseExceptions()
+
+MASK_NODATA = 255  # the ignore value of every mask GeoSeg writes
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What chip export and prediction need to know about a source raster."""
+
+    path: str
+    width: int
+    height: int
+    band_count: int
+    gdal_type: int
+    geotransform: tuple[float, ...]
+    wkt: str
+    nodata: tuple[float | None, ...]
+    per_dataset_mask: bool
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(DTYPES[self.gdal_type])
+
+    @property
+    def is_float(self) -> bool:
+        return self.gdal_type in (gdal.GDT_Float32, gdal.GDT_Float64)
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        return (abs(self.geotransform[1]), abs(self.geotransform[5]))
+
+    @property
+    def srs(self) -> osr.SpatialReference | None:
+        if not self.wkt:
+            return None
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(self.wkt)
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        return srs
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) of a north-up raster."""
+        gt = self.geotransform
+        x0, x1 = gt[0], gt[0] + gt[1] * self.width
+        y0, y1 = gt[3], gt[3] + gt[5] * self.height
+        return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def open_raster(path: str, what: str = "INPUT") -> gdal.Dataset:
+    """Open read-only with a message naming the parameter when GDAL cannot."""
+    if not path:
+        raise GeoSegError(f"{what}: no raster given.")
+    try:  # also GDAL connection strings (GPKG:file:table, NETCDF:"f":var, /vsizip/...)
+        ds = gdal.Open(path, gdal.GA_ReadOnly)
+    except RuntimeError as e:
+        if not os.path.exists(path) and ":" not in path:
+            raise GeoSegError(f"{what}: raster file not found: {path}") from None
+        raise GeoSegError(f"{what}: GDAL cannot open {path} as a raster ({e}).") from None
+    if ds is None or ds.RasterCount == 0:
+        raise GeoSegError(f"{what}: {path} holds no raster bands.")
+    return ds
+
+
+DTYPES = {
+    gdal.GDT_Byte: np.uint8, gdal.GDT_UInt16: np.uint16, gdal.GDT_Int16: np.int16,
+    gdal.GDT_UInt32: np.uint32, gdal.GDT_Int32: np.int32, gdal.GDT_Float32: np.float32,
+    gdal.GDT_Float64: np.float64,
+}
+
+
+def raster_info(ds: gdal.Dataset, path: str, what: str = "INPUT") -> RasterInfo:
+    """Describe `ds`; refuse what chips cannot represent (rotated grids, complex types)."""
+    gt = ds.GetGeoTransform(can_return_null=True)
+    if gt is None:
+        raise GeoSegError(f"{what}: {path} has no georeferencing (no geotransform).")
+    if gt[2] != 0 or gt[4] != 0:
+        raise GeoSegError(f"{what}: {path} is rotated or sheared; warp it to a north-up grid first.")
+    b1 = ds.GetRasterBand(1)
+    gtype = b1.DataType
+    if gtype not in DTYPES:
+        raise GeoSegError(
+            f"{what}: data type {gdal.GetDataTypeName(gtype)} is not supported "
+            "(use Byte, (U)Int16, (U)Int32, Float32 or Float64).")
+    nodata = []
+    for i in range(1, ds.RasterCount + 1):
+        band = ds.GetRasterBand(i)
+        if band.DataType != gtype:
+            raise GeoSegError(f"{what}: bands have different data types; all must be "
+                              f"{gdal.GetDataTypeName(gtype)}.")
+        nodata.append(band.GetNoDataValue())
+    flags = b1.GetMaskFlags()
+    per_dataset = bool(flags & gdal.GMF_PER_DATASET) and not bool(flags & gdal.GMF_NODATA)
+    return RasterInfo(path, ds.RasterXSize, ds.RasterYSize, ds.RasterCount, gtype, tuple(gt),
+                      ds.GetProjection() or "", tuple(nodata), per_dataset)
+
+
+def read_window(ds: gdal.Dataset, info: RasterInfo, win: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Read all bands of `win`, padded to the chip size.
+
+    Returns (pixels [bands, h, w], valid [h, w] bool). A pixel is invalid when any band is
+    nodata (or NaN), when the dataset mask says so, or when it is padding.
+    """
+    data = ds.ReadAsArray(win.xoff, win.yoff, win.width, win.height)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    valid = np.ones((win.height, win.width), dtype=bool)
+    for b, nd in enumerate(info.nodata):
+        if nd is not None:
+            if np.isnan(nd):
+                valid &= ~np.isnan(data[b])
+            else:
+                valid &= data[b] != nd
+    if info.is_float:
+        valid &= ~np.isnan(data).any(axis=0)
+    if info.per_dataset_mask:
+        m = ds.GetRasterBand(1).GetMaskBand().ReadAsArray(win.xoff, win.yoff, win.width, win.height)
+        valid &= m > 0
+    if win.pad_x or win.pad_y:
+        fill = info.nodata[0] if info.nodata[0] is not None else 0
+        data = np.pad(data, ((0, 0), (0, win.pad_y), (0, win.pad_x)), constant_values=fill)
+        valid = np.pad(valid, ((0, win.pad_y), (0, win.pad_x)), constant_values=False)
+    return data, valid
+
+
+def window_geotransform(gt: tuple[float, ...], win: Window) -> tuple[float, ...]:
+    """Geotransform of a chip whose top-left pixel is (win.xoff, win.yoff) of the source."""
+    return (gt[0] + win.xoff * gt[1] + win.yoff * gt[2], gt[1], gt[2],
+            gt[3] + win.xoff * gt[4] + win.yoff * gt[5], gt[4], gt[5])
+
+
+_GTIFF = None
+
+
+def write_geotiff(path: str, array: np.ndarray, gt: tuple[float, ...], wkt: str,
+                  gdal_type: int, nodata: float | None) -> None:
+    """Write a small [bands, h, w] (or [h, w]) array as a GeoTIFF chip."""
+    global _GTIFF
+    if _GTIFF is None:
+        _GTIFF = gdal.GetDriverByName("GTiff")
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    bands, h, w = array.shape
+    ds = _GTIFF.Create(path, w, h, bands, gdal_type)
+    ds.SetGeoTransform(gt)
+    if wkt:
+        ds.SetProjection(wkt)
+    for i in range(bands):
+        band = ds.GetRasterBand(i + 1)
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+        band.WriteArray(array[i])
+    ds = None  # flush and close

@@ -1,0 +1,43 @@
+"""Streaming per-band statistics: each chip contributes (count, mean, M2) and the totals are
+merged exactly (Chan et al.), so the dataset mean/std can be taken over any subset of chips
+(the training split) without a second pass over the pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-band pixel count, mean and sum of squared deviations of one chip."""
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @staticmethod
+    def of(pixels: np.ndarray, valid: np.ndarray) -> Moments:
+        """`pixels` [bands, h, w]; only `valid` [h, w] pixels count."""
+        x = pixels[:, valid].astype(np.float64)
+        n = x.shape[1]
+        if n == 0:
+            z = np.zeros(pixels.shape[0])
+            return Moments(0, z, z)
+        mean = x.mean(axis=1)
+        m2 = ((x - mean[:, None]) ** 2).sum(axis=1)
+        return Moments(n, mean, m2)
+
+
+def merge(parts: list[Moments], bands: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and population std per band over all parts, and the pixel count."""
+    parts = [p for p in parts if p.count]
+    if not parts:
+        return np.zeros(bands), np.ones(bands), 0
+    n = np.array([p.count for p in parts], dtype=np.float64)
+    means = np.stack([p.mean for p in parts])
+    total = n.sum()
+    mean = (n[:, None] * means).sum(axis=0) / total
+    m2 = np.stack([p.m2 for p in parts]).sum(axis=0) + (n[:, None] * (means - mean) ** 2).sum(axis=0)
+    return mean, np.sqrt(m2 / total), int(total)

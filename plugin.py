@@ -1,0 +1,101 @@
+"""Plugin wiring only: menu, toolbar, Processing provider. Dialogs are imported when opened."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction, QMenu
+
+HERE = os.path.dirname(__file__)
+
+
+def icon(name: str) -> QIcon:
+    return QIcon(os.path.join(HERE, "icons", name))
+
+
+class GeoSegPlugin:
+    """Created by classFactory; QGIS calls initGui()/unload()."""
+
+    MENU_OBJECT = "mGeoSegMenu"
+    TOOLBAR_OBJECT = "mGeoSegToolBar"
+
+    def __init__(self, iface) -> None:
+        self.iface = iface
+        self.provider = None
+        self.menu: QMenu | None = None
+        self.toolbar = None
+        self.actions: list[QAction] = []
+        self.dialogs: dict[str, object] = {}
+        self.log_handler = None
+
+    def initProcessing(self) -> None:
+        from .algorithms.provider import GeoSegProvider
+
+        self.provider = GeoSegProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self) -> None:
+        from .ui import log
+
+        self.log_handler = log.install()
+        self.initProcessing()
+        window = self.iface.mainWindow()
+        bar = window.menuBar()
+        self.menu = QMenu("&GeoSeg", bar)
+        self.menu.setObjectName(self.MENU_OBJECT)
+        help_menu = next((a for a in bar.actions() if a.menu() and a.menu().objectName() == "mHelpMenu"), None)
+        bar.insertMenu(help_menu, self.menu) if help_menu else bar.addMenu(self.menu)
+        self.toolbar = self.iface.addToolBar("GeoSeg")
+        self.toolbar.setObjectName(self.TOOLBAR_OBJECT)
+        self._add_action("Export training chips…", "export_chips.svg", self.open_export_dialog)
+
+    def _add_action(self, text: str, icon_name: str, slot: Callable[[], None]) -> QAction:
+        action = QAction(icon(icon_name), text, self.iface.mainWindow())
+        action.triggered.connect(slot)
+        self.menu.addAction(action)
+        self.toolbar.addAction(action)
+        self.actions.append(action)
+        return action
+
+    def open_export_dialog(self) -> None:
+        self._show("export", "ExportChipsDialog")
+
+    def _show(self, key: str, class_name: str) -> None:
+        """Import the dialog module on first use and keep one instance per session."""
+        dlg = self.dialogs.get(key)
+        if dlg is None:
+            from .ui import export_dialog
+
+            dlg = getattr(export_dialog, class_name)(self.iface, self.iface.mainWindow())
+            self.dialogs[key] = dlg
+        dlg.show()
+        dlg.raise_()
+        dlg.activateWindow()
+
+    def unload(self) -> None:
+        from .ui import log
+
+        for dlg in self.dialogs.values():
+            dlg.close()
+            dlg.deleteLater()
+        self.dialogs.clear()
+        for action in self.actions:
+            action.deleteLater()
+        self.actions.clear()
+        if self.menu is not None:
+            self.menu.menuAction().setVisible(False)
+            self.iface.mainWindow().menuBar().removeAction(self.menu.menuAction())
+            self.menu.deleteLater()
+            self.menu = None
+        if self.toolbar is not None:
+            self.iface.mainWindow().removeToolBar(self.toolbar)
+            self.toolbar.deleteLater()
+            self.toolbar = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+        log.uninstall(self.log_handler)
+        self.log_handler = None

@@ -1,0 +1,1 @@
+"""Qt dialogs, QgsTask wrappers and layer styling: thin over core/."""

@@ -1,0 +1,51 @@
+"""QgsTask wrapper for core entry points (Deepness/BaseTask discipline).
+
+`run()` executes the core function on a worker thread, catching every exception into
+`self.error`; progress doubles as a cancel point. GUI work happens only in `finished()`,
+on the main thread, through the callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from qgis.core import QgsTask
+
+from ..core.errors import Cancelled, GeoSegError
+
+LOG = logging.getLogger("geoseg")
+
+
+class CoreTask(QgsTask):
+    def __init__(self, description: str, func: Callable[..., Any], params: Any,
+                 on_success: Callable[[Any], None], on_error: Callable[[str], None]) -> None:
+        super().__init__(description, QgsTask.CanCancel)
+        self.func = func
+        self.params = params
+        self.on_success = on_success
+        self.on_error = on_error
+        self.result: Any = None
+        self.error: str | None = None
+
+    def run(self) -> bool:
+        try:
+            self.result = self.func(self.params, progress=lambda f: self.setProgress(100.0 * f),
+                                    cancelled=self.isCanceled)
+            return True
+        except Cancelled as e:
+            self.error = str(e)
+        except GeoSegError as e:
+            self.error = str(e)
+        except Exception as e:  # noqa: BLE001  (a worker must never raise into QGIS)
+            self.error = f"Unexpected error: {e}"
+            LOG.error("%s failed:\n%s", self.description(), traceback.format_exc())
+        return False
+
+    def finished(self, ok: bool) -> None:
+        if ok:
+            self.on_success(self.result)
+        else:
+            self.on_error(self.error or str(Cancelled()))
