@@ -142,9 +142,13 @@ def export_chips(p: ExportParams, progress: Progress = lambda f: None,
             for sub in subdirs:
                 os.makedirs(os.path.join(stage, kind, sub), exist_ok=True)
         n = len(grid)
+        row = None
         for i, win in enumerate(grid):
             if cancelled():
                 raise Cancelled()
+            if win.yoff != row:  # blocks of finished rows are not read again: keep the cache to one row
+                ds.FlushCache()
+                row = win.yoff
             rec = _export_one(ds, info, labels, win, p, stage, img_nodata, values, skipped)
             if rec is not None:
                 records.append(rec)

@@ -11,11 +11,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Moments:
-    """Per-band pixel count, mean and sum of squared deviations of one chip."""
+    """Per-band pixel count, mean and sum of squared deviations of one chip.
+
+    Plain floats, not numpy arrays: thousands of long-lived tiny array buffers interleaved
+    with each chip's large temporaries fragment the C heap, so memory grew with the number
+    of chips (measured: ~170 kB per chip); Python floats live in Python's own arenas.
+    """
 
     count: int
-    mean: np.ndarray
-    m2: np.ndarray
+    mean: tuple[float, ...]
+    m2: tuple[float, ...]
 
     @staticmethod
     def of(pixels: np.ndarray, valid: np.ndarray) -> Moments:
@@ -23,11 +28,11 @@ class Moments:
         x = pixels[:, valid].astype(np.float64)
         n = x.shape[1]
         if n == 0:
-            z = np.zeros(pixels.shape[0])
+            z = (0.0,) * pixels.shape[0]
             return Moments(0, z, z)
         mean = x.mean(axis=1)
         m2 = ((x - mean[:, None]) ** 2).sum(axis=1)
-        return Moments(n, mean, m2)
+        return Moments(n, tuple(mean.tolist()), tuple(m2.tolist()))
 
 
 def merge(parts: list[Moments], bands: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -36,8 +41,8 @@ def merge(parts: list[Moments], bands: int) -> tuple[np.ndarray, np.ndarray, int
     if not parts:
         return np.zeros(bands), np.ones(bands), 0
     n = np.array([p.count for p in parts], dtype=np.float64)
-    means = np.stack([p.mean for p in parts])
+    means = np.array([p.mean for p in parts])
     total = n.sum()
     mean = (n[:, None] * means).sum(axis=0) / total
-    m2 = np.stack([p.m2 for p in parts]).sum(axis=0) + (n[:, None] * (means - mean) ** 2).sum(axis=0)
+    m2 = np.array([p.m2 for p in parts]).sum(axis=0) + (n[:, None] * (means - mean) ** 2).sum(axis=0)
     return mean, np.sqrt(m2 / total), int(total)

@@ -56,15 +56,26 @@ def rect(x0: float, y0: float, x1: float, y1: float) -> str:
     return f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"
 
 
+def reproject(wkt: str, src_epsg: int = UTM, dst_epsg: int = 4326) -> str:
+    """`wkt` given in `src_epsg`, as WKT in `dst_epsg`."""
+    g = ogr.CreateGeometryFromWkt(wkt)
+    g.Transform(osr.CoordinateTransformation(srs(src_epsg), srs(dst_epsg)))
+    return g.ExportToWkt()
+
+
 def make_vector(path: str, features: list[tuple[str, object]], *, src_epsg: int = UTM,
                 dst_epsg: int | None = 4326, field: str = "cls", field_type: int = ogr.OFTInteger,
-                geom_type: int = ogr.wkbPolygon, layer: str = "labels") -> str:
-    """Features given as (WKT in `src_epsg`, field value), stored reprojected to `dst_epsg`."""
+                geom_type: int = ogr.wkbPolygon, layer: str = "labels",
+                names: dict[object, str] | None = None, name_field: str = "name") -> str:
+    """Features given as (WKT in `src_epsg`, field value), stored reprojected to `dst_epsg`.
+    With `names` (field value → text) a second, string field `name_field` holds each value's name."""
     out_srs = srs(dst_epsg) if dst_epsg else None
     ct = osr.CoordinateTransformation(srs(src_epsg), out_srs) if dst_epsg and dst_epsg != src_epsg else None
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
     lyr = ds.CreateLayer(layer, out_srs, geom_type)
     lyr.CreateField(ogr.FieldDefn(field, field_type))
+    if names is not None:
+        lyr.CreateField(ogr.FieldDefn(name_field, ogr.OFTString))
     for wkt, value in features:
         g = ogr.CreateGeometryFromWkt(wkt)
         if ct is not None:
@@ -72,6 +83,8 @@ def make_vector(path: str, features: list[tuple[str, object]], *, src_epsg: int 
         f = ogr.Feature(lyr.GetLayerDefn())
         if value is not None:
             f.SetField(field, value)
+        if names is not None and value in names:
+            f.SetField(name_field, names[value])
         f.SetGeometry(g)
         lyr.CreateFeature(f)
     ds = None

@@ -6,9 +6,8 @@ import json
 import os
 import time
 
-import numpy as np
 import pytest
-from osgeo import gdal, ogr, osr
+from osgeo import gdal, ogr
 from qgis.core import (
     Qgis,
     QgsFeature,
@@ -25,82 +24,42 @@ from geoseg.core.chips import ExportParams
 from geoseg.core.errors import GeoSegError
 from geoseg.ui.export_dialog import SETTINGS_PREFIX, ExportChipsDialog, index_path_for
 
-gdal.UseExceptions()
-ogr.UseExceptions()
+from helpers import make_raster, make_vector, reproject, utm_box
 
-ORIGIN = (500000.0, 5300000.0)  # upper-left corner, EPSG:32633
-PIXEL = 2.0
 WIDGETS = ("inputLayer", "labelsLayer", "classField", "nameField", "chipSize", "strideX", "strideY",
            "mode", "background", "maxNodata", "validationFraction", "splitMethod", "blockSize", "seed",
            "outputDir", "indexCheck", "progress", "runButton", "cancelButton", "messageLabel")
 
 
 # ---------------------------------------------------------------- data helpers
-def _srs(epsg: int) -> osr.SpatialReference:
-    s = osr.SpatialReference()
-    s.ImportFromEPSG(epsg)
-    s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return s
+# Label polygons in pixel coordinates of the test raster (EPSG:32633, 2 m grid), stored in
+# EPSG:4326 with an integer 'cls' and a text 'name' field.
+LABELS = [(utm_box(5, 5, 40, 30), 1), (utm_box(60, 40, 110, 85), 2), (utm_box(20, 50, 45, 80), 3)]
+NAMES = {1: "water", 2: "forest", 3: "urban"}
+WIDE = [(utm_box(0, 0, 1500, 1500), 1)]  # for the 2000 x 2000 px raster
 
 
-def make_raster(path: str, width: int = 120, height: int = 90, bands: int = 3,
-                dtype: int = gdal.GDT_UInt16) -> str:
-    """Random raster on a 2 m grid in EPSG:32633, nodata 0 (values never 0)."""
-    rng = np.random.default_rng(0)
-    ds = gdal.GetDriverByName("GTiff").Create(path, width, height, bands, dtype)
-    ds.SetGeoTransform((ORIGIN[0], PIXEL, 0, ORIGIN[1], 0, -PIXEL))
-    ds.SetProjection(_srs(32633).ExportToWkt())
-    top = 250 if dtype == gdal.GDT_Byte else 60000
-    for b in range(bands):
-        band = ds.GetRasterBand(b + 1)
-        band.SetNoDataValue(0)
-        band.WriteArray(rng.integers(1, top, (height, width)))
-    ds = None
-    return path
+def raster_layer(path: str, width: int = 120, height: int = 90, bands: int = 3,
+                 dtype: int = gdal.GDT_UInt16) -> QgsRasterLayer:
+    """Random raster (nodata 0, values never 0) added to the project."""
+    make_raster(path, width, height, bands=bands, dtype=dtype)
+    return add(QgsRasterLayer(path, os.path.splitext(os.path.basename(path))[0], "gdal"))
 
 
-def utm_rect(px0: int, py0: int, px1: int, py1: int) -> str:
-    """WKT rectangle given in pixel coordinates of the test raster, in EPSG:32633."""
-    x0, x1 = ORIGIN[0] + px0 * PIXEL, ORIGIN[0] + px1 * PIXEL
-    y0, y1 = ORIGIN[1] - py1 * PIXEL, ORIGIN[1] - py0 * PIXEL
-    return f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"
-
-
-LABELS = [(utm_rect(5, 5, 40, 30), 1, "water"), (utm_rect(60, 40, 110, 85), 2, "forest"),
-          (utm_rect(20, 50, 45, 80), 3, "urban")]
-WIDE = [(utm_rect(0, 0, 1500, 1500), 1, "a")]  # for the 2000 x 2000 px raster
-
-
-def to_wgs84(wkt: str) -> str:
-    g = ogr.CreateGeometryFromWkt(wkt)
-    g.Transform(osr.CoordinateTransformation(_srs(32633), _srs(4326)))
-    return g.ExportToWkt()
-
-
-def make_labels(path: str, features=LABELS) -> str:
-    """GeoPackage layer 'labels' in EPSG:4326 with an integer 'cls' and a text 'name' field."""
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
-    lyr = ds.CreateLayer("labels", _srs(4326), ogr.wkbPolygon)
-    lyr.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger))
-    lyr.CreateField(ogr.FieldDefn("name", ogr.OFTString))
-    for wkt, value, name in features:
-        f = ogr.Feature(lyr.GetLayerDefn())
-        f.SetField("cls", value)
-        f.SetField("name", name)
-        f.SetGeometry(ogr.CreateGeometryFromWkt(to_wgs84(wkt)))
-        lyr.CreateFeature(f)
-    ds = None
-    return path
+def labels_layer(path: str, features=LABELS, names=NAMES, uri_suffix: str = "") -> QgsVectorLayer:
+    """GeoPackage label layer added to the project."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    return add(QgsVectorLayer(make_vector(path, features, names=names) + uri_suffix, name, "ogr"))
 
 
 def memory_labels() -> QgsVectorLayer:
     layer = QgsVectorLayer("Polygon?crs=EPSG:4326&field=cls:integer&field=name:string(20)",
                            "memory labels", "memory")
     feats = []
-    for wkt, value, name in LABELS:
+    for wkt, value in LABELS:
         f = QgsFeature(layer.fields())
-        f.setAttributes([value, name])
-        f.setGeometry(QgsGeometry.fromWkt(to_wgs84(wkt)))
+        f.setAttributes([value, NAMES[value]])
+        f.setGeometry(QgsGeometry.fromWkt(reproject(wkt)))
         feats.append(f)
     assert layer.dataProvider().addFeatures(feats)[0]
     layer.updateExtents()
@@ -141,9 +100,8 @@ def clean_settings():
 
 @pytest.fixture()
 def layers(tmp_path, qgis_new_project):
-    raster = add(QgsRasterLayer(make_raster(str(tmp_path / "img.tif")), "img", "gdal"))
-    labels = add(QgsVectorLayer(make_labels(str(tmp_path / "labels.gpkg")) + "|layername=labels",
-                                "labels", "ogr"))
+    raster = raster_layer(str(tmp_path / "img.tif"))
+    labels = labels_layer(str(tmp_path / "labels.gpkg"), uri_suffix="|layername=labels")
     return raster, labels
 
 
@@ -164,6 +122,30 @@ def setup(dlg: ExportChipsDialog, raster, labels, out: str) -> None:
     dlg.classField.setField("cls")
     dlg.chipSize.setValue(32)
     dlg.outputDir.setFilePath(out)
+
+
+def set_widgets(dlg: ExportChipsDialog, **values) -> None:
+    """Set widgets by name, in order: text → field combo, bool → check box, int → combo index
+    (combo boxes) or value (spin boxes)."""
+    for name, value in values.items():
+        widget = getattr(dlg, name)
+        if isinstance(value, str):
+            widget.setField(value)
+        elif isinstance(value, bool):
+            widget.setChecked(value)
+        elif hasattr(widget, "setCurrentIndex"):
+            widget.setCurrentIndex(value)
+        else:
+            widget.setValue(value)
+
+
+def setup_big(dlg: ExportChipsDialog, tmp_path, out_name: str):
+    """A 2000 x 2000 px export (slow enough to cancel) into tmp_path / out_name, returned."""
+    big = raster_layer(str(tmp_path / "big.tif"), 2000, 2000, 1, gdal.GDT_Byte)
+    labels = labels_layer(str(tmp_path / "wide.gpkg"), WIDE, {1: "a"})
+    out = tmp_path / out_name
+    setup(dlg, big, labels, str(out))
+    return out
 
 
 # ---------------------------------------------------------------- tests
@@ -199,15 +181,8 @@ def test_params_maps_widgets(layers, dialog, tmp_path):
     raster, labels = layers
     out = str(tmp_path / "chips")
     setup(dialog, raster, labels, out)
-    dialog.nameField.setField("name")
-    dialog.strideX.setValue(16)
-    dialog.mode.setCurrentIndex(2)
-    dialog.background.setValue(7)
-    dialog.maxNodata.setValue(0.5)
-    dialog.validationFraction.setValue(0.3)
-    dialog.splitMethod.setCurrentIndex(1)
-    dialog.blockSize.setValue(64)
-    dialog.seed.setValue(42)
+    set_widgets(dialog, nameField="name", strideX=16, mode=2, background=7, maxNodata=0.5,
+                validationFraction=0.3, splitMethod=1, blockSize=64, seed=42)
     p = dialog.params()
     assert p == ExportParams(
         input_path=raster.source(), labels_path=f"{tmp_path / 'labels.gpkg'}|layername=labels",
@@ -215,11 +190,7 @@ def test_params_maps_widgets(layers, dialog, tmp_path):
         mode="divided", background=7, max_nodata_fraction=0.5, validation_fraction=0.3,
         split_method="blocks", block_size=64, seed=42, index_path=str(tmp_path / "chips_index.gpkg"))
 
-    dialog.classField.setField("")
-    dialog.mode.setCurrentIndex(1)
-    dialog.splitMethod.setCurrentIndex(0)
-    dialog.blockSize.setValue(0)
-    dialog.indexCheck.setChecked(False)
+    set_widgets(dialog, classField="", mode=1, splitMethod=0, blockSize=0, indexCheck=False)
     p = dialog.params()
     assert (p.class_field, p.mode, p.split_method, p.block_size, p.index_path) == (
         None, "positive", "random", None, None)
@@ -316,8 +287,7 @@ def test_memory_layer_labels(layers, dialog, tmp_path, qgis_app):
 
 def test_core_error_is_reported(layers, dialog, tmp_path, qgis_app, qgis_iface):
     raster, _ = layers
-    far = [(utm_rect(5000, 5000, 5010, 5010), 1, "far")]
-    labels = add(QgsVectorLayer(make_labels(str(tmp_path / "far.gpkg"), far), "far", "ogr"))
+    labels = labels_layer(str(tmp_path / "far.gpkg"), [(utm_box(5000, 5000, 5010, 5010), 1)], {1: "far"})
     out = tmp_path / "never"
     setup(dialog, raster, labels, str(out))
     n_critical = len(qgis_iface.messageBar().get_messages(Qgis.Critical))
@@ -333,11 +303,7 @@ def test_core_error_is_reported(layers, dialog, tmp_path, qgis_app, qgis_iface):
 
 
 def test_cancel_leaves_nothing_behind(tmp_path, qgis_new_project, dialog, qgis_app, qgis_iface):
-    big = add(QgsRasterLayer(make_raster(str(tmp_path / "big.tif"), 2000, 2000, 1, gdal.GDT_Byte),
-                             "big", "gdal"))
-    labels = add(QgsVectorLayer(make_labels(str(tmp_path / "wide.gpkg"), WIDE), "wide", "ogr"))
-    out = tmp_path / "cancelled"
-    setup(dialog, big, labels, str(out))
+    out = setup_big(dialog, tmp_path, "cancelled")
     n_warning = len(qgis_iface.messageBar().get_messages(Qgis.Warning))
     task = dialog.run()
     assert task is not None and dialog.cancelButton.isEnabled()
@@ -370,11 +336,7 @@ def test_task_status_reaches_complete(layers, dialog, tmp_path, qgis_app):
 
 def test_cancel_mid_run_removes_staging(tmp_path, qgis_new_project, dialog, qgis_app):
     """Cancelled after some chips were written: core's staging folder must disappear too."""
-    big = add(QgsRasterLayer(make_raster(str(tmp_path / "big.tif"), 2000, 2000, 1, gdal.GDT_Byte),
-                             "big", "gdal"))
-    labels = add(QgsVectorLayer(make_labels(str(tmp_path / "wide.gpkg"), WIDE), "wide", "ogr"))
-    out = tmp_path / "midway"
-    setup(dialog, big, labels, str(out))
+    out = setup_big(dialog, tmp_path, "midway")
     assert dialog.run() is not None
     deadline = time.monotonic() + 60
     while dialog.progress.value() < 2 and dialog.task is not None:
@@ -424,16 +386,8 @@ def test_settings_round_trip(layers, dialog, tmp_path, qgis_app, qgis_iface):
     raster, labels = layers
     out = str(tmp_path / "remembered")
     setup(dialog, raster, labels, out)
-    dialog.strideX.setValue(20)
-    dialog.strideY.setValue(24)
-    dialog.mode.setCurrentIndex(1)
-    dialog.background.setValue(9)
-    dialog.maxNodata.setValue(0.75)
-    dialog.validationFraction.setValue(0.25)
-    dialog.splitMethod.setCurrentIndex(1)
-    dialog.blockSize.setValue(48)
-    dialog.seed.setValue(1234)
-    dialog.indexCheck.setChecked(False)
+    set_widgets(dialog, strideX=20, strideY=24, mode=1, background=9, maxNodata=0.75,
+                validationFraction=0.25, splitMethod=1, blockSize=48, seed=1234, indexCheck=False)
     assert dialog.run() is not None  # run saves the settings
     wait_for(dialog, qgis_app)
     assert dialog.last_error is None, dialog.last_error

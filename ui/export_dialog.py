@@ -42,6 +42,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..algorithms.layers import gdal_raster_source
 from ..core.chips import MODES, ExportParams, ExportResult, export_chips, validate
 from ..core.errors import GeoSegError
 from ..core.split import SPLIT_METHODS
@@ -61,13 +62,7 @@ def index_path_for(output_dir: str) -> str:
 
 def raster_source(layer: QgsRasterLayer | None) -> str:
     """Path of a GDAL raster layer; core reads rasters with GDAL only."""
-    if layer is None:
-        raise GeoSegError("Input raster: choose a raster layer.")
-    if layer.providerType() != "gdal":
-        raise GeoSegError(
-            f"Input raster: '{layer.name()}' is served by the {layer.providerType()} provider; GeoSeg "
-            "reads rasters through GDAL, so save it as a GeoTIFF first.")
-    return layer.source()
+    return gdal_raster_source(layer, "Input raster")
 
 
 def vector_source(layer: QgsVectorLayer | None, temp_dirs: list[str]) -> str:

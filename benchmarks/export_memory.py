@@ -1,0 +1,102 @@
+"""Chip export memory: peak RSS of a fresh process exporting a 2k² and an 8k² raster.
+
+Streaming export must hold one window at a time, so the peak should not grow with the
+raster; each size runs in its own process so the peaks are independent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+
+gdal.UseExceptions()
+
+# VmHWM, not ru_maxrss: the latter is inherited from the parent across fork/exec.
+CHILD = r"""
+import json, sys
+from geoseg.core.chips import ExportParams, export_chips
+def hwm():
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
+raster, labels, out = sys.argv[1:4]
+base = hwm()
+r = export_chips(ExportParams(raster, labels, out, class_field="cls", chip_size=256))
+print(json.dumps({"chips": r.n_chips, "seconds": r.seconds, "peak_kb": hwm(), "import_kb": base}))
+"""
+
+
+def write_raster(path: str, size: int, bands: int = 4) -> None:
+    """A UInt16 raster written in strips, so generating it needs little memory too."""
+    ds = gdal.GetDriverByName("GTiff").Create(path, size, size, bands, gdal.GDT_UInt16,
+                                              ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256"])
+    ds.SetGeoTransform((500000, 1, 0, 5300000, 0, -1))
+    s = osr.SpatialReference()
+    s.ImportFromEPSG(32633)
+    ds.SetProjection(s.ExportToWkt())
+    rng = np.random.default_rng(0)
+    strip = 512
+    for y in range(0, size, strip):
+        h = min(strip, size - y)
+        block = rng.integers(1, 4000, (bands, h, size), dtype=np.uint16)
+        for b in range(bands):
+            ds.GetRasterBand(b + 1).WriteArray(block[b], 0, y)
+    ds = None
+
+
+def write_labels(path: str, size: int, n: int = 400) -> None:
+    """n random rectangles with classes 1-4 over the raster (in its CRS)."""
+    s = osr.SpatialReference()
+    s.ImportFromEPSG(32633)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    lyr = ds.CreateLayer("labels", s, ogr.wkbPolygon)
+    lyr.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger))
+    rng = np.random.default_rng(1)
+    lyr.StartTransaction()
+    for _ in range(n):
+        x, y = rng.uniform(0, size - 300, 2)
+        w, h = rng.uniform(20, 300, 2)
+        x0, y0 = 500000 + x, 5300000 - y
+        f = ogr.Feature(lyr.GetLayerDefn())
+        f.SetField("cls", int(rng.integers(1, 5)))
+        f.SetGeometry(ogr.CreateGeometryFromWkt(
+            f"POLYGON(({x0} {y0},{x0 + w} {y0},{x0 + w} {y0 - h},{x0} {y0 - h},{x0} {y0}))"))
+        lyr.CreateFeature(f)
+    lyr.CommitTransaction()
+    ds = None
+
+
+def run(sizes: tuple[int, ...] = (2048, 8192), cache_mb: int | None = None) -> dict:
+    """Peak memory per size; `cache_mb` pins GDAL's block cache (default: GDAL's 5% of RAM)."""
+    env = dict(os.environ)
+    if cache_mb is not None:
+        env["GDAL_CACHEMAX"] = str(cache_mb)
+    results = {}
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
+            raster, labels = os.path.join(tmp, "r.tif"), os.path.join(tmp, "l.gpkg")
+            write_raster(raster, size)
+            write_labels(labels, size)
+            out = subprocess.run([sys.executable, "-c", CHILD, raster, labels, os.path.join(tmp, "chips")],
+                                 capture_output=True, text=True, check=True, env=env)
+            results[size] = json.loads(out.stdout.strip().splitlines()[-1])
+    return results
+
+
+def report(results: dict) -> list[str]:
+    lines = ["## Chip export memory", "",
+             "Peak RSS of a fresh process exporting 256-px chips (no overlap) of a 4-band UInt16 raster "
+             "with 400 label polygons.", "",
+             "| raster | chips | seconds | chips/s | peak RSS | RSS at start |", "|---|---|---|---|---|---|"]
+    for size, r in results.items():
+        lines.append(f"| {size}² | {r['chips']} | {r['seconds']:.1f} | {r['chips'] / r['seconds']:.0f} | "
+                     f"{r['peak_kb'] / 1024:.0f} MB | {r['import_kb'] / 1024:.0f} MB |")
+    sizes = sorted(results)
+    growth = (results[sizes[-1]]["peak_kb"] - results[sizes[0]]["peak_kb"]) / 1024
+    lines += ["", f"Peak RSS growth from {sizes[0]}² to {sizes[-1]}² ({(sizes[-1] / sizes[0]) ** 2:.0f}× the "
+              f"pixels): {growth:+.0f} MB.", ""]
+    return lines

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make demo`: the workflow so far, headless in a real QGIS, on the generated sample scene.
+# 1. write the seeded sample scene (4-band UInt16 UTM raster, labels in EPSG:4326);
+# 2. export training chips through qgis_process (geoseg:exportchips) with a spatial-block split;
+# 3. print what was exported.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${1:-demo_output}"
+py="$repo/.venv/bin/python"
+
+if [ -e "$out" ] && [ ! -f "$out/.geoseg-demo" ]; then
+  echo "demo: $out exists and was not made by the demo; set DEMO_OUT to a new folder." >&2
+  exit 1
+fi
+rm -rf "$out"
+mkdir -p "$out"
+touch "$out/.geoseg-demo"
+start=$(date +%s)
+
+echo "== 1/2 sample scene"
+"$py" -m geoseg.core sample "$out/data" --seed 0 --width 768 --height 640
+
+echo "== 2/2 export chips (scripts/qgis_process run geoseg:exportchips)"
+"$repo/scripts/qgis_process" run geoseg:exportchips -- \
+  INPUT="$out/data/sample_scene.tif" LABELS="$out/data/sample_labels.gpkg" \
+  CLASS_FIELD=class NAME_FIELD=name CHIP_SIZE=128 STRIDE_X=64 STRIDE_Y=64 MODE=0 \
+  VALIDATION_FRACTION=0.2 SPLIT_METHOD=1 BLOCK_SIZE=256 SEED=0 \
+  OUTPUT_DIR="$out/chips" INDEX="$out/chip_index.gpkg" 2>&1 | grep -E "^(Exported|ERROR)"
+
+"$py" - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+d = json.load(open(f"{out}/chips/dataset.json"))
+print(f"\nchips: {d['chips']} ({d['split']['train']} train, {d['split']['validation']} validation), "
+      f"{d['chip_size']} px, {d['in_channels']} bands {d['data_type']}, CRS {d['crs']['authid']}")
+total = sum(d["class_pixel_counts"].values())
+print(f"{'class':<12}{'value':>6}{'pixels':>10}{'share':>8}")
+for c in d["classes"]:
+    n = d["class_pixel_counts"][str(c["value"])]
+    print(f"{c['name']:<12}{c['value']:>6}{n:>10}{n / total:>8.1%}")
+print("band mean:", [round(x, 1) for x in d["normalization"]["mean"]])
+print("band std: ", [round(x, 1) for x in d["normalization"]["std"]])
+print(f"\nwritten: {out}/chips (images/, masks/, chips.csv, dataset.json), {out}/chip_index.gpkg")
+PY
+echo "demo finished in $(( $(date +%s) - start )) s"
