@@ -8,7 +8,7 @@ export QT_QPA_PLATFORM ?= offscreen
 export GDAL_PAM_ENABLED ?= NO
 DEMO_OUT ?= demo_output
 
-.PHONY: setup test test-core demo bench lint compile package clean
+.PHONY: setup test demo bench lint compile package screenshots docs clean
 
 setup:
 	@bash scripts/setup.sh
@@ -40,3 +40,11 @@ package: compile
 
 clean:
 	rm -rf .build dist resources.py .pytest_cache .ruff_cache $(DEMO_OUT)
+
+# README pictures, rendered by a real QGIS (offscreen) from the sample scene.
+screenshots: setup
+	$(PY) scripts/screenshots.py docs/images
+
+# README parameter tables, generated from the algorithm definitions.
+docs: setup
+	$(PY) scripts/paramdocs.py

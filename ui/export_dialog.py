@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import Any
 
 from qgis.core import (
@@ -18,10 +17,7 @@ from qgis.core import (
     QgsFieldProxyModel,
     QgsMapLayerProxyModel,
     QgsProject,
-    QgsProviderRegistry,
-    QgsRasterLayer,
     QgsSettings,
-    QgsVectorFileWriter,
     QgsVectorLayer,
 )
 from qgis.gui import QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
@@ -42,10 +38,10 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..algorithms.layers import gdal_raster_source
 from ..core.chips import MODES, ExportParams, ExportResult, export_chips, validate
 from ..core.errors import GeoSegError
 from ..core.split import SPLIT_METHODS
+from .sources import raster_source, vector_source
 from .tasks import CoreTask
 
 SETTINGS_PREFIX = "geoseg/export/"
@@ -58,45 +54,6 @@ INDEX_SUFFIX = "_index.gpkg"
 def index_path_for(output_dir: str) -> str:
     """The chip index is a sibling of the output folder (core wants that folder new or empty)."""
     return os.path.normpath(output_dir) + INDEX_SUFFIX
-
-
-def raster_source(layer: QgsRasterLayer | None) -> str:
-    """Path of a GDAL raster layer; core reads rasters with GDAL only."""
-    return gdal_raster_source(layer, "Input raster")
-
-
-def vector_source(layer: QgsVectorLayer | None, temp_dirs: list[str]) -> str:
-    """An OGR-openable 'path|layername=x' for `layer`.
-
-    File layers are read in place. Anything core could not open the same way QGIS shows it
-    (memory/database layers, filtered layers, layers addressed by layer id) is first written
-    to a temporary GeoPackage; its folder is appended to `temp_dirs` for the caller to remove.
-    """
-    if layer is None:
-        raise GeoSegError("Label polygons: choose a polygon layer.")
-    if layer.providerType() == "ogr":
-        parts = QgsProviderRegistry.instance().decodeUri("ogr", layer.source())
-        path = parts.get("path") or ""
-        layer_name = parts.get("layerName")
-        layer_id = parts.get("layerId")
-        if os.path.exists(path) and not parts.get("subset") and (layer_name or not layer_id):
-            return f"{path}|layername={layer_name}" if layer_name else path
-    return _write_temp_geopackage(layer, temp_dirs)
-
-
-def _write_temp_geopackage(layer: QgsVectorLayer, temp_dirs: list[str]) -> str:
-    folder = tempfile.mkdtemp(prefix="geoseg-labels-")
-    temp_dirs.append(folder)
-    options = QgsVectorFileWriter.SaveVectorOptions()
-    options.driverName = "GPKG"
-    options.layerName = "labels"
-    options.fileEncoding = "UTF-8"
-    error, message, new_file, new_layer = QgsVectorFileWriter.writeAsVectorFormatV3(
-        layer, os.path.join(folder, "labels.gpkg"), QgsProject.instance().transformContext(), options)
-    if error != QgsVectorFileWriter.NoError:
-        raise GeoSegError(f"Label polygons: could not copy '{layer.name()}' to a temporary GeoPackage "
-                          f"({message or error}).")
-    return f"{new_file}|layername={new_layer}" if new_layer else new_file
 
 
 class ExportChipsDialog(QDialog):

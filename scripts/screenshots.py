@@ -1,0 +1,111 @@
+"""Regenerate the README's pictures in a real QGIS (offscreen): the export dialog filled in on
+the sample scene, and the scene with the exported chip footprints coloured by split.
+
+Run with `make screenshots`; tests call `render_all(tmp)` to keep this script working.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from qgis.core import (
+    QgsApplication,
+    QgsCategorizedSymbolRenderer,
+    QgsContrastEnhancement,
+    QgsFillSymbol,
+    QgsMapRendererParallelJob,
+    QgsMapSettings,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRasterMinMaxOrigin,
+    QgsRendererCategory,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QSize
+from qgis.PyQt.QtGui import QColor
+
+from geoseg.core.chips import ExportParams, export_chips
+from geoseg.core.sample import make_sample_scene
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _split_renderer() -> QgsCategorizedSymbolRenderer:
+    cats = []
+    for value, colour in (("train", "#f0e442"), ("validation", "#d55e00")):
+        sym = QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": colour, "outline_width": "0.6"})
+        cats.append(QgsRendererCategory(value, sym, value))
+    return QgsCategorizedSymbolRenderer("split", cats)
+
+
+def render_map(layers: list, path: str, width: int = 768, height: int = 640) -> None:
+    settings = QgsMapSettings()
+    settings.setLayers(layers)
+    settings.setDestinationCrs(layers[-1].crs())
+    settings.setExtent(layers[-1].extent())
+    settings.setOutputSize(QSize(width, height))
+    settings.setBackgroundColor(QColor("white"))
+    job = QgsMapRendererParallelJob(settings)
+    job.start()
+    job.waitForFinished()
+    job.renderedImage().save(path)
+
+
+def render_all(out_dir: str, iface=None) -> list[str]:
+    """Write export_dialog.png and chip_index.png into out_dir; return their paths."""
+    from geoseg.ui.export_dialog import ExportChipsDialog
+
+    work = tempfile.mkdtemp(prefix="geoseg-shots-")
+    scene = make_sample_scene(os.path.join(work, "data"), width=768, height=640)
+    raster = QgsRasterLayer(scene.raster, "sample_scene")
+    renderer = raster.renderer()  # bands are blue, green, red, NIR: show true colour 3-2-1
+    renderer.setRedBand(3)
+    renderer.setBlueBand(1)
+    raster.setContrastEnhancement(QgsContrastEnhancement.StretchToMinimumMaximum, QgsRasterMinMaxOrigin.CumulativeCut)
+    labels = QgsVectorLayer(scene.labels, "sample_labels", "ogr")
+    QgsProject.instance().addMapLayers([raster, labels])
+    paths = []
+    try:
+        dlg = ExportChipsDialog(iface)
+        dlg.inputLayer.setLayer(raster)
+        dlg.labelsLayer.setLayer(labels)
+        dlg.classField.setField("class")
+        dlg.nameField.setField("name")
+        dlg.chipSize.setValue(128)
+        dlg.strideX.setValue(64)
+        dlg.strideY.setValue(64)
+        dlg.splitMethod.setCurrentIndex(1)
+        dlg.outputDir.setFilePath(os.path.join(os.path.expanduser("~"), "geoseg", "chips"))
+        dlg.resize(560, dlg.sizeHint().height())
+        dlg.show()
+        QgsApplication.processEvents()
+        paths.append(os.path.join(out_dir, "export_dialog.png"))
+        dlg.grab().save(paths[-1])
+        dlg.close()
+
+        index = os.path.join(work, "chips_index.gpkg")
+        export_chips(ExportParams(scene.raster, scene.labels, os.path.join(work, "chips"), class_field="class",
+                                  chip_size=128, stride_x=128, stride_y=128, split_method="blocks",
+                                  block_size=256, index_path=index))
+        footprints = QgsVectorLayer(index, "chips", "ogr")
+        footprints.setRenderer(_split_renderer())
+        paths.append(os.path.join(out_dir, "chip_index.png"))
+        render_map([footprints, raster], paths[-1])
+    finally:
+        QgsProject.instance().removeAllMapLayers()
+    return paths
+
+
+def main() -> None:
+    app = QgsApplication([], True)
+    app.initQgis()
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "docs", "images")
+    for p in render_all(out):
+        print(p)
+    app.exitQgis()
+
+
+if __name__ == "__main__":
+    main()
