@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 
@@ -51,6 +52,7 @@ class GeoSegPlugin:
         self.toolbar = self.iface.addToolBar("GeoSeg")
         self.toolbar.setObjectName(self.TOOLBAR_OBJECT)
         self._add_action("Export training chips…", "export_chips.svg", self.open_export_dialog)
+        self._add_action("Train model…", "train.svg", self.open_train_dialog)
 
     def _add_action(self, text: str, icon_name: str, slot: Callable[[], None]) -> QAction:
         action = QAction(icon(icon_name), text, self.iface.mainWindow())
@@ -61,15 +63,17 @@ class GeoSegPlugin:
         return action
 
     def open_export_dialog(self) -> None:
-        self._show("export", "ExportChipsDialog")
+        self._show("export", "export_dialog", "ExportChipsDialog")
 
-    def _show(self, key: str, class_name: str) -> None:
-        """Import the dialog module on first use and keep one instance per session."""
+    def open_train_dialog(self) -> None:
+        self._show("train", "train_dialog", "TrainDialog")
+
+    def _show(self, key: str, module_name: str, class_name: str) -> None:
+        """Import the dialog module (ui/<module_name>.py) on first use; one instance per session."""
         dlg = self.dialogs.get(key)
         if dlg is None:
-            from .ui import export_dialog
-
-            dlg = getattr(export_dialog, class_name)(self.iface, self.iface.mainWindow())
+            module = importlib.import_module(f".ui.{module_name}", __package__)
+            dlg = getattr(module, class_name)(self.iface, self.iface.mainWindow())
             self.dialogs[key] = dlg
         dlg.show()
         dlg.raise_()

@@ -44,6 +44,24 @@ def engine_log_to(feedback: QgsProcessingFeedback) -> Iterator[None]:
         LOG.setLevel(old_level)
 
 
+def require_torch() -> None:
+    """Fail with an install hint (not an ImportError traceback) when torch or onnx is missing."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise QgsProcessingException(
+            f"GeoSeg needs {', '.join(missing)} for this step, and this Python cannot import it. Install it "
+            f"into QGIS's Python, e.g. `python3 -m pip install {' '.join(missing)}`.")
+
+
+def advanced(alg: QgsProcessingAlgorithm, params: list) -> None:
+    """Add parameters under the dialog's "Advanced parameters" fold."""
+    for p in params:
+        p.setFlags(p.flags() | p.FlagAdvanced)
+        alg.addParameter(p)
+
+
 class GeoSegAlgorithm(QgsProcessingAlgorithm):
     """Subclasses set `_name`, `_display`, `_group`, `_help` and implement the two hooks."""
 

@@ -17,7 +17,7 @@ from qgis.core import (
 
 from ..core.chips import MODES, ExportParams, export_chips
 from ..core.split import SPLIT_METHODS
-from .base import GeoSegAlgorithm
+from .base import GeoSegAlgorithm, advanced
 from .layers import raster_path, vector_uri
 
 Int = QgsProcessingParameterNumber.Integer
@@ -61,7 +61,7 @@ class ExportChipsAlgorithm(GeoSegAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "VALIDATION_FRACTION", self.tr("Validation fraction"), Dbl, 0.2, minValue=0.0, maxValue=0.99))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_DIR", self.tr("Output folder")))
-        advanced = [
+        extra = [
             QgsProcessingParameterField(
                 "NAME_FIELD", self.tr("Class name field"), parentLayerParameterName="LABELS", optional=True),
             QgsProcessingParameterNumber(
@@ -74,9 +74,7 @@ class ExportChipsAlgorithm(GeoSegAlgorithm):
                 optional=True, minValue=1),
             QgsProcessingParameterNumber("SEED", self.tr("Random seed"), Int, 0, minValue=0),
         ]
-        for p in advanced:
-            p.setFlags(p.flags() | p.FlagAdvanced)
-            self.addParameter(p)
+        advanced(self, extra)
         self.addParameter(QgsProcessingParameterVectorDestination(
             "INDEX", self.tr("Chip index (footprints)"), QgsProcessing.TypeVectorPolygon,
             optional=True, createByDefault=False))

@@ -8,9 +8,11 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .exportchips import ExportChipsAlgorithm
+from .exportonnx import ExportOnnxAlgorithm
+from .train import TrainAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icons", "geoseg.svg")
-ALGORITHMS = (ExportChipsAlgorithm,)
+ALGORITHMS = (ExportChipsAlgorithm, TrainAlgorithm, ExportOnnxAlgorithm)
 
 
 class GeoSegProvider(QgsProcessingProvider):

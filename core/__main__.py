@@ -1,5 +1,5 @@
 """Command line over the engine, the third front-end beside the dialogs and Processing:
-`python -m geoseg.core exportchips …` builds the same ExportParams the others build."""
+`python -m geoseg.core exportchips|train …` builds the same parameter dataclasses the others build."""
 
 from __future__ import annotations
 
@@ -32,6 +32,56 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", help="write chip footprints to this GeoPackage")
 
 
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    from .options import ARCHITECTURES, CLASS_WEIGHTS, DEVICES, LOSSES, SCHEDULES
+
+    p = sub.add_parser("train", help="train a segmentation model (as geoseg:train)")
+    p.add_argument("--chips", required=True, help="folder written by exportchips")
+    p.add_argument("--output-model", required=True, help="new .pt file; the .onnx is written beside it")
+    p.add_argument("--architecture", choices=ARCHITECTURES, default="unet")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--loss", choices=LOSSES, default="dice_ce")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none")
+    p.add_argument("--ignore-background", action="store_true")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
+    p.add_argument("--patience", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--model-options", default="{}", help='JSON, e.g. {"base_width": 16}')
+
+
+def _run_train(args: argparse.Namespace) -> str:
+    import json
+
+    from .train import TrainParams, train
+
+    r = train(TrainParams(
+        chips_dir=args.chips, output_model=args.output_model, architecture=args.architecture, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, loss=args.loss,
+        class_weights=args.class_weights, ignore_background=args.ignore_background, device=args.device,
+        seed=args.seed, schedule=args.schedule, patience=args.patience, augment=not args.no_augment,
+        resume=args.resume, model_options=json.loads(args.model_options)),
+        progress=_progress if sys.stderr.isatty() else lambda f: None)
+    return (f"Best validation mIoU {r.val_miou:.4f} at epoch {r.best_epoch} of {r.epochs_run} on {r.device}; "
+            f"wrote {r.model_path}, {r.onnx_path}, {r.metrics_path}.")
+
+
+def _run_export(args: argparse.Namespace) -> str:
+    r = export_chips(ExportParams(
+        input_path=args.input, labels_path=args.labels, output_dir=args.output_dir,
+        class_field=args.class_field, name_field=args.name_field, chip_size=args.chip_size,
+        stride_x=args.stride_x, stride_y=args.stride_y, mode=args.mode, background=args.background,
+        max_nodata_fraction=args.max_nodata_fraction, validation_fraction=args.validation_fraction,
+        split_method=args.split_method, block_size=args.block_size, seed=args.seed,
+        index_path=args.index), progress=_progress if sys.stderr.isatty() else lambda f: None)
+    return (f"Exported {r.n_chips} of {r.n_grid} grid chips ({r.n_train} train, {r.n_validation} "
+            f"validation) to {r.output_dir} in {r.seconds:.1f} s.")
+
+
 def _progress(f: float) -> None:
     print(f"\r{100 * f:5.1f}%", end="", file=sys.stderr, flush=True)
 
@@ -46,21 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sample", help="write the synthetic sample scene (see `sample --help`)")
     _export_parser(sub)
+    _train_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        r = export_chips(ExportParams(
-            input_path=args.input, labels_path=args.labels, output_dir=args.output_dir,
-            class_field=args.class_field, name_field=args.name_field, chip_size=args.chip_size,
-            stride_x=args.stride_x, stride_y=args.stride_y, mode=args.mode, background=args.background,
-            max_nodata_fraction=args.max_nodata_fraction, validation_fraction=args.validation_fraction,
-            split_method=args.split_method, block_size=args.block_size, seed=args.seed,
-            index_path=args.index), progress=_progress if sys.stderr.isatty() else lambda f: None)
+        message = (_run_export if args.command == "exportchips" else _run_train)(args)
     except GeoSegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"Exported {r.n_chips} of {r.n_grid} grid chips ({r.n_train} train, {r.n_validation} "
-          f"validation) to {r.output_dir} in {r.seconds:.1f} s.")
+    print(message)
     return 0
 
 

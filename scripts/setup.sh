@@ -24,7 +24,7 @@ fi
 
 PY=/usr/bin/python3
 STAMP=.venv/.geoseg-stamp
-want="$(cat requirements*.txt | sha256sum | cut -c1-16)"
+want="$(cat requirements*.txt constraints.txt | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
@@ -32,7 +32,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv (system site-packages for QGIS, GDAL and numpy)"
   $PY -m venv --system-site-packages .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements-dev.txt
 # `import geoseg` resolves to this checkout (the repo root is the plugin folder).
 mkdir -p .build/pythonpath
 ln -sfn "$(pwd)" .build/pythonpath/geoseg

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from osgeo import gdal, ogr, osr
@@ -144,3 +146,38 @@ def qgis_process(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def python_exe() -> str:
     return sys.executable
+
+
+def wait_for(dlg, app, timeout: float = 300.0) -> None:
+    """Process events until a dialog's task has reported back (its finished() ran)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while dlg.task is not None:
+        assert time.monotonic() < deadline, "the dialog's task did not finish in time"
+        app.processEvents()
+        time.sleep(0.005)
+
+
+@contextmanager
+def fresh_settings(prefix: str) -> Iterator[None]:
+    """A test starts from a dialog's defaults and leaves no settings behind."""
+    from qgis.core import QgsSettings
+
+    QgsSettings().remove(prefix.rstrip("/"))
+    yield
+    QgsSettings().remove(prefix.rstrip("/"))
+
+
+@contextmanager
+def open_dialog(cls, app, iface) -> Iterator[object]:
+    """A dialog for one test; a task still running at the end is cancelled and awaited."""
+    dlg = cls(iface)
+    try:
+        yield dlg
+    finally:
+        if dlg.task is not None:
+            dlg.cancel()
+            wait_for(dlg, app)
+        dlg.close()
+        dlg.deleteLater()

@@ -24,7 +24,7 @@ from geoseg.core.chips import ExportParams
 from geoseg.core.errors import GeoSegError
 from geoseg.ui.export_dialog import SETTINGS_PREFIX, ExportChipsDialog, index_path_for
 
-from helpers import make_raster, make_vector, reproject, utm_box
+from helpers import fresh_settings, make_raster, make_vector, open_dialog, reproject, utm_box, wait_for
 
 WIDGETS = ("inputLayer", "labelsLayer", "classField", "nameField", "chipSize", "strideX", "strideY",
            "mode", "background", "maxNodata", "validationFraction", "splitMethod", "blockSize", "seed",
@@ -80,24 +80,7 @@ def combo_fields(combo) -> list[str]:
     return [combo.itemText(i) for i in range(combo.count())]
 
 
-def wait_for(dlg: ExportChipsDialog, qgis_app, timeout: float = 120.0) -> None:
-    """Process events until the dialog's task has reported back (finished() ran)."""
-    deadline = time.monotonic() + timeout
-    while dlg.task is not None:
-        assert time.monotonic() < deadline, "export task did not finish in time"
-        qgis_app.processEvents()
-        time.sleep(0.005)
-
-
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def clean_settings():
-    """Each test starts from the defaults and leaves nothing behind."""
-    QgsSettings().remove(SETTINGS_PREFIX.rstrip("/"))
-    yield
-    QgsSettings().remove(SETTINGS_PREFIX.rstrip("/"))
-
-
 @pytest.fixture()
 def layers(tmp_path, qgis_new_project):
     raster = raster_layer(str(tmp_path / "img.tif"))
@@ -107,13 +90,9 @@ def layers(tmp_path, qgis_new_project):
 
 @pytest.fixture()
 def dialog(qgis_app, qgis_iface):
-    dlg = ExportChipsDialog(qgis_iface)
-    yield dlg
-    if dlg.task is not None:
-        dlg.cancel()
-        wait_for(dlg, qgis_app)
-    dlg.close()
-    dlg.deleteLater()
+    """A dialog on default settings; whatever settings it saved are removed after the test."""
+    with fresh_settings(SETTINGS_PREFIX), open_dialog(ExportChipsDialog, qgis_app, qgis_iface) as dlg:
+        yield dlg
 
 
 def setup(dlg: ExportChipsDialog, raster, labels, out: str) -> None:

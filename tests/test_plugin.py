@@ -33,9 +33,9 @@ def test_load_unload_reload(qgis_app, qgis_iface, qgis_processing):
         assert "geoseg:exportchips" in [a.id() for a in provider.algorithms()]
         menus = geoseg_menus(window)
         assert len(menus) == 1
-        assert [a.text() for a in menus[0].actions()] == ["Export training chips…"]
+        assert [a.text() for a in menus[0].actions()] == ["Export training chips…", "Train model…"]
         toolbar = window.findChild(QToolBar, "mGeoSegToolBar")
-        assert toolbar is not None and len(toolbar.actions()) == 1
+        assert toolbar is not None and len(toolbar.actions()) == 2
 
         plugin.unload()
         qgis_app.processEvents()

@@ -21,10 +21,14 @@ LOG = logging.getLogger("geoseg")
 
 class CoreTask(QgsTask):
     def __init__(self, description: str, func: Callable[..., Any], params: Any,
-                 on_success: Callable[[Any], None], on_error: Callable[[str], None]) -> None:
+                 on_success: Callable[[Any], None], on_error: Callable[[str], None],
+                 **kwargs: Any) -> None:
+        """`kwargs` go to the core function too (e.g. training's `report` callback, which runs on
+        the worker thread: it must only emit Qt signals)."""
         super().__init__(description, QgsTask.CanCancel)
         self.func = func
         self.params = params
+        self.kwargs = kwargs
         self.on_success = on_success
         self.on_error = on_error
         self.result: Any = None
@@ -33,7 +37,7 @@ class CoreTask(QgsTask):
     def run(self) -> bool:
         try:
             self.result = self.func(self.params, progress=lambda f: self.setProgress(100.0 * f),
-                                    cancelled=self.isCanceled)
+                                    cancelled=self.isCanceled, **self.kwargs)
             return True
         except Cancelled as e:
             self.error = str(e)

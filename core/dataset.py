@@ -1,0 +1,155 @@
+"""Training data: the chips folder written by chip export, read through chips.csv and
+normalised with dataset.json's statistics; batch augmentation in torch."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal
+
+from .errors import GeoSegError
+from .options import IGNORE_INDEX
+
+gdal.UseExceptions()
+
+
+@dataclass(frozen=True)
+class ChipsFolder:
+    """A validated chips folder: rows per split, the dataset description and class mapping."""
+
+    path: str
+    dataset: dict
+    train: list[dict]
+    validation: list[dict]
+    classes: list[dict]          # the classes the model predicts, in output-channel order
+    lut: np.ndarray              # uint8 [256]: mask value → class index (255 = ignore)
+    sha256: str
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.dataset["in_channels"])
+
+    @property
+    def chip_size(self) -> int:
+        return int(self.dataset["chip_size"])
+
+
+def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
+    """Check the folder (chips.csv, dataset.json, every listed file) before any training."""
+    csv_path, json_path = os.path.join(path, "chips.csv"), os.path.join(path, "dataset.json")
+    if not os.path.isdir(path):
+        raise GeoSegError(f"CHIPS: folder not found: {path}")
+    for p in (csv_path, json_path):
+        if not os.path.isfile(p):
+            raise GeoSegError(f"CHIPS: {path} has no {os.path.basename(p)}; choose a folder written by "
+                              "Export training chips.")
+    digest = hashlib.sha256()
+    with open(json_path, "rb") as f:
+        raw = f.read()
+    digest.update(raw)
+    try:
+        dataset = json.loads(raw)
+    except ValueError as e:
+        raise GeoSegError(f"CHIPS: dataset.json is not valid JSON ({e}).") from None
+    with open(csv_path, "rb") as f:
+        digest.update(f.read())
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"image", "mask", "split"} <= set(rows[0]):
+        raise GeoSegError("CHIPS: chips.csv lists no chips (or lacks the image, mask and split columns).")
+    missing = [r[k] for r in rows for k in ("image", "mask") if not os.path.isfile(os.path.join(path, r[k]))]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise GeoSegError(f"CHIPS: {len(missing)} chip files listed in chips.csv are missing: {shown}.")
+    background = int(dataset.get("background", 0))
+    classes = [c for c in dataset["classes"] if not (ignore_background and c["value"] == background)]
+    if len(classes) < 2:
+        what = "besides the background, which is ignored" if ignore_background else "(background included)"
+        raise GeoSegError(f"CHIPS: the dataset has {len(classes)} class {what}; a segmentation model "
+                          "needs at least 2.")
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for i, c in enumerate(classes):
+        lut[c["value"]] = i
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "validation"]
+    if not train:
+        raise GeoSegError("CHIPS: chips.csv has no training chips.")
+    return ChipsFolder(path, dataset, train, val, classes, lut, digest.hexdigest())
+
+
+class ChipDataset:
+    """Map-style dataset of (image float32 [C, H, W], target int64 [H, W]) tensors.
+
+    Images are normalised per band; pixels that were nodata (mask 255 in the file) are set
+    to 0 (the band mean) and their target stays 255, so they are ignored by loss and metrics.
+    """
+
+    def __init__(self, folder: ChipsFolder, rows: list[dict]) -> None:
+        self.folder = folder
+        self.rows = rows
+        norm = folder.dataset["normalization"]
+        self.mean = np.asarray(norm["mean"], dtype=np.float32)[:, None, None]
+        self.std = np.asarray(norm["std"], dtype=np.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        row = self.rows[i]
+        image = gdal.Open(os.path.join(self.folder.path, row["image"])).ReadAsArray().astype(np.float32)
+        if image.ndim == 2:
+            image = image[None]
+        raw = gdal.Open(os.path.join(self.folder.path, row["mask"])).ReadAsArray()
+        image = (image - self.mean) / self.std
+        image[:, raw == IGNORE_INDEX] = 0.0
+        return image, self.folder.lut[raw]
+
+    def __getitem__(self, i: int):
+        import torch
+
+        image, target = self.read(i)
+        return torch.from_numpy(image), torch.from_numpy(target.astype(np.int64))
+
+
+def augment_batch(x, y, generator):
+    """Random flips, 90° rotations (square chips), brightness, contrast and gamma, per sample.
+
+    Runs on the batch's device after loading (cheap, and on the GPU when there is one).
+    Geometric transforms move image and target together; photometric ones touch the image only.
+    """
+    import torch
+
+    n = x.shape[0]
+
+    def coin(p: float = 0.5):
+        return torch.rand(n, generator=generator) < p
+
+    xs, ys = list(x.unbind(0)), list(y.unbind(0))
+    hflip, vflip = coin(), coin()
+    rot = torch.randint(0, 4, (n,), generator=generator) if x.shape[-1] == x.shape[-2] else torch.zeros(n)
+    for i in range(n):
+        if hflip[i]:
+            xs[i], ys[i] = xs[i].flip(-1), ys[i].flip(-1)
+        if vflip[i]:
+            xs[i], ys[i] = xs[i].flip(-2), ys[i].flip(-2)
+        k = int(rot[i])
+        if k:
+            xs[i], ys[i] = torch.rot90(xs[i], k, (-2, -1)), torch.rot90(ys[i], k, (-2, -1))
+    x, y = torch.stack(xs), torch.stack(ys)
+    dev = x.device
+    shape = (n, 1, 1, 1)
+    brightness = (torch.rand(shape, generator=generator) - 0.5) * 0.4 * coin().view(shape)  # ±0.2 std
+    contrast = 1 + (torch.rand(shape, generator=generator) - 0.5) * 0.4 * coin().view(shape)  # ×0.8-1.2
+    gamma = torch.exp((torch.rand(shape, generator=generator) - 0.5) * 0.4 * coin().view(shape))  # 0.82-1.22
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast.to(dev) + mean + brightness.to(dev)
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    span = (hi - lo).clamp_min(1e-6)
+    x = ((x - lo) / span).clamp(0, 1).pow(gamma.to(dev)) * span + lo
+    return x.contiguous(), y.contiguous()

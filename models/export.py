@@ -1,0 +1,94 @@
+"""ONNX export of any GeoSeg network with dynamic batch, height and width, plus model-card metadata.
+
+Exporter choice: the TorchScript tracer (`torch.onnx.export(..., dynamo=False)`, opset 17).
+Both it and torch 2.13's default dynamo exporter export all four architectures, and both
+reproduce torch's logits in onnxruntime at sizes other than the sample (including sizes that
+are not multiples of the stride, because the pad/crop arithmetic is traced symbolically).
+The tracer is ~10-40× faster and opset 17 runs on older onnxruntime builds (≥ 1.14).
+Measured on 2 CPU cores, default options, 4 bands, 64×64 sample:
+
+    architecture    tracer   dynamo
+    unet            0.7 s    15 s
+    unetpp          0.8 s    12 s
+    deeplabv3plus   0.9 s    11 s
+    fcn             0.3 s     8 s
+
+If a later torch drops the tracer, `export_onnx` falls back to the dynamo exporter (opset 18).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+
+import onnx
+import torch
+from torch import nn
+
+log = logging.getLogger("geoseg")
+
+OPSET = 17
+DYNAMO_OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+DYNAMIC_AXES = {
+    INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+    OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+}
+
+
+def _export(model: nn.Module, sample: torch.Tensor, path: str) -> None:
+    """Tracer first (fast); dynamo only when the tracer is unavailable or fails."""
+    kwargs = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "dynamic_axes": DYNAMIC_AXES}
+    try:
+        with warnings.catch_warnings():  # the tracer is chosen deliberately; its deprecation notice is noise
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (sample,), path, opset_version=OPSET, dynamo=False, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any tracer failure: the dynamo exporter may still succeed
+        log.warning("TorchScript ONNX export failed (%s); retrying with the dynamo exporter", exc)
+        torch.onnx.export(model, (sample,), path, opset_version=DYNAMO_OPSET, dynamo=True, **kwargs)
+
+
+def export_onnx(
+    model: nn.Module, in_channels: int, path: str, sample_size: int = 64, metadata: dict[str, str] | None = None
+) -> None:
+    """Write `model` (in eval mode; its mode is restored) to `path` with `metadata` as metadata_props.
+
+    The graph takes float32 `input` [N, in_channels, H, W] and returns `logits`
+    [N, K, H, W]; N, H and W are dynamic. The file is written beside `path` first and moved
+    into place only once `onnx.checker` accepts it, so a failure leaves no half-written model.
+    """
+    metadata = dict(metadata or {})
+    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"ONNX metadata keys and values must be strings; not for {bad}")
+    was_training = model.training
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    # batch 2: the dynamo fallback would specialise a batch of 1 to a constant
+    sample = torch.randn(2, in_channels, sample_size, sample_size, device=device)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        model.eval()
+        with torch.no_grad():
+            num_classes = int(model(sample).shape[1])
+            _export(model, sample, tmp)
+        proto = onnx.load(tmp)
+        # the tracer leaves the class axis symbolic after the crop; it is fixed, say so
+        proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = num_classes
+        kept = [p for p in proto.metadata_props if p.key not in metadata]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        model.train(was_training)
+        if os.path.exists(tmp):
+            os.remove(tmp)

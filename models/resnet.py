@@ -1,0 +1,185 @@
+"""ResNet-18/34/50 encoders whose parameter names are torchvision's, written in plain torch.
+
+torchvision cannot be installed beside GeoSeg's CPU torch, but its ImageNet ResNet state
+dicts are the most common pretrained weights around; keeping the exact key layout
+(`conv1`, `bn1`, `layer1.0.conv1`, …, `downsample.0/1`) lets `load_torchvision_weights`
+initialise this encoder from such a `.pth` file without torchvision. The classifier
+(`avgpool`, `fc`) is left out: segmentation needs only the feature maps.
+
+Output stride: the last stage (16) or last two stages (8) trade their stride for dilation,
+as in DeepLabv3, so the deep features stay at 1/16 or 1/8 of the input.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .layers import init_weights
+
+# name → (block type, blocks per stage)
+RESNET_LAYOUTS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+
+
+def _conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+
+
+def _conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convs plus identity (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(
+        self, in_ch: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_ch, planes, stride, dilation)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes, 1, dilation)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce, 3×3 (strided, as torchvision's v1.5), 1×1 expand ×4, plus identity (ResNet-50)."""
+
+    expansion = 4
+
+    def __init__(
+        self, in_ch: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = _conv1x1(in_ch, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride, dilation)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet stem and four stages; `forward` returns (layer1 features at 1/4, layer4 features)."""
+
+    def __init__(self, name: str = "resnet18", in_channels: int = 3, output_stride: int = 16) -> None:
+        super().__init__()
+        if name not in RESNET_LAYOUTS:
+            raise ValueError(f"unknown encoder {name!r}; valid: {', '.join(RESNET_LAYOUTS)}")
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, not {output_stride!r}")
+        kind, counts = RESNET_LAYOUTS[name]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        self.name = name
+        self.in_channels = in_channels
+        self.output_stride = output_stride
+        self._in_ch = 64
+        self._dilation = 1
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        dilate3, dilate4 = output_stride == 8, True
+        self.layer1 = self._make_layer(block, 64, counts[0], stride=1, dilate=False)
+        self.layer2 = self._make_layer(block, 128, counts[1], stride=2, dilate=False)
+        self.layer3 = self._make_layer(block, 256, counts[2], stride=2, dilate=dilate3)
+        self.layer4 = self._make_layer(block, 512, counts[3], stride=2, dilate=dilate4)
+        self.low_level_channels = 64 * block.expansion
+        self.out_channels = 512 * block.expansion
+        init_weights(self)
+
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, count: int, stride: int, dilate: bool
+    ) -> nn.Sequential:
+        """A stage; with `dilate` its stride becomes dilation (the first block keeps the previous rate)."""
+        first_dilation = self._dilation
+        if dilate:
+            self._dilation *= stride
+            stride = 1
+        out_ch = planes * block.expansion
+        downsample = None
+        if stride != 1 or self._in_ch != out_ch:
+            downsample = nn.Sequential(_conv1x1(self._in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
+        blocks: list[nn.Module] = [block(self._in_ch, planes, stride, first_dilation, downsample)]
+        self._in_ch = out_ch
+        blocks += [block(out_ch, planes, 1, self._dilation) for _ in range(1, count)]
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        low = self.layer1(x)
+        high = self.layer4(self.layer3(self.layer2(low)))
+        return low, high
+
+
+def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """RGB conv1 filters → `in_channels` bands: bands 1-3 keep R, G, B; others (or all, below 3) get their mean.
+
+    The mean filter responds to any extra band as the pretrained net responds to brightness,
+    a neutral start that training can specialise.
+    """
+    mean = weight.mean(dim=1, keepdim=True)
+    if in_channels < 3:
+        return mean.repeat(1, in_channels, 1, 1)
+    return torch.cat([weight, mean.repeat(1, in_channels - 3, 1, 1)], dim=1)
+
+
+def load_torchvision_weights(encoder: ResNetEncoder, path: str) -> None:
+    """Initialise `encoder` from a torchvision ResNet state dict (`.pth`); ValueError on a bad file.
+
+    `fc.*` is ignored, `num_batches_tracked` may be absent (older torchvision files), and
+    `conv1.weight` is adapted to the encoder's band count with `adapt_first_conv`.
+    """
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"encoder_weights file not found: {path!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file is the user's input error
+        raise ValueError(f"encoder_weights {path!r} is not a readable torch state dict: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"encoder_weights {path!r} does not hold a state dict")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = encoder.state_dict()
+    optional = {k for k in own if k.endswith("num_batches_tracked")}
+    missing = sorted(set(own) - set(state) - optional)
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"encoder_weights {path!r} do not match a torchvision {encoder.name}: "
+            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}"
+        )
+    conv1 = state["conv1.weight"]
+    if conv1.ndim != 4 or conv1.shape[1] != 3:
+        raise ValueError(f"encoder_weights {path!r}: conv1.weight has shape {tuple(conv1.shape)}, expected RGB filters")
+    state["conv1.weight"] = adapt_first_conv(conv1, encoder.in_channels)
+    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"encoder_weights {path!r}: shapes differ from {encoder.name} for {wrong[:5]}")
+    encoder.load_state_dict(state, strict=False)

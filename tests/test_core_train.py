@@ -1,0 +1,236 @@
+"""Training end to end on tiny chips: outputs, card, safety, cancel and resume. Pure engine."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from geoseg.core.checkpoint import load_checkpoint
+from geoseg.core.chips import ExportParams, export_chips
+from geoseg.core.dataset import open_chips
+from geoseg.core.errors import Cancelled, GeoSegError
+from geoseg.core.train import TrainParams, export_model_onnx, output_paths, train
+
+from helpers import make_raster, make_vector, standard_labels, utm_box
+
+TINY = {"base_width": 4, "depth": 2}
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory) -> str:
+    """12 chips of 32 px, 3 bands, classes 0-3, a quarter for validation."""
+    root = tmp_path_factory.mktemp("chips")
+    raster = str(root / "r.tif")
+    make_raster(raster, 128, 96, bands=3, hole=(100, 70, 10, 10))
+    labels = standard_labels(str(root / "l.gpkg"))
+    out = str(root / "chips")
+    export_chips(ExportParams(raster, labels, out, class_field="cls", chip_size=32, validation_fraction=0.25))
+    return out
+
+
+def params(chips: str, tmp_path, **kw) -> TrainParams:
+    kw.setdefault("model_options", TINY)
+    kw.setdefault("epochs", 2)
+    kw.setdefault("batch_size", 4)
+    return TrainParams(chips, str(tmp_path / "model.pt"), device="cpu", **kw)
+
+
+def test_train_writes_model_onnx_metrics_and_card(chips, tmp_path):
+    epochs = []
+    r = train(params(chips, tmp_path), report=epochs.append)
+    paths = output_paths(str(tmp_path / "model.pt"))
+    assert (r.model_path, r.onnx_path, r.metrics_path) == (paths["model"], paths["onnx"], paths["metrics"])
+    assert [e.epoch for e in epochs] == [1, 2] and r.epochs_run == 2
+    with open(r.metrics_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(x["epoch"]) for x in rows] == [1, 2]
+    assert float(rows[r.best_epoch - 1]["val_miou"]) == pytest.approx(r.val_miou, abs=1e-6)
+
+    state = torch.load(r.model_path, map_location="cpu", weights_only=True)  # plain weights: no pickle
+    card = json.loads(state["card"])
+    ds = json.load(open(os.path.join(chips, "dataset.json")))
+    assert card["classes"] == ds["classes"] and card["bands"] == [1, 2, 3] and card["in_channels"] == 3
+    assert card["chip_size"] == 32 and card["normalization"]["mean"] == ds["normalization"]["mean"]
+    assert card["architecture"] == "unet" and card["architecture_options"]["base_width"] == 4
+    assert card["crs"]["authid"] == "EPSG:32633" and card["pixel_size"] == [2.0, 2.0]
+    rec = card["recommended"]
+    assert rec["stride"] == 32 - 2 * rec["crop"] and 0 < rec["crop"] <= 8 and rec["receptive_field_radius"] > 0
+    assert card["metrics"]["epoch"] == r.best_epoch and card["training"]["seed"] == 0
+    assert card["split"]["validation"] == 3 and len(card["dataset_sha256"]) == 64
+
+    model = onnx.load(r.onnx_path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["geoseg"]) == card
+
+    from geoseg.models.registry import build_model
+
+    net = build_model("unet", 3, 4, **card["architecture_options"])
+    net.load_state_dict(state["state_dict"])
+    net.eval()
+    x = np.random.default_rng(0).normal(size=(2, 3, 48, 40)).astype(np.float32)  # not the chip size
+    ref = net(torch.from_numpy(x)).detach().numpy()
+    got = ort.InferenceSession(r.onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.abs(ref - got).max() <= 1e-4
+
+
+class Payload:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        torch.save({"format": "geoseg-checkpoint", "card": "{}", "state_dict": Payload(str(marker))}, f)
+    with pytest.raises(GeoSegError, match="holds Python objects other than plain weights"):
+        load_checkpoint(str(path))
+    with pytest.raises(GeoSegError, match="refuses"):
+        export_model_onnx(str(path), str(tmp_path / "evil.onnx"))
+    assert not marker.exists() and not (tmp_path / "evil.onnx").exists()
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(Payload(str(marker))))
+    with pytest.raises(GeoSegError):
+        load_checkpoint(str(raw))
+    assert not marker.exists()
+
+
+def test_not_a_checkpoint_and_garbled_card(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(GeoSegError, match="not a GeoSeg checkpoint"):
+        load_checkpoint(str(tmp_path / "other.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a zip file at all")
+    with pytest.raises(GeoSegError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(str(tmp_path / "junk.pt"))
+    card = {"classes": [], "bands": [1], "in_channels": 1, "chip_size": 32,
+            "normalization": {"mean": [0.0], "std": [1.0]}}
+    torch.save({"format": "geoseg-checkpoint", "card": json.dumps(card), "state_dict": {}}, tmp_path / "card.pt")
+    with pytest.raises(GeoSegError, match="'classes' must list at least 2"):
+        load_checkpoint(str(tmp_path / "card.pt"))
+
+
+def batch_counter(stop_after: int):
+    """A cancel check that asks to stop after `stop_after` calls, and counts the calls after that."""
+    calls = {"n": 0, "after": 0}
+
+    def cancelled() -> bool:
+        calls["n"] += 1
+        if calls["n"] > stop_after:
+            calls["after"] += 1
+            return True
+        return False
+
+    return cancelled, calls
+
+
+def test_cancel_stops_within_a_batch_and_resume_matches_uninterrupted(chips, tmp_path):
+    (tmp_path / "a").mkdir()
+    full = train(params(chips, tmp_path / "a", epochs=3))
+    steps = 2  # 9 training chips, batch 4 → 2 batches (a last batch of 1 is dropped: BatchNorm needs 2)
+    cancelled, calls = batch_counter(steps + 1 + 1)  # epoch 1 (2 train + 1 validation checks), then 1 batch
+    (tmp_path / "b").mkdir()
+    p = params(chips, tmp_path / "b", epochs=3)
+    with pytest.raises(Cancelled, match=r"epoch 2, batch 2.*best model so far \(epoch 1"):
+        train(p, cancelled=cancelled)
+    assert calls["after"] == 1  # nothing ran after the cancel was seen
+    paths = output_paths(p.output_model)
+    assert os.path.exists(paths["model"]) and os.path.exists(paths["last"]) and not os.path.exists(paths["onnx"])
+    assert load_checkpoint(paths["last"])["epoch"] == 1
+    assert load_checkpoint(paths["model"])["card"]["metrics"]["epoch"] == 1
+
+    resumed = train(TrainParams(**{**p.__dict__, "resume": True}))
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(full.history, resumed.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+        assert a["val_miou"] == pytest.approx(b["val_miou"], abs=1e-6)
+    assert os.path.exists(paths["onnx"])
+
+
+def test_cancel_before_first_epoch_leaves_nothing(chips, tmp_path):
+    cancelled, _ = batch_counter(1)
+    with pytest.raises(Cancelled, match="nothing was written"):
+        train(params(chips, tmp_path), cancelled=cancelled)
+    assert os.listdir(tmp_path) == []
+
+
+def test_never_overwrites_and_resume_needs_state(chips, tmp_path):
+    (tmp_path / "model.onnx").write_text("mine")
+    with pytest.raises(GeoSegError, match="already exists"):
+        train(params(chips, tmp_path))
+    assert (tmp_path / "model.onnx").read_text() == "mine"
+    with pytest.raises(GeoSegError, match="no training state to resume"):
+        train(params(chips, tmp_path, resume=True))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"architecture": "resnet"}, "ARCHITECTURE must be one of"),
+    ({"loss": "l2"}, "LOSS must be one of"),
+    ({"epochs": 0}, "EPOCHS must be at least 1"),
+    ({"device": "cuda"}, "CUDA was requested"),
+])
+def test_bad_parameters(chips, tmp_path, kw, message):
+    if kw.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so asking for it is not an error")
+    p = params(chips, tmp_path)
+    with pytest.raises(GeoSegError, match=message):
+        train(TrainParams(**{**p.__dict__, **kw}))
+    assert os.listdir(tmp_path) == []
+
+
+def test_chips_folder_problems(chips, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(chips, broken)
+    first = next(iter(sorted((broken / "images").iterdir())))
+    first.unlink()
+    with pytest.raises(GeoSegError, match="1 chip files listed in chips.csv are missing: images/"):
+        open_chips(str(broken))
+    with pytest.raises(GeoSegError, match="has no chips.csv"):
+        open_chips(str(tmp_path))
+    raster = str(tmp_path / "r.tif")
+    make_raster(raster, 64, 64, bands=2)
+    one = str(tmp_path / "one")
+    export_chips(ExportParams(raster, make_vector(str(tmp_path / "l.gpkg"), [(utm_box(0, 0, 64, 64), 1)]), one,
+                              class_field="cls", chip_size=32))
+    with pytest.raises(GeoSegError, match="1 class besides the background"):
+        open_chips(one, ignore_background=True)
+
+
+def test_ignore_background_and_class_weights(chips, tmp_path):
+    folder = open_chips(chips, ignore_background=True)
+    assert [c["value"] for c in folder.classes] == [1, 2, 3]
+    assert folder.lut[0] == 255 and list(folder.lut[1:4]) == [0, 1, 2] and folder.lut[255] == 255
+    r = train(params(chips, tmp_path, epochs=1, ignore_background=True, class_weights="inverse_frequency",
+                     loss="focal"))
+    assert [c["value"] for c in r.card["classes"]] == [1, 2, 3] and r.card["ignore_background"] is True
+
+
+def test_bad_model_options_are_named(chips, tmp_path):
+    p = params(chips, tmp_path, model_options={"base_widht": 8})
+    with pytest.raises(GeoSegError, match="MODEL_OPTIONS: unknown option.*base_widht"):
+        train(p)
+    assert os.listdir(tmp_path) == []
+
+
+def test_parse_model_options():
+    from geoseg.core.options import parse_model_options
+
+    assert parse_model_options("") == {} and parse_model_options('  {"depth": 3} ') == {"depth": 3}
+    with pytest.raises(GeoSegError, match="MODEL_OPTIONS is not valid JSON"):
+        parse_model_options("{depth: 3}")
+    with pytest.raises(GeoSegError, match="must be a JSON object"):
+        parse_model_options("[3]")
