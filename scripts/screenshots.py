@@ -53,8 +53,37 @@ def render_map(layers: list, path: str, width: int = 768, height: int = 640) -> 
     job.renderedImage().save(path)
 
 
+def render_train_dialog(chips: str, model: str, path: str, iface=None) -> None:
+    """The Train dialog after a short real run (tiny UNet), so the plot and table are true."""
+    import time
+
+    from geoseg.ui.train_dialog import TrainDialog
+
+    dlg = TrainDialog(iface)
+    dlg.chipsDir.setFilePath(chips)
+    dlg.outputModel.setFilePath(model)
+    dlg.modelOptions.setText('{"base_width": 8, "depth": 3}')
+    dlg.epochs.setValue(6)
+    dlg.batchSize.setValue(8)
+    dlg.learningRate.setValue(0.005)
+    dlg.device.setCurrentIndex(1)
+    dlg.resize(760, 860)
+    dlg.show()
+    if dlg.run() is None:
+        raise RuntimeError(f"the Train dialog refused to run: {dlg.messageLabel.text()}")
+    deadline = time.monotonic() + 600
+    while dlg.task is not None and time.monotonic() < deadline:
+        QgsApplication.processEvents()
+        time.sleep(0.01)
+    if dlg.last_error:
+        raise RuntimeError(dlg.last_error)
+    QgsApplication.processEvents()
+    dlg.grab().save(path)
+    dlg.close()
+
+
 def render_all(out_dir: str, iface=None) -> list[str]:
-    """Write export_dialog.png and chip_index.png into out_dir; return their paths."""
+    """Write export_dialog.png, chip_index.png and train_dialog.png into out_dir; return their paths."""
     from geoseg.ui.export_dialog import ExportChipsDialog
 
     work = tempfile.mkdtemp(prefix="geoseg-shots-")
@@ -93,6 +122,12 @@ def render_all(out_dir: str, iface=None) -> list[str]:
         footprints.setRenderer(_split_renderer())
         paths.append(os.path.join(out_dir, "chip_index.png"))
         render_map([footprints, raster], paths[-1])
+
+        small = os.path.join(work, "chips64")
+        export_chips(ExportParams(scene.raster, scene.labels, small, class_field="class", name_field="name",
+                                  chip_size=64, stride_x=64, stride_y=64))
+        paths.append(os.path.join(out_dir, "train_dialog.png"))
+        render_train_dialog(small, os.path.join(work, "unet.pt"), paths[-1], iface)
     finally:
         QgsProject.instance().removeAllMapLayers()
     return paths

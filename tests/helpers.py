@@ -181,3 +181,18 @@ def open_dialog(cls, app, iface) -> Iterator[object]:
             wait_for(dlg, app)
         dlg.close()
         dlg.deleteLater()
+
+
+def set_widgets(dlg, **values) -> None:
+    """Set a dialog's widgets by attribute name: bool → check box, str → field combo or line
+    edit, int → combo index (combo boxes) or value (spin boxes)."""
+    for name, value in values.items():
+        widget = getattr(dlg, name)
+        if isinstance(value, bool):
+            widget.setChecked(value)
+        elif isinstance(value, str):
+            (widget.setField if hasattr(widget, "setField") else widget.setText)(value)
+        elif hasattr(widget, "setCurrentIndex"):
+            widget.setCurrentIndex(value)
+        else:
+            widget.setValue(value)

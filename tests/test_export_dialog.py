@@ -24,7 +24,7 @@ from geoseg.core.chips import ExportParams
 from geoseg.core.errors import GeoSegError
 from geoseg.ui.export_dialog import SETTINGS_PREFIX, ExportChipsDialog, index_path_for
 
-from helpers import fresh_settings, make_raster, make_vector, open_dialog, reproject, utm_box, wait_for
+from helpers import fresh_settings, make_raster, make_vector, open_dialog, reproject, set_widgets, utm_box, wait_for
 
 WIDGETS = ("inputLayer", "labelsLayer", "classField", "nameField", "chipSize", "strideX", "strideY",
            "mode", "background", "maxNodata", "validationFraction", "splitMethod", "blockSize", "seed",
@@ -101,21 +101,6 @@ def setup(dlg: ExportChipsDialog, raster, labels, out: str) -> None:
     dlg.classField.setField("cls")
     dlg.chipSize.setValue(32)
     dlg.outputDir.setFilePath(out)
-
-
-def set_widgets(dlg: ExportChipsDialog, **values) -> None:
-    """Set widgets by name, in order: text → field combo, bool → check box, int → combo index
-    (combo boxes) or value (spin boxes)."""
-    for name, value in values.items():
-        widget = getattr(dlg, name)
-        if isinstance(value, str):
-            widget.setField(value)
-        elif isinstance(value, bool):
-            widget.setChecked(value)
-        elif hasattr(widget, "setCurrentIndex"):
-            widget.setCurrentIndex(value)
-        else:
-            widget.setValue(value)
 
 
 def setup_big(dlg: ExportChipsDialog, tmp_path, out_name: str):

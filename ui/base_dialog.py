@@ -252,12 +252,17 @@ class GeoSegDialog(QDialog):
         if not sip.isdeleted(self):  # the task may outlive an unloaded plugin's dialog
             self.progress.setValue(int(value))
 
+    def _push(self, text: str, level: int, seconds: int) -> None:
+        """To QGIS's message bar; a dialog opened without QGIS's interface (scripts) shows only its label."""
+        if self.iface is not None:
+            self.iface.messageBar().pushMessage("GeoSeg", text, level, seconds)
+
     def _on_success(self, result: Any) -> None:
         self.last_result = result
         self.last_error = None
         text = self._success_text(result)
         try:
-            self.iface.messageBar().pushMessage("GeoSeg", text, Qgis.Success, 10)
+            self._push(text, Qgis.Success, 10)
             self._show_result(result)
         finally:  # Run must come back even if reporting failed
             self._finish(text, error=False)
@@ -269,7 +274,7 @@ class GeoSegDialog(QDialog):
         self.last_error = message
         try:
             level = Qgis.Warning if cancelled else Qgis.Critical
-            self.iface.messageBar().pushMessage("GeoSeg", message, level, 10 if cancelled else 0)
+            self._push(message, level, 10 if cancelled else 0)
         finally:
             self._finish(message, error=True)
 
