@@ -56,6 +56,17 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class BatchReport:
+    """Sent to the `report` callback after every training batch (live loss)."""
+
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    loss: float
+
+
+@dataclass(frozen=True)
 class EpochReport:
     """Sent to the `report` callback after every epoch (the dialog plots these)."""
 
@@ -140,7 +151,7 @@ def validate(p: TrainParams) -> None:
 
 
 def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False,
-          report: Callable[[EpochReport], None] | None = None) -> TrainResult:
+          report: Callable[[BatchReport | EpochReport], None] | None = None) -> TrainResult:
     """Train as described by `p`; raise GeoSegError (or Cancelled) on failure."""
     validate(p)
     chips = open_chips(p.chips_dir, p.ignore_background)
@@ -157,7 +168,7 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
     try:
         for epoch in range(run.start_epoch, p.epochs):
             t0 = time.perf_counter()
-            train_loss = run.train_epoch(epoch, progress, cancelled)
+            train_loss = run.train_epoch(epoch, progress, cancelled, report)
             val_loss, cm = run.validate_epoch(cancelled, epoch)
             m = metrics_from_confusion(cm)
             miou = 0.0 if math.isnan(m.mean_iou) else float(m.mean_iou)

@@ -193,8 +193,11 @@ class Run:
             return sum(self.loss_fn(o.float(), y) for o in out) / len(out)
         return self.loss_fn(out.float(), y)
 
-    def train_epoch(self, epoch: int, progress: Progress, cancelled: IsCancelled) -> float:
+    def train_epoch(self, epoch: int, progress: Progress, cancelled: IsCancelled,
+                    report: Callable[[object], None] | None = None) -> float:
         import torch
+
+        from .train import BatchReport
 
         self.model.train()
         total, n = 0.0, 0
@@ -223,6 +226,8 @@ class Run:
             total += loss.item() * x.shape[0]
             n += x.shape[0]
             progress((epoch + (b + 1) / self.steps) / self.p.epochs)
+            if report is not None:
+                report(BatchReport(epoch + 1, self.p.epochs, b + 1, self.steps, loss.item()))
         return total / max(n, 1)
 
     def validate_epoch(self, cancelled: IsCancelled, epoch: int) -> tuple[float, np.ndarray]:

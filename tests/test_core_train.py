@@ -234,3 +234,17 @@ def test_parse_model_options():
         parse_model_options("{depth: 3}")
     with pytest.raises(GeoSegError, match="must be a JSON object"):
         parse_model_options("[3]")
+
+
+def test_batch_reports_and_early_stopping(chips, tmp_path):
+    from geoseg.core.train import BatchReport, EpochReport
+
+    reports = []
+    # a learning rate this small cannot improve the validation mIoU: patience 1 stops after one more epoch
+    r = train(params(chips, tmp_path, epochs=6, patience=1, learning_rate=1e-7, augment=False),
+              report=reports.append)
+    batches = [x for x in reports if isinstance(x, BatchReport)]
+    epochs = [x for x in reports if isinstance(x, EpochReport)]
+    assert r.stopped_early and r.epochs_run == len(epochs) == r.best_epoch + 1 < 6
+    assert [(b.epoch, b.batch, b.batches) for b in batches[:2]] == [(1, 1, 2), (1, 2, 2)]
+    assert len(batches) == 2 * r.epochs_run and all(b.loss > 0 for b in batches)

@@ -39,7 +39,7 @@ from ..core.options import (
     SCHEDULES,
     parse_model_options,
 )
-from ..core.train import EpochReport, TrainParams, TrainResult, resolve_device, train, validate
+from ..core.train import BatchReport, EpochReport, TrainParams, TrainResult, resolve_device, train, validate
 from .base_dialog import ERROR_STYLE, GeoSegDialog
 from .tasks import CoreTask
 
@@ -51,15 +51,17 @@ TORCH_MISSING = "torch is not installed: training is unavailable (install torch 
 
 
 class _Reporter(QObject):
-    """Carries EpochReports from the worker thread to the dialog (queued to the main thread).
+    """Carries training reports from the worker thread to the dialog (queued to the main thread).
 
     Separate from the dialog so that a report emitted after the dialog was deleted is dropped
     instead of failing the training."""
 
     epoch = pyqtSignal(object)
+    batch = pyqtSignal(object)
 
-    def report(self, r: EpochReport) -> None:
-        self.epoch.emit(r)  # nothing else here: this runs on the worker thread
+    def report(self, r: EpochReport | BatchReport) -> None:
+        # nothing else here: this runs on the worker thread
+        (self.epoch if isinstance(r, EpochReport) else self.batch).emit(r)
 
 
 class TrainDialog(GeoSegDialog):
@@ -240,10 +242,18 @@ class TrainDialog(GeoSegDialog):
         self.history = []
         self._redraw()
         self.classTable.setRowCount(0)
+        self.progress.setFormat("%p%")
         self._reporter = _Reporter()
         self._reporter.epoch.connect(self._on_epoch)
+        self._reporter.batch.connect(self._on_batch)
         return CoreTask(f"GeoSeg: train {self.architecture.currentText()} → {os.path.basename(p.output_model)}",
                         train, p, self._on_success, self._on_error, report=self._reporter.report)
+
+    def _on_batch(self, r: BatchReport) -> None:
+        """Live loss in the progress bar's text."""
+        if not sip.isdeleted(self):
+            self.progress.setFormat(f"epoch {r.epoch}/{r.epochs} · batch {r.batch}/{r.batches} · "
+                                    f"loss {r.loss:.4f} · %p%")
 
     def _on_epoch(self, report: EpochReport) -> None:
         """Main thread: one finished epoch → history, plot and status line."""
