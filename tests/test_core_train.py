@@ -17,7 +17,7 @@ from geoseg.core.checkpoint import load_checkpoint
 from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.dataset import open_chips
 from geoseg.core.errors import Cancelled, GeoSegError
-from geoseg.core.train import TrainParams, export_model_onnx, output_paths, train
+from geoseg.core.train import EpochReport, TrainParams, export_model_onnx, output_paths, train
 
 from helpers import make_raster, make_vector, standard_labels, utm_box
 
@@ -44,8 +44,9 @@ def params(chips: str, tmp_path, **kw) -> TrainParams:
 
 
 def test_train_writes_model_onnx_metrics_and_card(chips, tmp_path):
-    epochs = []
-    r = train(params(chips, tmp_path), report=epochs.append)
+    reports = []
+    r = train(params(chips, tmp_path), report=reports.append)
+    epochs = [e for e in reports if isinstance(e, EpochReport)]
     paths = output_paths(str(tmp_path / "model.pt"))
     assert (r.model_path, r.onnx_path, r.metrics_path) == (paths["model"], paths["onnx"], paths["metrics"])
     assert [e.epoch for e in epochs] == [1, 2] and r.epochs_run == 2
@@ -237,7 +238,7 @@ def test_parse_model_options():
 
 
 def test_batch_reports_and_early_stopping(chips, tmp_path):
-    from geoseg.core.train import BatchReport, EpochReport
+    from geoseg.core.train import BatchReport
 
     reports = []
     # a learning rate this small cannot improve the validation mIoU: patience 1 stops after one more epoch

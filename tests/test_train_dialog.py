@@ -209,7 +209,8 @@ def test_epoch_reports_reach_the_main_thread(dialog, chips_dir, tmp_path, qgis_a
 
     def spy_train(p, *, report, **kw):
         def spy_report(r):
-            threads["report"].append(threading.current_thread())
+            if isinstance(r, EpochReport):
+                threads["report"].append(threading.current_thread())
             report(r)
         return real_train(p, report=spy_report, **kw)
 
@@ -227,6 +228,7 @@ def test_epoch_reports_reach_the_main_thread(dialog, chips_dir, tmp_path, qgis_a
     assert len(threads["report"]) == 2 and threading.main_thread() not in threads["report"]
     assert threads["slot"] == [threading.main_thread()] * 2
     assert [h.epoch for h in dialog.history] == [1, 2]
+    assert dialog.progress.format().startswith("epoch 2/2 · batch ")  # the live batch loss was shown
 
 
 def test_cancel_at_start_leaves_nothing(dialog, chips_dir, tmp_path, qgis_app, qgis_iface):
