@@ -1,4 +1,4 @@
-"""Plugin wiring only: menu, toolbar, Processing provider. Dialogs are imported when opened."""
+"""Plugin wiring only: menu, toolbar, layer-tree action, Processing provider. Dialogs are imported when opened."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib
 import os
 from collections.abc import Callable
 
-from qgis.core import QgsApplication
+from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsRasterLayer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMenu
 
@@ -29,6 +29,7 @@ class GeoSegPlugin:
         self.menu: QMenu | None = None
         self.toolbar = None
         self.actions: list[QAction] = []
+        self.layer_action: QAction | None = None  # "Segment layer…" in the layer tree's context menu
         self.dialogs: dict[str, object] = {}
         self.log_handler = None
 
@@ -53,6 +54,10 @@ class GeoSegPlugin:
         self.toolbar.setObjectName(self.TOOLBAR_OBJECT)
         self._add_action("Export training chips…", "export_chips.svg", self.open_export_dialog)
         self._add_action("Train model…", "train.svg", self.open_train_dialog)
+        self._add_action("Segment raster…", "segment.svg", self.open_segment_dialog)
+        self.layer_action = QAction(icon("segment.svg"), "Segment layer…", window)
+        self.layer_action.triggered.connect(self.segment_active_layer)
+        self.iface.addCustomActionForLayerType(self.layer_action, "", QgsMapLayerType.RasterLayer, True)
 
     def _add_action(self, text: str, icon_name: str, slot: Callable[[], None]) -> QAction:
         action = QAction(icon(icon_name), text, self.iface.mainWindow())
@@ -68,7 +73,19 @@ class GeoSegPlugin:
     def open_train_dialog(self) -> None:
         self._show("train", "train_dialog", "TrainDialog")
 
-    def _show(self, key: str, module_name: str, class_name: str) -> None:
+    def open_segment_dialog(self) -> None:
+        self._show("segment", "segment_dialog", "SegmentDialog")
+
+    def segment_active_layer(self) -> None:
+        """The layer tree's "Segment layer…": the Segment dialog with the selected raster preselected."""
+        layer = self.iface.activeLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            self.iface.messageBar().pushMessage("GeoSeg", "Segment layer: select a raster layer first.",
+                                                Qgis.Warning, 5)
+            return
+        self._show("segment", "segment_dialog", "SegmentDialog").set_input_layer(layer)
+
+    def _show(self, key: str, module_name: str, class_name: str) -> object:
         """Import the dialog module (ui/<module_name>.py) on first use; one instance per session."""
         dlg = self.dialogs.get(key)
         if dlg is None:
@@ -78,6 +95,7 @@ class GeoSegPlugin:
         dlg.show()
         dlg.raise_()
         dlg.activateWindow()
+        return dlg
 
     def unload(self) -> None:
         from .ui import log
@@ -86,6 +104,10 @@ class GeoSegPlugin:
             dlg.close()
             dlg.deleteLater()
         self.dialogs.clear()
+        if self.layer_action is not None:
+            self.iface.removeCustomActionForLayerType(self.layer_action)
+            self.layer_action.deleteLater()
+            self.layer_action = None
         for action in self.actions:
             action.deleteLater()
         self.actions.clear()

@@ -9,10 +9,11 @@ from qgis.PyQt.QtGui import QIcon
 
 from .exportchips import ExportChipsAlgorithm
 from .exportonnx import ExportOnnxAlgorithm
+from .segment import SegmentAlgorithm
 from .train import TrainAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icons", "geoseg.svg")
-ALGORITHMS = (ExportChipsAlgorithm, TrainAlgorithm, ExportOnnxAlgorithm)
+ALGORITHMS = (ExportChipsAlgorithm, TrainAlgorithm, SegmentAlgorithm, ExportOnnxAlgorithm)
 
 
 class GeoSegProvider(QgsProcessingProvider):

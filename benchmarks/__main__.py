@@ -6,7 +6,7 @@ import datetime
 import os
 import platform
 
-from . import export_memory
+from . import export_memory, segment_memory
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +26,7 @@ def main() -> None:
     lines = ["# GeoSeg benchmarks", "", f"- date: {datetime.date.today().isoformat()}",
              f"- machine: {machine()}", "- command: `make bench`", ""]
     lines += export_memory.report(export_memory.run())
+    lines += segment_memory.report(segment_memory.run())
     text = "\n".join(lines)
     with open(os.path.join(HERE, "BENCHMARKS.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")

@@ -1,5 +1,5 @@
 """Command line over the engine, the third front-end beside the dialogs and Processing:
-`python -m geoseg.core exportchips|train …` builds the same parameter dataclasses the others build."""
+`python -m geoseg.core exportchips|train|segment …` builds the same parameter dataclasses the others build."""
 
 from __future__ import annotations
 
@@ -54,6 +54,34 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-options", default="{}", help='JSON, e.g. {"base_width": 16}')
 
 
+def _segment_parser(sub: argparse._SubParsersAction) -> None:
+    from .options import DEVICES
+
+    p = sub.add_parser("segment", help="tiled prediction of a raster (as geoseg:segment)")
+    p.add_argument("--input", required=True, help="raster file")
+    p.add_argument("--model", required=True, help=".onnx with a GeoSeg card, or a GeoSeg .pt")
+    p.add_argument("--output", required=True, help="new class map (.tif)")
+    p.add_argument("--probabilities", help="new probability raster (.tif)")
+    p.add_argument("--chip-size", type=int)
+    p.add_argument("--stride-x", type=int)
+    p.add_argument("--stride-y", type=int)
+    p.add_argument("--crop", type=int)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+
+
+def _run_segment(args: argparse.Namespace) -> str:
+    from .predict import SegmentParams, segment
+
+    r = segment(SegmentParams(
+        input_path=args.input, model_path=args.model, output_path=args.output, probabilities_path=args.probabilities,
+        chip_size=args.chip_size, stride_x=args.stride_x, stride_y=args.stride_y, crop=args.crop,
+        batch_size=args.batch_size, backend=args.backend, device=args.device),
+        progress=_progress if sys.stderr.isatty() else lambda f: None)
+    return f"Segmented {r.tiles} tiles in {r.seconds:.1f} s with {r.backend} ({r.provider}); wrote {r.output_path}."
+
+
 def _run_train(args: argparse.Namespace) -> str:
     import json
 
@@ -97,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sample", help="write the synthetic sample scene (see `sample --help`)")
     _export_parser(sub)
     _train_parser(sub)
+    _segment_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        message = (_run_export if args.command == "exportchips" else _run_train)(args)
+        run = {"exportchips": _run_export, "train": _run_train, "segment": _run_segment}[args.command]
+        message = run(args)
     except GeoSegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ Run with `make screenshots`; tests call `render_all(tmp)` to keep this script wo
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 
@@ -130,6 +131,7 @@ def render_all(out_dir: str, iface=None) -> list[str]:
         render_train_dialog(small, os.path.join(work, "unet.pt"), paths[-1], iface)
     finally:
         QgsProject.instance().removeAllMapLayers()
+        shutil.rmtree(work, ignore_errors=True)
     return paths
 
 

@@ -37,3 +37,27 @@ def geoseg_provider(qgis_app, qgis_processing):
 
 
 _KEEP: list = []
+
+
+@pytest.fixture(autouse=True)
+def _layer_actions_on_stub_iface(request):
+    """pytest-qgis's stub iface lacks QGIS's addCustomActionForLayerType/removeCustomActionForLayerType
+    (the layer tree's context-menu actions). Tests using `qgis_iface` get both on the stub class,
+    recording the registrations in `qgis_iface.custom_layer_actions` as (action, menu, layer_type,
+    all_layers). Only the stub iface is patched; QGIS itself stays real."""
+    if "qgis_iface" not in request.fixturenames:
+        return
+    iface = request.getfixturevalue("qgis_iface")
+    stub = type(iface)
+    if not hasattr(stub, "addCustomActionForLayerType"):
+        def add(self, action, menu, layer_type, all_layers):
+            self.__dict__.setdefault("custom_layer_actions", []).append((action, menu, layer_type, all_layers))
+
+        def remove(self, action):
+            actions = self.__dict__.setdefault("custom_layer_actions", [])
+            actions[:] = [entry for entry in actions if entry[0] is not action]
+            return True
+
+        stub.addCustomActionForLayerType = add
+        stub.removeCustomActionForLayerType = remove
+    iface.__dict__.setdefault("custom_layer_actions", [])

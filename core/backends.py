@@ -1,0 +1,153 @@
+"""Inference backends for segmentation: onnxruntime for `.onnx`, torch for GeoSeg `.pt`.
+
+Both take a float32 batch `[N, C, H, W]` (already normalised) and return float32 logits
+`[N, K, H, W]`. The model's card is read and validated before a backend is built, and the
+backend is tried on a blank tile before any pixel of the user's raster is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Protocol
+
+import numpy as np
+
+from .card import CARD_KEY, card_from_json
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .errors import GeoSegError
+from .options import DEVICES
+
+log = logging.getLogger("geoseg")
+
+BACKENDS = ("auto", "onnxruntime", "torch")
+
+
+class Backend(Protocol):
+    name: str
+    provider: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def read_model_card(model_path: str, what: str = "MODEL") -> dict:
+    """The validated card of an `.onnx` or `.pt` model, without running it."""
+    if not model_path:
+        raise GeoSegError(f"{what}: no model file given.")
+    if not os.path.isfile(model_path):
+        raise GeoSegError(f"{what}: file not found: {model_path}")
+    ext = os.path.splitext(model_path)[1].lower()
+    if ext == ".pt":
+        return load_checkpoint(model_path, what)["card"]
+    if ext != ".onnx":
+        raise GeoSegError(f"{what}: {model_path} is neither an .onnx nor a GeoSeg .pt model.")
+    import onnx
+
+    try:
+        model = onnx.load(model_path, load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001  (protobuf and checker errors of every kind)
+        raise GeoSegError(f"{what}: {model_path} is not a valid ONNX model ({str(e).splitlines()[0][:200]}).") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if CARD_KEY not in meta:
+        raise GeoSegError(f"{what}: {model_path} carries no GeoSeg model card (ONNX metadata_props key "
+                          f"'{CARD_KEY}'); write one as described in the README.")
+    return card_from_json(meta[CARD_KEY], model_path)
+
+
+class OnnxBackend:
+    """onnxruntime session; the CUDA execution provider when asked for (or auto) and working."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str, device: str) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        if device == "cuda" and not want_cuda:
+            raise GeoSegError("DEVICE: CUDA was requested, but this onnxruntime has no CUDA execution provider "
+                              f"(available: {', '.join(available)}). Install onnxruntime-gpu, or choose auto/cpu.")
+        if want_cuda and hasattr(ort, "preload_dlls"):
+            try:  # use the CUDA/cuDNN libraries of an installed torch when the system has none
+                ort.preload_dlls()
+            except Exception as e:  # noqa: BLE001
+                log.info("onnxruntime could not preload CUDA libraries (%s)", e)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = os.cpu_count() or 1
+        opts.log_severity_level = 3
+        providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=providers)
+        except Exception as e:  # noqa: BLE001
+            raise GeoSegError(f"MODEL: onnxruntime cannot load {path} ({str(e).splitlines()[0][:200]}).") from None
+        self.provider = self.session.get_providers()[0]
+        if device == "cuda" and self.provider != "CUDAExecutionProvider":
+            raise GeoSegError("DEVICE: CUDA was requested, but onnxruntime's CUDA provider failed to start "
+                              "(missing CUDA/cuDNN libraries?); choose auto or cpu.")
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: batch})[0]
+
+
+class TorchBackend:
+    """A GeoSeg `.pt` rebuilt from its card; inference_mode, AMP and channels_last on CUDA."""
+
+    name = "torch"
+
+    def __init__(self, path: str, device: str) -> None:
+        import torch
+
+        from .train import resolve_device
+
+        self.device = resolve_device(device)
+        self.model = model_from_checkpoint(load_checkpoint(path)).to(self.device).eval()
+        self.provider = f"torch {torch.__version__} on {self.device}"
+        if self.device == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+            self.provider += f" ({torch.cuda.get_device_name()})"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            if self.device == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = self.model(x)
+            else:
+                out = self.model(x)
+            return out.float().cpu().numpy()
+
+
+def open_backend(model_path: str, card: dict, backend: str, device: str, chip: int) -> Backend:
+    """Build the backend and prove it on a blank tile of the run's size: the output must match the card."""
+    if backend not in BACKENDS:
+        raise GeoSegError(f"BACKEND must be one of {', '.join(BACKENDS)} (got '{backend}').")
+    if device not in DEVICES:
+        raise GeoSegError(f"DEVICE must be one of {', '.join(DEVICES)} (got '{device}').")
+    is_onnx = model_path.lower().endswith(".onnx")
+    if backend == "auto":
+        backend = "onnxruntime" if is_onnx else "torch"
+    if backend == "torch" and is_onnx:
+        raise GeoSegError("BACKEND torch needs a GeoSeg .pt model; use onnxruntime (or auto) for an .onnx file.")
+    if backend == "onnxruntime" and not is_onnx:
+        raise GeoSegError("BACKEND onnxruntime needs an .onnx model; export the .pt with geoseg:exportonnx, "
+                          "or use the torch backend (or auto).")
+    engine: Backend = OnnxBackend(model_path, device) if backend == "onnxruntime" else TorchBackend(model_path, device)
+    n, k = card["in_channels"], len(card["classes"])
+    try:
+        out = engine(np.zeros((1, n, chip, chip), dtype=np.float32))
+    except GeoSegError:
+        raise
+    except Exception as e:  # noqa: BLE001  (whatever the model raises for the card's input)
+        raise GeoSegError(f"MODEL: the model fails on a [1, {n}, {chip}, {chip}] input as its card describes "
+                          f"({str(e).splitlines()[0][:200]}).") from None
+    if tuple(out.shape) != (1, k, chip, chip):
+        raise GeoSegError(f"MODEL: the model returns shape {list(out.shape)} for a [1, {n}, {chip}, {chip}] input, "
+                          f"but its card lists {k} classes, so [1, {k}, {chip}, {chip}] is expected.")
+    log.info("Segmenting with %s (%s).", engine.name, engine.provider)
+    return engine

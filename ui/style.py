@@ -1,0 +1,50 @@
+"""Styling the rasters written by segmentation: the class raster gets the model card's colours
+and names, the probabilities a 0..1 grey ramp. Qt/QGIS only (no torch, no numpy)."""
+
+from __future__ import annotations
+
+import os
+
+from qgis.core import (
+    QgsContrastEnhancement,
+    QgsPalettedRasterRenderer,
+    QgsRasterLayer,
+    QgsSingleBandGrayRenderer,
+)
+from qgis.PyQt.QtGui import QColor
+
+CLASSES_SUFFIX = " — GeoSeg classes"
+PROBABILITIES_SUFFIX = " — GeoSeg probabilities"
+
+
+def class_layer_name(output_path: str, input_name: str | None = None) -> str:
+    """'<input layer name> — GeoSeg classes'; without an input name, the output file's stem stands in."""
+    base = input_name or os.path.splitext(os.path.basename(output_path))[0]
+    return base + CLASSES_SUFFIX
+
+
+def probabilities_layer_name(probabilities_path: str, input_name: str | None = None) -> str:
+    base = input_name or os.path.splitext(os.path.basename(probabilities_path))[0]
+    return base + PROBABILITIES_SUFFIX
+
+
+def apply_class_style(layer: QgsRasterLayer, classes: list[dict]) -> None:
+    """Paletted renderer on band 1: one entry per card class (value, colour, name), in card order.
+
+    Pixels of other values (255 = nodata) stay transparent."""
+    entries = [QgsPalettedRasterRenderer.Class(float(c["value"]), QColor(c["color"]), str(c["name"]))
+               for c in classes]
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries))
+    layer.triggerRepaint()
+
+
+def style_probabilities(layer: QgsRasterLayer, band: int = 1) -> None:
+    """Single-band grey over the fixed probability range 0..1 (black 0, white 1)."""
+    renderer = QgsSingleBandGrayRenderer(layer.dataProvider(), band)
+    enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+    enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+    enhancement.setMinimumValue(0.0)
+    enhancement.setMaximumValue(1.0)
+    renderer.setContrastEnhancement(enhancement)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
