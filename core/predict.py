@@ -282,7 +282,6 @@ def _predict(ds: gdal.Dataset, info, tiling: Tiling, engine, card: dict, out_pat
         prob_rows = PyramidWriter(prob) if prob else None
         done = 0
         for oy, (y0, y1) in zip(tiling.ys, tiling.keep_y, strict=True):
-            ds.FlushCache()  # rows of finished strips are not needed again: keep the GDAL cache small
             classes = np.empty((y1 - y0, info.width), dtype=np.uint8)
             probs = np.empty((k, y1 - y0, info.width), dtype=np.float32) if prob else None
             for b in range(0, len(tiling.xs), batch_size):
@@ -294,6 +293,7 @@ def _predict(ds: gdal.Dataset, info, tiling: Tiling, engine, card: dict, out_pat
                 win = Window(left, oy, right - left, min(chip, info.height), max(0, chip - info.width),
                              max(0, chip - info.height))
                 pixels, valid = read_window(ds, info, win)
+                ds.FlushCache()  # the cache would otherwise hold a strip's width of blocks
                 batch = np.stack([pixels[:, :, x - left:x - left + chip] for x in xs]).astype(np.float32)
                 batch -= mean
                 batch /= std
