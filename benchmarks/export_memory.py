@@ -6,23 +6,19 @@ raster; each size runs in its own process so the peaks are independent.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
 from osgeo import gdal, ogr, osr
 
+from .common import growth_line, run_child
+
 gdal.UseExceptions()
 
-# VmHWM, not ru_maxrss: the latter is inherited from the parent across fork/exec.
 CHILD = r"""
 import json, sys
 from geoseg.core.chips import ExportParams, export_chips
-def hwm():
-    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
 raster, labels, out = sys.argv[1:4]
 base = hwm()
 r = export_chips(ExportParams(raster, labels, out, class_field="cls", chip_size=256))
@@ -81,9 +77,7 @@ def run(sizes: tuple[int, ...] = (2048, 8192), cache_mb: int | None = None) -> d
             raster, labels = os.path.join(tmp, "r.tif"), os.path.join(tmp, "l.gpkg")
             write_raster(raster, size)
             write_labels(labels, size)
-            out = subprocess.run([sys.executable, "-c", CHILD, raster, labels, os.path.join(tmp, "chips")],
-                                 capture_output=True, text=True, check=True, env=env)
-            results[size] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[size] = run_child(CHILD, raster, labels, os.path.join(tmp, "chips"), env=env)
     return results
 
 
@@ -95,8 +89,4 @@ def report(results: dict) -> list[str]:
     for size, r in results.items():
         lines.append(f"| {size}² | {r['chips']} | {r['seconds']:.1f} | {r['chips'] / r['seconds']:.0f} | "
                      f"{r['peak_kb'] / 1024:.0f} MB | {r['import_kb'] / 1024:.0f} MB |")
-    sizes = sorted(results)
-    growth = (results[sizes[-1]]["peak_kb"] - results[sizes[0]]["peak_kb"]) / 1024
-    lines += ["", f"Peak RSS growth from {sizes[0]}² to {sizes[-1]}² ({(sizes[-1] / sizes[0]) ** 2:.0f}× the "
-              f"pixels): {growth:+.0f} MB.", ""]
-    return lines
+    return [*lines, "", growth_line(results), ""]

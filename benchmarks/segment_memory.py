@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
+from .common import growth_line, run_child
 from .export_memory import write_raster
 
 CHILD = r"""
 import json, sys
 from geoseg.core.predict import SegmentParams, segment
-def hwm():
-    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
 raster, model, out = sys.argv[1:4]
 base = hwm()
 r = segment(SegmentParams(raster, model, out, chip_size=256, stride_x=248, stride_y=248, crop=4, batch_size=8))
@@ -49,9 +46,7 @@ def run(sizes: tuple[int, ...] = (4096, 16384)) -> dict:
         for size in sizes:
             raster = os.path.join(tmp, f"r{size}.tif")
             write_raster(raster, size)
-            out = subprocess.run([sys.executable, "-c", CHILD, raster, model, os.path.join(tmp, f"c{size}.tif")],
-                                 capture_output=True, text=True, check=True)
-            results[size] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[size] = run_child(CHILD, raster, model, os.path.join(tmp, f"c{size}.tif"))
             os.remove(raster)
     return results
 
@@ -64,8 +59,4 @@ def report(results: dict) -> list[str]:
     for size, r in results.items():
         lines.append(f"| {size}² | {r['tiles']} | {r['seconds']:.1f} | {r['peak_kb'] / 1024:.0f} MB | "
                      f"{r['import_kb'] / 1024:.0f} MB |")
-    sizes = sorted(results)
-    growth = (results[sizes[-1]]["peak_kb"] - results[sizes[0]]["peak_kb"]) / 1024
-    lines += ["", f"Peak RSS growth from {sizes[0]}² to {sizes[-1]}² ({(sizes[-1] / sizes[0]) ** 2:.0f}× the pixels, "
-              f"4× the strip width): {growth:+.0f} MB.", ""]
-    return lines
+    return [*lines, "", growth_line(results, ", 4× the strip width"), ""]

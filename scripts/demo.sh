@@ -3,7 +3,8 @@
 # 1. write the seeded sample scene (4-band UInt16 UTM raster, labels in EPSG:4326);
 # 2. export training chips through qgis_process (geoseg:exportchips) with a spatial-block split;
 # 3. train a UNet briefly on the CPU through qgis_process (geoseg:train);
-# 4. print what was exported and how well the model does on the validation chips.
+# 4. segment the whole scene with the ONNX model (geoseg:segment);
+# 5. print what was exported, the validation metrics, and the map's agreement with the truth.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-demo_output}"
@@ -18,23 +19,30 @@ mkdir -p "$out"
 touch "$out/.geoseg-demo"
 start=$(date +%s)
 
-echo "== 1/3 sample scene"
+echo "== 1/4 sample scene"
 "$py" -m geoseg.core sample "$out/data" --seed 0 --width 768 --height 640
 
-echo "== 2/3 export chips (scripts/qgis_process run geoseg:exportchips)"
+echo "== 2/4 export chips (scripts/qgis_process run geoseg:exportchips)"
 "$repo/scripts/qgis_process" run geoseg:exportchips -- \
   INPUT="$out/data/sample_scene.tif" LABELS="$out/data/sample_labels.gpkg" \
   CLASS_FIELD=class NAME_FIELD=name CHIP_SIZE=128 STRIDE_X=64 STRIDE_Y=64 MODE=0 \
   VALIDATION_FRACTION=0.2 SPLIT_METHOD=1 BLOCK_SIZE=256 SEED=0 \
   OUTPUT_DIR="$out/chips" INDEX="$out/chip_index.gpkg" 2>&1 | grep -E "^(Exported|ERROR)"
 
-echo "== 3/3 train a UNet on the CPU (scripts/qgis_process run geoseg:train, about 2 minutes)"
+echo "== 3/4 train a UNet on the CPU (scripts/qgis_process run geoseg:train, about 2 minutes)"
 "$repo/scripts/qgis_process" run geoseg:train -- \
   CHIPS="$out/chips" ARCHITECTURE=0 EPOCHS=12 BATCH_SIZE=8 LEARNING_RATE=0.005 LOSS=2 DEVICE=1 SEED=0 \
   MODEL_OPTIONS='{"base_width": 16}' OUTPUT_MODEL="$out/unet.pt" 2>&1 | grep -E "^(Best validation|ERROR)"
 
+echo "== 4/4 segment the scene (scripts/qgis_process run geoseg:segment)"
+"$repo/scripts/qgis_process" run geoseg:segment -- \
+  INPUT="$out/data/sample_scene.tif" MODEL="$out/unet.onnx" OUTPUT="$out/sample_classes.tif" \
+  2>&1 | grep -E "^(Segmented|ERROR)"
+
 "$py" - "$out" <<'PY'
 import csv, json, sys
+import numpy as np
+from osgeo import gdal
 out = sys.argv[1]
 d = json.load(open(f"{out}/chips/dataset.json"))
 print(f"\nchips: {d['chips']} ({d['split']['train']} train, {d['split']['validation']} validation), "
@@ -54,7 +62,13 @@ for name, iou in m["per_class_iou"].items():
     print(f"  IoU {name:<12}{'n/a' if iou is None else f'{iou:.3f}'}")
 print(f"recommended tiling: chip {card['chip_size']}, stride {card['recommended']['stride']}, "
       f"crop {card['recommended']['crop']}")
+gdal.UseExceptions()
+pred = gdal.Open(f"{out}/sample_classes.tif").ReadAsArray()
+truth = gdal.Open(f"{out}/data/sample_truth.tif").ReadAsArray()
+ok = truth != 255
+print(f"\nclass map vs the scene's truth ({ok.sum()} valid pixels, training scene: optimistic): "
+      f"agreement {(pred[ok] == truth[ok]).mean():.3f}")
 print(f"\nwritten: {out}/chips (images/, masks/, chips.csv, dataset.json), {out}/chip_index.gpkg,")
-print(f"         {out}/unet.pt, unet.onnx, unet.metrics.csv (per-epoch curves)")
+print(f"         {out}/unet.pt, unet.onnx, unet.metrics.csv (per-epoch curves), sample_classes.tif")
 PY
 echo "demo finished in $(( $(date +%s) - start )) s"

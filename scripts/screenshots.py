@@ -54,37 +54,75 @@ def render_map(layers: list, path: str, width: int = 768, height: int = 640) -> 
     job.renderedImage().save(path)
 
 
-def render_train_dialog(chips: str, model: str, path: str, iface=None) -> None:
-    """The Train dialog after a short real run (tiny UNet), so the plot and table are true."""
+def run_dialog(dlg, what: str) -> None:
+    """Start a dialog's task and process events until it reports back; raise on failure."""
     import time
 
-    from geoseg.ui.train_dialog import TrainDialog
-
-    dlg = TrainDialog(iface)
-    dlg.chipsDir.setFilePath(chips)
-    dlg.outputModel.setFilePath(model)
-    dlg.modelOptions.setText('{"base_width": 8, "depth": 3}')
-    dlg.epochs.setValue(6)
-    dlg.batchSize.setValue(8)
-    dlg.learningRate.setValue(0.005)
-    dlg.device.setCurrentIndex(1)
-    dlg.resize(760, 860)
-    dlg.show()
     if dlg.run() is None:
-        raise RuntimeError(f"the Train dialog refused to run: {dlg.messageLabel.text()}")
+        raise RuntimeError(f"the {what} dialog refused to run: {dlg.messageLabel.text()}")
     deadline = time.monotonic() + 600
     while dlg.task is not None and time.monotonic() < deadline:
         QgsApplication.processEvents()
         time.sleep(0.01)
     if dlg.last_error:
         raise RuntimeError(dlg.last_error)
+
+
+def render_train_dialog(chips: str, model: str, path: str, iface=None) -> None:
+    """The Train dialog after a short real run (tiny UNet), so the plot and table are true."""
+    from geoseg.ui.train_dialog import TrainDialog
+
+    dlg = TrainDialog(iface)
+    dlg.chipsDir.setFilePath(chips)
+    dlg.outputModel.setFilePath(model)
+    dlg.modelOptions.setText('{"base_width": 8, "depth": 3}')
+    dlg.epochs.setValue(15)
+    dlg.batchSize.setValue(8)
+    dlg.learningRate.setValue(0.01)
+    dlg.device.setCurrentIndex(1)
+    dlg.resize(760, 860)
+    dlg.show()
+    run_dialog(dlg, "Train")
     QgsApplication.processEvents()
     dlg.grab().save(path)
     dlg.close()
 
 
+def render_segment(raster: QgsRasterLayer, model: str, work: str, dialog_png: str, map_png: str, iface=None) -> None:
+    """The Segment dialog showing the model card, then the class map it writes, side by side
+    with the image (a real run on the sample scene)."""
+    from geoseg.ui.segment_dialog import SegmentDialog
+
+    dlg = SegmentDialog(iface)
+    dlg.set_input_layer(raster)
+    dlg.modelFile.setFilePath(model)
+    dlg.use_recommended_tiling()
+    dlg.outputFile.setFilePath(os.path.join(work, "sample_classes.tif"))
+    dlg.resize(900, dlg.sizeHint().height())
+    dlg.show()
+    QgsApplication.processEvents()
+    dlg.grab().save(dialog_png)
+    run_dialog(dlg, "Segment")
+    if dlg.last_layer is None:
+        raise RuntimeError("no class layer was added")
+    half = QSize(384, 320)
+    image, classes = (os.path.join(work, n) for n in ("image.png", "classes.png"))
+    render_map([raster], image, half.width(), half.height())
+    render_map([dlg.last_layer], classes, half.width(), half.height())
+    from qgis.PyQt.QtGui import QImage, QPainter
+
+    canvas = QImage(2 * half.width() + 8, half.height(), QImage.Format_ARGB32)
+    canvas.fill(QColor("white"))
+    painter = QPainter(canvas)
+    painter.drawImage(0, 0, QImage(image))
+    painter.drawImage(half.width() + 8, 0, QImage(classes))
+    painter.end()
+    canvas.save(map_png)
+    dlg.close()
+
+
 def render_all(out_dir: str, iface=None) -> list[str]:
-    """Write export_dialog.png, chip_index.png and train_dialog.png into out_dir; return their paths."""
+    """Write the README's pictures into out_dir; return their paths."""
     from geoseg.ui.export_dialog import ExportChipsDialog
 
     work = tempfile.mkdtemp(prefix="geoseg-shots-")
@@ -129,6 +167,8 @@ def render_all(out_dir: str, iface=None) -> list[str]:
                                   chip_size=64, stride_x=64, stride_y=64))
         paths.append(os.path.join(out_dir, "train_dialog.png"))
         render_train_dialog(small, os.path.join(work, "unet.pt"), paths[-1], iface)
+        paths += [os.path.join(out_dir, "segment_dialog.png"), os.path.join(out_dir, "segment_result.png")]
+        render_segment(raster, os.path.join(work, "unet.onnx"), work, paths[-2], paths[-1], iface)
     finally:
         QgsProject.instance().removeAllMapLayers()
         shutil.rmtree(work, ignore_errors=True)

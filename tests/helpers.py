@@ -159,6 +159,15 @@ def wait_for(dlg, app, timeout: float = 300.0) -> None:
         time.sleep(0.005)
 
 
+def run_and_wait(dlg, app):
+    """Start a dialog's task, check the buttons while it runs, and wait for it to report back."""
+    task = dlg.run()
+    assert task is not None and dlg.task is task
+    assert not dlg.runButton.isEnabled() and dlg.cancelButton.isEnabled()
+    wait_for(dlg, app)
+    return task
+
+
 @contextmanager
 def fresh_settings(prefix: str) -> Iterator[None]:
     """A test starts from a dialog's defaults and leaves no settings behind."""

@@ -23,13 +23,15 @@ def test_screenshots_render(qgis_app, qgis_iface, tmp_path):
     shots = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shots)
     paths = shots.render_all(str(tmp_path), qgis_iface)
-    assert [os.path.basename(p) for p in paths] == ["export_dialog.png", "chip_index.png", "train_dialog.png"]
-    dialog, index, train = (QImage(p) for p in paths)
+    names = ["export_dialog.png", "chip_index.png", "train_dialog.png", "segment_dialog.png", "segment_result.png"]
+    assert [os.path.basename(p) for p in paths] == names
+    dialog, index, train, _, result = (QImage(p) for p in paths)
+    assert result.width() == 776 and distinct_colours(paths[4]) > 6 and distinct_colours(paths[3]) > 20
     assert train.width() >= 600 and distinct_colours(paths[2]) > 20
     assert dialog.width() >= 400 and dialog.height() >= 500
     assert (index.width(), index.height()) == (768, 640)
     assert distinct_colours(paths[0]) > 20 and distinct_colours(paths[1]) > 200
-    for name in ("export_dialog.png", "chip_index.png", "train_dialog.png"):  # the README shows the committed copies
+    for name in names:  # the README shows the committed copies
         assert os.path.exists(os.path.join(REPO, "docs", "images", name))
 
 

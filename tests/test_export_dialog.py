@@ -24,7 +24,17 @@ from geoseg.core.chips import ExportParams
 from geoseg.core.errors import GeoSegError
 from geoseg.ui.export_dialog import SETTINGS_PREFIX, ExportChipsDialog, index_path_for
 
-from helpers import fresh_settings, make_raster, make_vector, open_dialog, reproject, set_widgets, utm_box, wait_for
+from helpers import (
+    fresh_settings,
+    make_raster,
+    make_vector,
+    open_dialog,
+    reproject,
+    run_and_wait,
+    set_widgets,
+    utm_box,
+    wait_for,
+)
 
 WIDGETS = ("inputLayer", "labelsLayer", "classField", "nameField", "chipSize", "strideX", "strideY",
            "mode", "background", "maxNodata", "validationFraction", "splitMethod", "blockSize", "seed",
@@ -198,10 +208,7 @@ def test_run_exports_and_adds_index(layers, dialog, tmp_path, qgis_app, qgis_ifa
     setup(dialog, raster, labels, str(out))
     dialog.nameField.setField("name")
     n_success = len(qgis_iface.messageBar().get_messages(Qgis.Success))
-    task = dialog.run()
-    assert task is not None and dialog.task is task
-    assert not dialog.runButton.isEnabled() and dialog.cancelButton.isEnabled()
-    wait_for(dialog, qgis_app)
+    run_and_wait(dialog, qgis_app)
 
     assert dialog.last_error is None, dialog.last_error
     result = dialog.last_result

@@ -35,7 +35,7 @@ from geoseg.models.export import export_onnx
 from geoseg.ui.segment_dialog import BACKEND_LABELS, DEVICE_LABELS, SETTINGS_PREFIX, SegmentDialog
 from geoseg.ui.style import apply_class_style, class_layer_name, style_probabilities
 
-from helpers import UTM, fresh_settings, make_raster, open_dialog, set_widgets, srs, wait_for
+from helpers import UTM, fresh_settings, make_raster, open_dialog, run_and_wait, set_widgets, srs, wait_for
 
 WIDGETS = ("inputLayer", "modelFile", "cardView", "warningLabel", "chipSize", "strideX", "strideY", "crop",
            "recommendedButton", "batchSize", "backend", "device", "outputFile", "probabilitiesFile", "addToMap",
@@ -347,10 +347,7 @@ def test_run_segments_and_adds_styled_layers(dialog, model, net, layers, rasters
     dialog.probabilitiesFile.setFilePath(str(probs))
     dialog.recommendedButton.click()
     n_success = len(qgis_iface.messageBar().get_messages(Qgis.Success))
-    task = dialog.run()
-    assert task is not None and dialog.task is task
-    assert not dialog.runButton.isEnabled() and dialog.cancelButton.isEnabled()
-    wait_for(dialog, qgis_app)
+    run_and_wait(dialog, qgis_app)
 
     assert dialog.last_error is None, dialog.last_error
     result = dialog.last_result
@@ -448,3 +445,26 @@ def test_dialog_import_does_not_load_heavy_modules():
             "print(','.join(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_layer_action_runs_segmentation_and_styles_the_result(qgis_app, qgis_iface, qgis_processing, layers,
+                                                               model, tmp_path):
+    plugin = importlib.import_module("geoseg").classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        qgis_iface.setActiveLayer(layers["match"])
+        plugin.layer_action.trigger()  # right-click → "Segment layer…"
+        dlg = plugin.dialogs["segment"]
+        assert dlg.inputLayer.currentLayer() is layers["match"]
+        dlg.modelFile.setFilePath(model)
+        dlg.outputFile.setFilePath(str(tmp_path / "classes.tif"))
+        assert dlg.run() is not None  # the task starts from the action's dialog
+        wait_for(dlg, qgis_app)
+        assert dlg.last_error is None, dlg.last_error
+        assert os.path.isfile(tmp_path / "classes.tif")
+        layer = dlg.last_layer
+        assert layer is not None and QgsProject.instance().mapLayer(layer.id()) is layer
+        assert isinstance(layer.renderer(), QgsPalettedRasterRenderer)
+        assert [c.label for c in layer.renderer().classes()] == [c["name"] for c in card()["classes"]]
+    finally:
+        plugin.unload()

@@ -1,0 +1,27 @@
+"""What the benchmarks share: a fresh child process per measurement, and its peak memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# VmHWM, not ru_maxrss: the latter is inherited from the parent across fork/exec.
+HWM = '''
+def hwm():
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
+'''
+
+
+def run_child(code: str, *args: str, env: dict | None = None) -> dict:
+    """Run `code` (which prints one JSON line last) in a fresh Python; return that JSON."""
+    out = subprocess.run([sys.executable, "-c", HWM + code, *args], capture_output=True, text=True, check=True,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def growth_line(results: dict, note: str = "") -> str:
+    sizes = sorted(results)
+    growth = (results[sizes[-1]]["peak_kb"] - results[sizes[0]]["peak_kb"]) / 1024
+    return (f"Peak RSS growth from {sizes[0]}² to {sizes[-1]}² ({(sizes[-1] / sizes[0]) ** 2:.0f}× the pixels"
+            f"{note}): {growth:+.0f} MB.")
