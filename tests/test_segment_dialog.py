@@ -468,3 +468,22 @@ def test_layer_action_runs_segmentation_and_styles_the_result(qgis_app, qgis_ifa
         assert [c.label for c in layer.renderer().classes()] == [c["name"] for c in card()["classes"]]
     finally:
         plugin.unload()
+
+
+def test_cancel_leaves_no_output(dialog, model, tmp_path, qgis_app, qgis_iface):
+    path = str(tmp_path / "big.tif")
+    make_raster(path, 1500, 1200, bands=3, dtype=gdal.GDT_Byte, nodata=None)  # ~1800 tiles at batch 1
+    big = QgsRasterLayer(path, "big", "gdal")
+    QgsProject.instance().addMapLayer(big)
+    try:
+        setup(dialog, big, model, tmp_path / "classes.tif")
+        dialog.probabilitiesFile.setFilePath(str(tmp_path / "probs.tif"))
+        dialog.batchSize.setValue(1)
+        assert dialog.run() is not None
+        dialog.cancel()
+        wait_for(dialog, qgis_app)
+        assert dialog.last_result is None and "Cancelled" in (dialog.last_error or "")
+        assert sorted(os.listdir(tmp_path)) == ["big.tif"]  # no class map, probabilities or partial file
+        assert dialog.runButton.isEnabled() and not dialog.cancelButton.isEnabled()
+    finally:
+        QgsProject.instance().removeMapLayer(big.id())
