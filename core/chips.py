@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,7 +18,7 @@ from osgeo import gdal
 
 from . import __version__
 from .classes import class_table
-from .errors import Cancelled, GeoSegError
+from .errors import Cancelled, GeoSegError, IsCancelled, Progress
 from .grid import Window, make_grid
 from .index import write_index
 from .labels import load_labels
@@ -32,8 +31,6 @@ log = logging.getLogger("geoseg")
 
 MODES = ("all", "positive", "divided")
 
-Progress = Callable[[float], None]
-IsCancelled = Callable[[], bool]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,10 @@
-"""Exceptions whose message is meant for the user, shown as-is by every front-end."""
+"""Exceptions whose message is meant for the user, shown as-is by every front-end, and the
+progress/cancel callbacks every core entry point takes."""
+
+from collections.abc import Callable
+
+Progress = Callable[[float], None]  # fraction done, 0..1
+IsCancelled = Callable[[], bool]  # polled at every safe stopping point
 
 
 class GeoSegError(Exception):

@@ -24,15 +24,13 @@ import numpy as np
 from osgeo import gdal, osr
 
 from .backends import open_backend, read_model_card
-from .errors import Cancelled, GeoSegError
+from .errors import Cancelled, GeoSegError, IsCancelled, Progress
 from .grid import Window, axis_origins
 from .raster import MASK_NODATA, open_raster, raster_info, read_window
 from .staging import check_new_file, staged_file
 
 log = logging.getLogger("geoseg")
 
-Progress = Callable[[float], None]
-IsCancelled = Callable[[], bool]
 PROB_NODATA = -1.0
 CREATE_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
 

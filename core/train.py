@@ -19,7 +19,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, save_model
 from .dataset import open_chips
-from .errors import GeoSegError
+from .errors import GeoSegError, IsCancelled, Progress
 from .metrics import metrics_from_confusion
 from .options import ARCHITECTURES, CLASS_WEIGHTS, DEVICES, LOSSES, SCHEDULES
 from .staging import check_new_file
@@ -27,8 +27,6 @@ from .trainer import Run, nan_to_none, output_paths
 
 log = logging.getLogger("geoseg")
 
-Progress = Callable[[float], None]
-IsCancelled = Callable[[], bool]
 
 
 @dataclass(frozen=True)

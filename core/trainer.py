@@ -17,7 +17,7 @@ from . import __version__
 from .card import recommended_tiling
 from .checkpoint import load_checkpoint, save_model
 from .dataset import ChipDataset, ChipsFolder, augment_batch
-from .errors import Cancelled, GeoSegError
+from .errors import Cancelled, GeoSegError, IsCancelled, Progress
 from .metrics import confusion_matrix
 from .options import IGNORE_INDEX
 
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("geoseg")
 
-Progress = Callable[[float], None]
-IsCancelled = Callable[[], bool]
 
 
 def output_paths(model_path: str) -> dict[str, str]:

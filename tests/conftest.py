@@ -61,3 +61,70 @@ def _layer_actions_on_stub_iface(request):
         stub.addCustomActionForLayerType = add
         stub.removeCustomActionForLayerType = remove
     iface.__dict__.setdefault("custom_layer_actions", [])
+
+
+# ---------------------------------------------------------------- segment dialog and actions
+@pytest.fixture(scope="module")
+def net():
+    """A tiny network (receptive-field radius 1) for the segment dialog tests."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1)).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, net) -> str:
+    """`net` as an ONNX model carrying a valid GeoSeg card (segment_fixtures.card)."""
+    import json
+
+    from segment_fixtures import card
+
+    from geoseg.models.export import export_onnx
+
+    path = str(tmp_path_factory.mktemp("model") / "tiny.onnx")
+    export_onnx(net, 3, path, sample_size=32, metadata={"geoseg": json.dumps(card())})
+    return path
+
+
+@pytest.fixture(scope="module")
+def rasters(tmp_path_factory) -> dict[str, str]:
+    """Byte rasters: one like the training data, and ones differing in pixel size, bands or CRS."""
+    from osgeo import gdal
+
+    from helpers import make_raster
+
+    folder = tmp_path_factory.mktemp("rasters")
+    specs = {"match": {}, "coarse": {"pixel": 10.0}, "fourband": {"bands": 4}, "utm34": {"epsg": 32634}}
+    out = {}
+    for name, spec in specs.items():
+        out[name] = str(folder / f"{name}.tif")
+        make_raster(out[name], 70, 50, **{"bands": 3, "dtype": gdal.GDT_Byte, "nodata": None, **spec})
+    return out
+
+
+@pytest.fixture()
+def layers(rasters, qgis_iface):
+    """The rasters as layers of the project (removed afterwards, with whatever a run added)."""
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    project = QgsProject.instance()
+    before = set(project.mapLayers())
+    added = {name: QgsRasterLayer(path, name, "gdal") for name, path in rasters.items()}
+    for layer in added.values():
+        assert layer.isValid()
+        project.addMapLayer(layer)
+    yield added
+    project.removeMapLayers([i for i in project.mapLayers() if i not in before])
+
+
+@pytest.fixture()
+def segment_dialog(qgis_app, qgis_iface, layers):
+    """A SegmentDialog with fresh settings."""
+    from geoseg.ui.segment_dialog import SETTINGS_PREFIX, SegmentDialog
+
+    from helpers import fresh_settings, open_dialog
+
+    with fresh_settings(SETTINGS_PREFIX), open_dialog(SegmentDialog, qgis_app, qgis_iface) as dlg:
+        yield dlg

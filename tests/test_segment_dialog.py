@@ -4,7 +4,6 @@ SegmentParams → segmentation task → styled class layer; the plugin's "Segmen
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import subprocess
@@ -16,102 +15,27 @@ import torch
 from osgeo import gdal
 from qgis.core import (
     Qgis,
-    QgsApplication,
-    QgsMapLayerType,
     QgsPalettedRasterRenderer,
     QgsProject,
     QgsRasterLayer,
     QgsSingleBandGrayRenderer,
-    QgsVectorLayer,
 )
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtCore import QEvent
 from qgis.PyQt.QtWidgets import QTextBrowser
+from segment_fixtures import CLASSES, MEAN, STD, card, setup
 from torch import nn
 
 from geoseg.core.errors import GeoSegError
 from geoseg.core.predict import SegmentParams
 from geoseg.models.export import export_onnx
-from geoseg.ui.segment_dialog import BACKEND_LABELS, DEVICE_LABELS, SETTINGS_PREFIX, SegmentDialog
+from geoseg.ui.segment_dialog import BACKEND_LABELS, DEVICE_LABELS, SegmentDialog
 from geoseg.ui.style import apply_class_style, class_layer_name, style_probabilities
 
-from helpers import UTM, fresh_settings, make_raster, open_dialog, run_and_wait, set_widgets, srs, wait_for
+from helpers import UTM, make_raster, open_dialog, run_and_wait, set_widgets, srs, wait_for
 
 WIDGETS = ("inputLayer", "modelFile", "cardView", "warningLabel", "chipSize", "strideX", "strideY", "crop",
            "recommendedButton", "batchSize", "backend", "device", "outputFile", "probabilitiesFile", "addToMap",
            "messageLabel", "progress", "runButton", "cancelButton", "closeButton")
-CLASSES = [{"value": 0, "name": "background", "color": "#000000"},
-           {"value": 2, "name": "water", "color": "#1f77b4"},
-           {"value": 7, "name": "forest", "color": "#2ca02c"}]
-MEAN, STD = [120.0, 125.0, 130.0], [60.0, 55.0, 50.0]
-
-
-def card() -> dict:
-    return {"classes": CLASSES, "bands": [1, 2, 3], "in_channels": 3, "chip_size": 32,
-            "normalization": {"mean": MEAN, "std": STD}, "architecture": "custom",
-            "pixel_size": [2.0, 2.0], "crs": {"authid": "EPSG:32633", "wkt": srs(UTM).ExportToWkt()},
-            "recommended": {"crop": 4, "stride": 24, "receptive_field_radius": 2},
-            "metrics": {"val_miou": 0.8123}}
-
-
-# ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1)).eval()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, net) -> str:
-    """A tiny ONNX model (receptive-field radius 1) carrying a valid GeoSeg card."""
-    path = str(tmp_path_factory.mktemp("model") / "tiny.onnx")
-    export_onnx(net, 3, path, sample_size=32, metadata={"geoseg": json.dumps(card())})
-    return path
-
-
-@pytest.fixture(scope="module")
-def rasters(tmp_path_factory) -> dict[str, str]:
-    """Byte rasters: one like the training data, and ones differing in pixel size, bands or CRS."""
-    folder = tmp_path_factory.mktemp("rasters")
-    specs = {"match": {}, "coarse": {"pixel": 10.0}, "fourband": {"bands": 4}, "utm34": {"epsg": 32634}}
-    out = {}
-    for name, spec in specs.items():
-        out[name] = str(folder / f"{name}.tif")
-        make_raster(out[name], 70, 50, **{"bands": 3, "dtype": gdal.GDT_Byte, "nodata": None, **spec})
-    return out
-
-
-@pytest.fixture()
-def layers(rasters, qgis_iface):
-    """The rasters as layers of the project (removed afterwards, with whatever a run added)."""
-    project = QgsProject.instance()
-    before = set(project.mapLayers())
-    added = {name: QgsRasterLayer(path, name, "gdal") for name, path in rasters.items()}
-    for layer in added.values():
-        assert layer.isValid()
-        project.addMapLayer(layer)
-    yield added
-    project.removeMapLayers([i for i in project.mapLayers() if i not in before])
-
-
-@pytest.fixture(autouse=True)
-def clean_settings():
-    with fresh_settings(SETTINGS_PREFIX):
-        yield
-
-
-@pytest.fixture()
-def dialog(qgis_app, qgis_iface, layers):
-    with open_dialog(SegmentDialog, qgis_app, qgis_iface) as dlg:
-        yield dlg
-
-
-def setup(dlg: SegmentDialog, layer: QgsRasterLayer, model: str, output) -> None:
-    dlg.set_input_layer(layer)
-    dlg.modelFile.setFilePath(model)
-    dlg.outputFile.setFilePath(str(output))
-
-
 def items(combo) -> list[str]:
     return [combo.itemText(i) for i in range(combo.count())]
 
@@ -404,42 +328,6 @@ def test_core_error_is_reported(dialog, layers, tmp_path, qgis_app, qgis_iface):
 
 
 # ---------------------------------------------------------------- plugin
-def test_layer_context_action_opens_dialog_with_layer(qgis_app, qgis_iface, qgis_processing, layers):
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("geoseg") is not None:
-        registry.removeProvider("geoseg")
-    plugin = importlib.import_module("geoseg").classFactory(qgis_iface)
-    plugin.initGui()
-    try:
-        action, _, layer_type, _ = next(e for e in qgis_iface.custom_layer_actions if e[0] is plugin.layer_action)
-        assert layer_type == QgsMapLayerType.RasterLayer
-
-        vector = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
-        QgsProject.instance().addMapLayer(vector)
-        qgis_iface.setActiveLayer(vector)
-        n_warning = len(qgis_iface.messageBar().get_messages(Qgis.Warning))
-        action.trigger()
-        assert "segment" not in plugin.dialogs
-        assert len(qgis_iface.messageBar().get_messages(Qgis.Warning)) == n_warning + 1
-
-        for name in ("coarse", "utm34"):
-            qgis_iface.setActiveLayer(layers[name])
-            action.trigger()
-            dlg = plugin.dialogs["segment"]
-            assert isinstance(dlg, SegmentDialog) and dlg.isVisible()
-            assert dlg.inputLayer.currentLayer() is layers[name]
-
-        menu_action = next(a for a in plugin.actions if a.text() == "Segment raster…")
-        dlg.close()
-        menu_action.trigger()
-        assert plugin.dialogs["segment"] is dlg and dlg.isVisible()
-    finally:
-        plugin.unload()
-        qgis_app.processEvents()
-        QgsApplication.sendPostedEvents(None, QEvent.DeferredDelete)
-    assert plugin.dialogs == {} and qgis_iface.custom_layer_actions == []
-
-
 def test_dialog_import_does_not_load_heavy_modules():
     code = ("import sys, geoseg.ui.segment_dialog, geoseg.ui.style; "
             "print(','.join(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
@@ -447,43 +335,6 @@ def test_dialog_import_does_not_load_heavy_modules():
     assert out.stdout.strip() == ""
 
 
-def test_layer_action_runs_segmentation_and_styles_the_result(qgis_app, qgis_iface, qgis_processing, layers,
-                                                               model, tmp_path):
-    plugin = importlib.import_module("geoseg").classFactory(qgis_iface)
-    plugin.initGui()
-    try:
-        qgis_iface.setActiveLayer(layers["match"])
-        plugin.layer_action.trigger()  # right-click → "Segment layer…"
-        dlg = plugin.dialogs["segment"]
-        assert dlg.inputLayer.currentLayer() is layers["match"]
-        dlg.modelFile.setFilePath(model)
-        dlg.outputFile.setFilePath(str(tmp_path / "classes.tif"))
-        assert dlg.run() is not None  # the task starts from the action's dialog
-        wait_for(dlg, qgis_app)
-        assert dlg.last_error is None, dlg.last_error
-        assert os.path.isfile(tmp_path / "classes.tif")
-        layer = dlg.last_layer
-        assert layer is not None and QgsProject.instance().mapLayer(layer.id()) is layer
-        assert isinstance(layer.renderer(), QgsPalettedRasterRenderer)
-        assert [c.label for c in layer.renderer().classes()] == [c["name"] for c in card()["classes"]]
-    finally:
-        plugin.unload()
-
-
-def test_cancel_leaves_no_output(dialog, model, tmp_path, qgis_app, qgis_iface):
-    path = str(tmp_path / "big.tif")
-    make_raster(path, 1500, 1200, bands=3, dtype=gdal.GDT_Byte, nodata=None)  # ~1800 tiles at batch 1
-    big = QgsRasterLayer(path, "big", "gdal")
-    QgsProject.instance().addMapLayer(big)
-    try:
-        setup(dialog, big, model, tmp_path / "classes.tif")
-        dialog.probabilitiesFile.setFilePath(str(tmp_path / "probs.tif"))
-        dialog.batchSize.setValue(1)
-        assert dialog.run() is not None
-        dialog.cancel()
-        wait_for(dialog, qgis_app)
-        assert dialog.last_result is None and "Cancelled" in (dialog.last_error or "")
-        assert sorted(os.listdir(tmp_path)) == ["big.tif"]  # no class map, probabilities or partial file
-        assert dialog.runButton.isEnabled() and not dialog.cancelButton.isEnabled()
-    finally:
-        QgsProject.instance().removeMapLayer(big.id())
+@pytest.fixture()
+def dialog(segment_dialog):
+    return segment_dialog
