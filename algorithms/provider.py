@@ -7,13 +7,14 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .assess import AssessAlgorithm
 from .exportchips import ExportChipsAlgorithm
 from .exportonnx import ExportOnnxAlgorithm
 from .segment import SegmentAlgorithm
 from .train import TrainAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icons", "geoseg.svg")
-ALGORITHMS = (ExportChipsAlgorithm, TrainAlgorithm, SegmentAlgorithm, ExportOnnxAlgorithm)
+ALGORITHMS = (ExportChipsAlgorithm, TrainAlgorithm, SegmentAlgorithm, AssessAlgorithm, ExportOnnxAlgorithm)
 
 
 class GeoSegProvider(QgsProcessingProvider):

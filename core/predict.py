@@ -26,7 +26,7 @@ from osgeo import gdal, osr
 from .backends import open_backend, read_model_card
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress
 from .grid import Window, axis_origins
-from .raster import MASK_NODATA, open_raster, raster_info, read_window
+from .raster import MASK_NODATA, open_raster, raster_info, read_window, set_category_names
 from .staging import check_new_file, staged_file
 
 log = logging.getLogger("geoseg")
@@ -161,22 +161,6 @@ def _style_classes(band: gdal.Band, classes: list[dict]) -> None:
     band.SetRasterColorTable(table)
     band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
     band.SetNoDataValue(MASK_NODATA)
-
-
-def _write_category_names(path: str, classes: list[dict]) -> None:
-    """Class names for other GIS software. GeoTIFF keeps them only in a `.aux.xml` sidecar, so
-    they are written to the final file (not the temporary one), with GDAL's PAM switched on for
-    this thread even where the process disabled it to protect input rasters."""
-    names = [""] * (max(c["value"] for c in classes) + 1)
-    for c in classes:
-        names[c["value"]] = c["name"]
-    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", "YES")
-    try:
-        ds = gdal.Open(path, gdal.GA_ReadOnly)  # PAM-only changes need no write access to the TIFF
-        ds.GetRasterBand(1).SetCategoryNames(names)
-        ds = None
-    finally:
-        gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -358,7 +342,7 @@ def segment(p: SegmentParams, progress: Progress = lambda f: None, cancelled: Is
         prob_tmp = stack.enter_context(staged_file(p.probabilities_path, "OUTPUT_PROBABILITIES")) \
             if p.probabilities_path else None
         _predict(ds, info, tiling, engine, card, out_tmp, prob_tmp, p.batch_size, progress, cancelled)
-    _write_category_names(p.output_path, card["classes"])
+    set_category_names(p.output_path, {c["value"]: c["name"] for c in card["classes"]})  # after the rename
     seconds = time.perf_counter() - t0
     log.info("Segmented %d tiles (%d × %d px, chip %d, stride %d × %d, crop %d) in %.1f s.", tiling.tiles,
              info.width, info.height, chip, sx, sy, crop, seconds)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,3 +167,34 @@ def write_geotiff(path: str, array: np.ndarray, gt: tuple[float, ...], wkt: str,
             band.SetNoDataValue(nodata)
         band.WriteArray(array[i])
     ds = None  # flush and close
+
+
+@contextmanager
+def pam_enabled() -> Iterator[None]:
+    """GDAL's .aux.xml sidecars on for this thread, even where the process switched them off
+    to keep QGIS from writing beside the user's inputs: class names of a GeoTIFF live there."""
+    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", "YES")
+    try:
+        yield
+    finally:
+        gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
+
+
+def category_names(path: str) -> dict[int, str]:
+    """Class value → name from a class raster's category names (empty when it has none)."""
+    with pam_enabled():
+        ds = gdal.Open(path, gdal.GA_ReadOnly)
+        ds.GetGeoTransform()  # GDAL 3.6's GTiff reads the .aux.xml lazily, not for category names alone
+        names = ds.GetRasterBand(1).GetCategoryNames() or []
+    return {i: n for i, n in enumerate(names) if n}
+
+
+def set_category_names(path: str, names: dict[int, str]) -> None:
+    """Store class names in the raster's .aux.xml (GeoTIFF has no place for them inside)."""
+    table = [""] * (max(names) + 1)
+    for value, name in names.items():
+        table[value] = name
+    with pam_enabled():
+        ds = gdal.Open(path, gdal.GA_ReadOnly)  # PAM-only changes need no write access to the TIFF
+        ds.GetRasterBand(1).SetCategoryNames(table)
+        ds = None

@@ -205,3 +205,19 @@ def set_widgets(dlg, **values) -> None:
             widget.setCurrentIndex(value)
         else:
             widget.setValue(value)
+
+
+CLASS_GT = (ORIGIN[0], 2.0, 0.0, ORIGIN[1], 0.0, -2.0)
+
+
+def write_classes(path: str, values: np.ndarray, nodata: int | None, gt=CLASS_GT, epsg: int = UTM) -> str:
+    """A Byte class raster with exactly these values (the default grid of make_raster)."""
+    ds = gdal.GetDriverByName("GTiff").Create(path, values.shape[1], values.shape[0], 1, gdal.GDT_Byte)
+    ds.SetGeoTransform(gt)
+    ds.SetProjection(srs(epsg).ExportToWkt())
+    band = ds.GetRasterBand(1)
+    if nodata is not None:
+        band.SetNoDataValue(nodata)
+    band.WriteArray(values)
+    ds = None
+    return path
