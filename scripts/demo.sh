@@ -5,7 +5,8 @@
 # 3. train a UNet briefly on the CPU through qgis_process (geoseg:train);
 # 4. segment a held-out scene (same generator, another seed) with the ONNX model (geoseg:segment);
 # 5. assess that map against the held-out scene's label polygons (geoseg:assess);
-# 6. print what was exported, the validation metrics and the held-out accuracy.
+# 6. print what was exported, the validation metrics and the held-out accuracy;
+# 7. write a preview PNG (image | prediction | reference) and a styled QGIS project.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-demo_output}"
@@ -76,4 +77,5 @@ print(f"\nwritten: {out}/chips (images/, masks/, chips.csv, dataset.json), {out}
 print(f"         {out}/unet.pt, unet.onnx, unet.metrics.csv (per-epoch curves),")
 print(f"         {out}/heldout_classes.tif, heldout_report.html and .json")
 PY
+"$py" "$repo/scripts/demo_project.py" "$out" 2>&1 | grep -E "^(wrote|demo_project)"
 echo "demo finished in $(( $(date +%s) - start )) s"
