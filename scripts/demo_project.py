@@ -12,43 +12,22 @@ import sys
 
 from qgis.core import (
     QgsApplication,
-    QgsContrastEnhancement,
     QgsFillSymbol,
-    QgsMapRendererParallelJob,
-    QgsMapSettings,
     QgsProject,
     QgsRasterLayer,
-    QgsRasterMinMaxOrigin,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QRectF, QSize, Qt
 from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter
 
 from geoseg.core.raster import category_names
-from geoseg.ui.style import apply_class_style
+from geoseg.ui.style import apply_class_style, render_layers, true_colour
 
 PANEL = QSize(420, 350)
 
 
-def true_colour(layer: QgsRasterLayer) -> None:
-    """Bands are blue, green, red, NIR: show 3-2-1 with a cumulative-cut stretch."""
-    renderer = layer.renderer()
-    renderer.setRedBand(3)
-    renderer.setBlueBand(1)
-    layer.setContrastEnhancement(QgsContrastEnhancement.StretchToMinimumMaximum, QgsRasterMinMaxOrigin.CumulativeCut)
-
-
 def render(layers: list, size: QSize = PANEL) -> QImage:
-    settings = QgsMapSettings()
-    settings.setLayers(layers)
-    settings.setDestinationCrs(layers[0].crs())
-    settings.setExtent(layers[0].extent())
-    settings.setOutputSize(size)
-    settings.setBackgroundColor(QColor("white"))
-    job = QgsMapRendererParallelJob(settings)
-    job.start()
-    job.waitForFinished()
-    return job.renderedImage()
+    return render_layers(layers, size.width(), size.height())
 
 
 def preview(image: QImage, prediction: QImage, reference: QImage, classes: list[dict], path: str,

@@ -14,13 +14,9 @@ import tempfile
 from qgis.core import (
     QgsApplication,
     QgsCategorizedSymbolRenderer,
-    QgsContrastEnhancement,
     QgsFillSymbol,
-    QgsMapRendererParallelJob,
-    QgsMapSettings,
     QgsProject,
     QgsRasterLayer,
-    QgsRasterMinMaxOrigin,
     QgsRendererCategory,
     QgsVectorLayer,
 )
@@ -29,6 +25,7 @@ from qgis.PyQt.QtGui import QColor
 
 from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.sample import make_sample_scene
+from geoseg.ui.style import render_layers, true_colour
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,16 +39,7 @@ def _split_renderer() -> QgsCategorizedSymbolRenderer:
 
 
 def render_map(layers: list, path: str, width: int = 768, height: int = 640) -> None:
-    settings = QgsMapSettings()
-    settings.setLayers(layers)
-    settings.setDestinationCrs(layers[-1].crs())
-    settings.setExtent(layers[-1].extent())
-    settings.setOutputSize(QSize(width, height))
-    settings.setBackgroundColor(QColor("white"))
-    job = QgsMapRendererParallelJob(settings)
-    job.start()
-    job.waitForFinished()
-    job.renderedImage().save(path)
+    render_layers(layers, width, height).save(path)
 
 
 def run_dialog(dlg, what: str) -> None:
@@ -128,10 +116,7 @@ def render_all(out_dir: str, iface=None) -> list[str]:
     work = tempfile.mkdtemp(prefix="geoseg-shots-")
     scene = make_sample_scene(os.path.join(work, "data"), width=768, height=640)
     raster = QgsRasterLayer(scene.raster, "sample_scene")
-    renderer = raster.renderer()  # bands are blue, green, red, NIR: show true colour 3-2-1
-    renderer.setRedBand(3)
-    renderer.setBlueBand(1)
-    raster.setContrastEnhancement(QgsContrastEnhancement.StretchToMinimumMaximum, QgsRasterMinMaxOrigin.CumulativeCut)
+    true_colour(raster)
     labels = QgsVectorLayer(scene.labels, "sample_labels", "ogr")
     QgsProject.instance().addMapLayers([raster, labels])
     paths = []

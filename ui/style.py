@@ -48,3 +48,33 @@ def style_probabilities(layer: QgsRasterLayer, band: int = 1) -> None:
     renderer.setContrastEnhancement(enhancement)
     layer.setRenderer(renderer)
     layer.triggerRepaint()
+
+
+def true_colour(layer: QgsRasterLayer, red: int = 3, green: int = 2, blue: int = 1) -> None:
+    """An RGB view of a multiband image (the sample scene is blue, green, red, NIR: 3-2-1),
+    stretched to its 2-98 % cumulative range."""
+    from qgis.core import QgsContrastEnhancement, QgsRasterMinMaxOrigin
+
+    renderer = layer.renderer()
+    renderer.setRedBand(red)
+    renderer.setGreenBand(green)
+    renderer.setBlueBand(blue)
+    layer.setContrastEnhancement(QgsContrastEnhancement.StretchToMinimumMaximum, QgsRasterMinMaxOrigin.CumulativeCut)
+
+
+def render_layers(layers: list, width: int, height: int):
+    """A QImage of `layers` (first on top) over the extent and CRS of the last one."""
+    from qgis.core import QgsMapRendererParallelJob, QgsMapSettings
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor
+
+    settings = QgsMapSettings()
+    settings.setLayers(layers)
+    settings.setDestinationCrs(layers[-1].crs())
+    settings.setExtent(layers[-1].extent())
+    settings.setOutputSize(QSize(width, height))
+    settings.setBackgroundColor(QColor("white"))
+    job = QgsMapRendererParallelJob(settings)
+    job.start()
+    job.waitForFinished()
+    return job.renderedImage()
