@@ -12,12 +12,11 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from ..core.options import DEVICES
+from ..core.options import BACKENDS, DEVICES
 from .base import GeoSegAlgorithm, advanced, require_torch
 from .layers import raster_path
 
 Int = QgsProcessingParameterNumber.Integer
-BACKENDS = ("auto", "onnxruntime", "torch")
 
 
 class ClassStyler(QgsProcessingLayerPostProcessorInterface):

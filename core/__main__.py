@@ -55,7 +55,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _segment_parser(sub: argparse._SubParsersAction) -> None:
-    from .options import DEVICES
+    from .options import BACKENDS, DEVICES
 
     p = sub.add_parser("segment", help="tiled prediction of a raster (as geoseg:segment)")
     p.add_argument("--input", required=True, help="raster file")
@@ -67,7 +67,7 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride-y", type=int)
     p.add_argument("--crop", type=int)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--device", choices=DEVICES, default="auto")
 
 

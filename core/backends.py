@@ -16,12 +16,9 @@ import numpy as np
 from .card import CARD_KEY, card_from_json
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import GeoSegError
-from .options import DEVICES
+from .options import BACKENDS, DEVICES
 
 log = logging.getLogger("geoseg")
-
-BACKENDS = ("auto", "onnxruntime", "torch")
-
 
 class Backend(Protocol):
     name: str

@@ -8,6 +8,7 @@ ARCHITECTURE_LABELS = ("UNet", "UNet++", "DeepLabv3+", "FCN")
 LOSSES = ("ce", "dice", "dice_ce", "focal", "tversky", "unified_focal")
 LOSS_LABELS = ("Cross-entropy", "Dice", "Dice + cross-entropy", "Focal", "Tversky", "Unified focal")
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "onnxruntime", "torch")
 CLASS_WEIGHTS = ("none", "inverse_frequency")
 SCHEDULES = ("onecycle", "cosine")
 IGNORE_INDEX = 255

@@ -7,13 +7,13 @@ every batch; the last completed epoch's checkpoint always stays usable.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -194,14 +194,9 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
         best = load_checkpoint(run.paths["model"])
         run.model.load_state_dict(best["state_dict"])
         card = best["card"]
-        tmp = os.path.join(os.path.dirname(os.path.abspath(run.paths["onnx"])),
-                           f".{os.path.basename(run.paths['onnx'])}.partial.onnx")
-        try:
-            export_onnx(run.model.to("cpu").eval(), chips.in_channels, tmp, metadata={"geoseg": _json(card)})
-            os.replace(tmp, run.paths["onnx"])
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        # export_onnx writes beside the target and renames only a checked model
+        export_onnx(run.model.to("cpu").eval(), chips.in_channels, run.paths["onnx"],
+                    metadata={"geoseg": json.dumps(card)})
         progress(1.0)
     except BaseException:
         if created:  # failed or cancelled before the first epoch finished: leave nothing behind
@@ -211,12 +206,6 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
         raise
     return TrainResult(run.paths["model"], run.paths["onnx"], run.paths["metrics"], run.best_epoch,
                        run.best_miou, len(run.history), stopped_early, device, card, run.history)
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj)
 
 
 def export_model_onnx(model_path: str, onnx_path: str) -> str:
@@ -230,12 +219,5 @@ def export_model_onnx(model_path: str, onnx_path: str) -> str:
     state = load_checkpoint(model_path)
     model = model_from_checkpoint(state)
     card = state["card"]
-    folder = os.path.dirname(os.path.abspath(onnx_path))
-    tmp = os.path.join(folder, f".{os.path.basename(onnx_path)}.partial.onnx")
-    try:
-        export_onnx(model.eval(), card["in_channels"], tmp, metadata={"geoseg": _json(card)})
-        os.replace(tmp, onnx_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    export_onnx(model.eval(), card["in_channels"], onnx_path, metadata={"geoseg": json.dumps(card)})
     return onnx_path

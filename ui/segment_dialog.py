@@ -19,14 +19,13 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QTextBrowser, QVBoxLayout, QWidget
 
 from ..core.errors import GeoSegError
-from ..core.options import ARCHITECTURE_LABELS, ARCHITECTURES, DEVICES
+from ..core.options import ARCHITECTURE_LABELS, ARCHITECTURES, BACKENDS, DEVICES
 from .base_dialog import ERROR_STYLE, GeoSegDialog
 from .sources import raster_source
 from .style import apply_class_style, class_layer_name, probabilities_layer_name, style_probabilities
 from .tasks import CoreTask
 
 SETTINGS_PREFIX = "geoseg/segment/"
-BACKENDS = ("auto", "onnxruntime", "torch")
 BACKEND_LABELS = ("Auto", "onnxruntime", "torch")
 DEVICE_LABELS = ("Auto (GPU when available)", "CPU", "CUDA GPU")
 TIF_SUFFIXES = (".tif", ".tiff")
