@@ -41,9 +41,10 @@ package: compile
 clean:
 	rm -rf .build dist resources.py .pytest_cache .ruff_cache $(DEMO_OUT)
 
-# README pictures, rendered by a real QGIS (offscreen) from the sample scene.
+# README pictures: real QGIS windows in an X server (Xvfb), driven on the sample scene and grabbed
+# from the screen. The xcb platform overrides the offscreen one exported above.
 screenshots: setup
-	$(PY) scripts/screenshots.py docs/images
+	QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) scripts/screenshots.py docs/images
 
 # README parameter tables, generated from the algorithm definitions.
 docs: setup

@@ -10,6 +10,8 @@ from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsRasterLayer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMenu
 
+from .core import deps
+
 HERE = os.path.dirname(__file__)
 
 
@@ -32,6 +34,21 @@ class GeoSegPlugin:
         self.layer_action: QAction | None = None  # "Segment layer…" in the layer tree's context menu
         self.dialogs: dict[str, object] = {}
         self.log_handler = None
+        self.options_factory = None  # GeoSeg's page in Settings ▸ Options
+        self.settings_action: QAction | None = None
+        self.deps_action: QAction | None = None
+        self._after_install: Callable[[], None] | None = None  # what the user asked for before installing
+        self.activate_deps()
+
+    @staticmethod
+    def activate_deps() -> str:
+        """Put the plugin's dependencies folder first on sys.path (also in qgis_process, which never calls
+        initGui), so packages the installer put there import like any other."""
+        from .ui.settings import deps_dir
+
+        folder = deps_dir()
+        deps.activate(folder)
+        return folder
 
     def initProcessing(self) -> None:
         from .algorithms.provider import GeoSegProvider
@@ -55,6 +72,19 @@ class GeoSegPlugin:
         self._add_action("Export training chips…", "export_chips.svg", self.open_export_dialog)
         self._add_action("Train model…", "train.svg", self.open_train_dialog)
         self._add_action("Segment raster…", "segment.svg", self.open_segment_dialog)
+        self.menu.addSeparator()
+        self.settings_action = QAction(icon("geoseg.svg"), "Settings…", window)
+        self.settings_action.setObjectName("mGeoSegSettingsAction")
+        self.settings_action.triggered.connect(self.open_settings_dialog)
+        self.menu.addAction(self.settings_action)
+        self.deps_action = QAction("Install dependencies…", window)
+        self.deps_action.setObjectName("mGeoSegInstallAction")
+        self.deps_action.triggered.connect(lambda: self.open_deps_dialog("all"))
+        self.menu.addAction(self.deps_action)
+        from .ui.settings import OptionsFactory
+
+        self.options_factory = OptionsFactory(lambda: self.open_deps_dialog("all"))
+        self.iface.registerOptionsWidgetFactory(self.options_factory)
         self.layer_action = QAction(icon("segment.svg"), "Segment layer…", window)
         self.layer_action.triggered.connect(self.segment_active_layer)
         self.iface.addCustomActionForLayerType(self.layer_action, "", QgsMapLayerType.RasterLayer, True)
@@ -71,14 +101,58 @@ class GeoSegPlugin:
         self._show("export", "export_dialog", "ExportChipsDialog")
 
     def open_train_dialog(self) -> None:
-        self._show("train", "train_dialog", "TrainDialog")
+        if not self.offer_installer("train", self.open_train_dialog):
+            self._show("train", "train_dialog", "TrainDialog")
 
     def open_segment_dialog(self) -> None:
-        self._show("segment", "segment_dialog", "SegmentDialog")
+        if not self.offer_installer("segment", self.open_segment_dialog):
+            self._show("segment", "segment_dialog", "SegmentDialog")
+
+    def open_settings_dialog(self) -> None:
+        from .ui.settings import SettingsDialog
+
+        dlg = self.dialogs.get("settings")
+        if dlg is None:
+            dlg = SettingsDialog(self.iface, self.iface.mainWindow(), lambda: self.open_deps_dialog("all"))
+            self.dialogs["settings"] = dlg
+        dlg.show()
+        dlg.raise_()
+        dlg.activateWindow()
+
+    def open_deps_dialog(self, step: str) -> object:
+        """The installer, told which step the user wanted (its text and list are refreshed)."""
+        dlg = self._show("deps", "deps_dialog", "DepsDialog")
+        dlg.set_step(step)
+        return dlg
+
+    def offer_installer(self, step: str, then: Callable[[], None] | None = None) -> bool:
+        """True (and the installer shown) when `step` lacks a package; after a successful install `then` runs,
+        so the user gets the dialog they asked for without restarting QGIS."""
+        from .ui.deps_dialog import STEP_TITLES
+
+        missing = deps.missing_for(step)
+        if not missing:
+            return False
+        self._after_install = then
+        dlg = self.open_deps_dialog(step)
+        if not getattr(dlg, "_geoseg_connected", False):
+            dlg.installed.connect(self._installed)
+            dlg._geoseg_connected = True
+        self.iface.messageBar().pushMessage(
+            "GeoSeg", f"{STEP_TITLES.get(step, step)} needs {', '.join(missing)}: install them from the window "
+            "that opened (GeoSeg ▸ Install dependencies…).", Qgis.Warning, 10)
+        return True
+
+    def _installed(self) -> None:
+        then, self._after_install = self._after_install, None
+        if then is not None:
+            then()
 
     def segment_active_layer(self) -> None:
         """The layer tree's "Segment layer…": the Segment dialog with the selected raster preselected."""
         layer = self.iface.activeLayer()
+        if self.offer_installer("segment", self.segment_active_layer):
+            return
         if not isinstance(layer, QgsRasterLayer):
             self.iface.messageBar().pushMessage("GeoSeg", "Segment layer: select a raster layer first.",
                                                 Qgis.Warning, 5)
@@ -104,6 +178,13 @@ class GeoSegPlugin:
             dlg.close()
             dlg.deleteLater()
         self.dialogs.clear()
+        if self.options_factory is not None:
+            self.iface.unregisterOptionsWidgetFactory(self.options_factory)
+            self.options_factory = None
+        for extra in (self.settings_action, self.deps_action):
+            if extra is not None:
+                extra.deleteLater()
+        self.settings_action = self.deps_action = None
         if self.layer_action is not None:
             self.iface.removeCustomActionForLayerType(self.layer_action)
             self.layer_action.deleteLater()

@@ -62,7 +62,8 @@ class SegmentAlgorithm(GeoSegAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "CROP", self.tr("Crop at interior tile edges (pixels; default: chip / 8)"), Int, optional=True,
             minValue=0))
-        self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", self.tr("Batch size"), Int, 8, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(
+            "BATCH_SIZE", self.tr("Batch size (0: automatic, within the memory budget)"), Int, 8, minValue=0))
         advanced(self, [
             QgsProcessingParameterEnum("BACKEND", self.tr("Backend"), ["Auto", "onnxruntime", "torch"], defaultValue=0),
             QgsProcessingParameterEnum("DEVICE", self.tr("Device"), ["Auto (GPU when available)", "CPU", "CUDA GPU"],

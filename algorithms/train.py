@@ -77,6 +77,9 @@ class TrainAlgorithm(GeoSegAlgorithm):
             QgsProcessingParameterBoolean("RESUME", self.tr("Resume the interrupted run of OUTPUT_MODEL"), False),
             QgsProcessingParameterString("MODEL_OPTIONS", self.tr(
                 'Architecture options as JSON, e.g. {"base_width": 16, "depth": 3}'), "", optional=True),
+            QgsProcessingParameterNumber("MEMORY_BUDGET", self.tr(
+                "Memory budget of a training step (MB; 0 = none): halve the batch when over it"), Dbl, 0,
+                minValue=0),
         ])
         self.addOutput(QgsProcessingOutputFile("OUTPUT_ONNX", self.tr("ONNX model")))
         self.addOutput(QgsProcessingOutputFile("METRICS", self.tr("Per-epoch metrics (CSV)")))
@@ -109,6 +112,7 @@ class TrainAlgorithm(GeoSegAlgorithm):
             augment=self.parameterAsBoolean(parameters, "AUGMENT", context),
             resume=self.parameterAsBoolean(parameters, "RESUME", context),
             model_options=options,
+            memory_budget_mb=self.parameterAsDouble(parameters, "MEMORY_BUDGET", context),
         )
         r = self.run_core(train, params, feedback)
         feedback.pushInfo(f"Best validation mIoU {r.val_miou:.4f} at epoch {r.best_epoch} of {r.epochs_run} "

@@ -15,8 +15,10 @@ def hwm():
 
 def run_child(code: str, *args: str, env: dict | None = None) -> dict:
     """Run `code` (which prints one JSON line last) in a fresh Python; return that JSON."""
-    out = subprocess.run([sys.executable, "-c", HWM + code, *args], capture_output=True, text=True, check=True,
-                         env=env)
+    out = subprocess.run([sys.executable, "-c", HWM + code, *args], capture_output=True, text=True, env=env,
+                         check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

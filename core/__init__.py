@@ -1,3 +1,3 @@
 """GeoSeg engine: pure Python over GDAL, numpy (and later torch). No qgis imports here."""
 
-__version__ = "0.1.0"  # keep equal to metadata.txt (a test checks)
+__version__ = "0.2.0"  # keep equal to metadata.txt (a test checks)

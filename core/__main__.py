@@ -51,6 +51,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--memory-budget-mb", type=float, default=0.0,
+                   help="halve the batch when a training step would need more (0: $GEOSEG_MEMORY_BUDGET_MB or none)")
     p.add_argument("--model-options", default="{}", help='JSON, e.g. {"base_width": 16}')
 
 
@@ -92,7 +94,7 @@ def _run_train(args: argparse.Namespace) -> str:
         batch_size=args.batch_size, learning_rate=args.learning_rate, loss=args.loss,
         class_weights=args.class_weights, ignore_background=args.ignore_background, device=args.device,
         seed=args.seed, schedule=args.schedule, patience=args.patience, augment=not args.no_augment,
-        resume=args.resume, model_options=json.loads(args.model_options)),
+        resume=args.resume, model_options=json.loads(args.model_options), memory_budget_mb=args.memory_budget_mb),
         progress=_progress if sys.stderr.isatty() else lambda f: None)
     return (f"Best validation mIoU {r.val_miou:.4f} at epoch {r.best_epoch} of {r.epochs_run} on {r.device}; "
             f"wrote {r.model_path}, {r.onnx_path}, {r.metrics_path}.")

@@ -77,6 +77,8 @@ def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCa
     t0 = time.perf_counter()
     if bool(p.reference_path) == bool(p.reference_vector):
         raise GeoSegError("Give exactly one reference: REFERENCE (a raster) or REFERENCE_VECTOR (polygons).")
+    if p.reference_vector and not p.class_field:
+        raise GeoSegError("CLASS_FIELD: give the integer field of REFERENCE_VECTOR that holds each polygon's class.")
     json_path, html_path = report_paths(p.report_path)
     for path in (json_path, html_path):
         check_new_file(path, "OUTPUT_REPORT")
@@ -138,6 +140,8 @@ def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCa
         with staged_file(html_path, "OUTPUT_REPORT") as tmp_html:
             with open(tmp_html, "w", encoding="utf-8") as f:
                 f.write(render_html(report, values, class_names, matrix))
+            if cancelled():  # last chance: both reports are still temporary files, removed on the way out
+                raise Cancelled()
     progress(1.0)
     return AssessResult(json_path, html_path, values, matrix.tolist(), float(m.overall_accuracy),
                         float(m.mean_iou), float(m.macro_f1), int(m.total), time.perf_counter() - t0)

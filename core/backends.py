@@ -20,11 +20,18 @@ from .options import BACKENDS, DEVICES
 
 log = logging.getLogger("geoseg")
 
+PROBE_SIZE = 64  # pixels: activation memory is measured on a tile this size and scaled by area
+FALLBACK_BYTES_PER_PIXEL = 1024.0  # when a model cannot be probed: 256 float32 activations per pixel
+
+
 class Backend(Protocol):
     name: str
     provider: str
+    on_cuda: bool
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def activation_bytes_per_pixel(self, channels: int) -> float: ...
 
 
 def read_model_card(model_path: str, what: str = "MODEL") -> dict:
@@ -53,7 +60,13 @@ def read_model_card(model_path: str, what: str = "MODEL") -> dict:
 
 
 class OnnxBackend:
-    """onnxruntime session; the CUDA execution provider when asked for (or auto) and working."""
+    """onnxruntime session; the CUDA execution provider when asked for (or auto) and working.
+
+    Session options are set on purpose: all graph optimisations (fusions, NCHWc layouts), one
+    operator at a time (sequential, inter-op 1) with every core inside each operator, no
+    spinning of idle worker threads (GeoSeg's reader and writer threads need those cores between
+    runs), and on CUDA I/O binding so the batch goes to the device once and logits come back once.
+    """
 
     name = "onnxruntime"
 
@@ -72,8 +85,12 @@ class OnnxBackend:
                 log.info("onnxruntime could not preload CUDA libraries (%s)", e)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
+        self.path = path
         providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(path, opts, providers=providers)
@@ -83,10 +100,45 @@ class OnnxBackend:
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise GeoSegError("DEVICE: CUDA was requested, but onnxruntime's CUDA provider failed to start "
                               "(missing CUDA/cuDNN libraries?); choose auto or cpu.")
+        self.on_cuda = self.provider == "CUDAExecutionProvider"
         self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: batch})[0]
+        if not self.on_cuda:
+            return self.session.run([self.output], {self.input: batch})[0]
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+        binding.bind_output(self.output, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def activation_bytes_per_pixel(self, channels: int) -> float:
+        """Sum of every intermediate tensor of the unoptimised graph on a small probe tile, per pixel:
+        an upper bound (onnxruntime reuses buffers) that needs no model-specific knowledge."""
+        import onnx
+        import onnxruntime as ort
+
+        try:
+            model = onnx.load(self.path)
+            named = {o.name for o in model.graph.output}
+            for node in model.graph.node:
+                for name in node.output:
+                    if name and name not in named:
+                        model.graph.output.append(onnx.ValueInfoProto(name=name))
+                        named.add(name)
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            opts.log_severity_level = 3
+            probe = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            outs = probe.run(None, {self.input: np.zeros((1, channels, PROBE_SIZE, PROBE_SIZE), np.float32)})
+        except Exception as e:  # noqa: BLE001  (models with a fixed input size, unusual graphs)
+            log.info("Could not measure the model's activation memory (%s); assuming %.0f bytes per pixel.",
+                     str(e).splitlines()[0][:200] if str(e) else type(e).__name__, FALLBACK_BYTES_PER_PIXEL)
+            return FALLBACK_BYTES_PER_PIXEL
+        return sum(o.nbytes for o in outs if isinstance(o, np.ndarray)) / PROBE_SIZE ** 2
 
 
 class TorchBackend:
@@ -102,9 +154,14 @@ class TorchBackend:
         self.device = resolve_device(device)
         self.model = model_from_checkpoint(load_checkpoint(path)).to(self.device).eval()
         self.provider = f"torch {torch.__version__} on {self.device}"
+        self.on_cuda = self.device == "cuda"
+        self.amp = None
         if self.device == "cuda":
             self.model.to(memory_format=torch.channels_last)
-            self.provider += f" ({torch.cuda.get_device_name()})"
+            # bfloat16 where the GPU has it (same range as float32), else float16
+            self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            torch.backends.cudnn.benchmark = True  # every batch has the same tile size: tune once
+            self.provider += f" ({torch.cuda.get_device_name()}, {str(self.amp).replace('torch.', '')} autocast)"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -113,11 +170,32 @@ class TorchBackend:
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
             if self.device == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                with torch.autocast("cuda", dtype=self.amp):
                     out = self.model(x)
             else:
                 out = self.model(x)
             return out.float().cpu().numpy()
+
+    def activation_bytes_per_pixel(self, channels: int) -> float:
+        """Sum of every module's output on a small probe tile, per pixel (an upper bound)."""
+        import torch
+
+        total = 0
+
+        def count(_module, _inputs, output) -> None:
+            nonlocal total
+            for t in output if isinstance(output, tuple | list) else (output,):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+
+        leaves = [m for m in self.model.modules() if not list(m.children())]
+        hooks = [m.register_forward_hook(count) for m in leaves]
+        try:
+            self(np.zeros((1, channels, PROBE_SIZE, PROBE_SIZE), np.float32))
+        finally:
+            for h in hooks:
+                h.remove()
+        return total / PROBE_SIZE ** 2
 
 
 def open_backend(model_path: str, card: dict, backend: str, device: str, chip: int) -> Backend:

@@ -1,8 +1,11 @@
 """The model card: everything needed to use a model correctly later, travelling inside the
 `.pt` checkpoint and the ONNX file (metadata_props key `geoseg`).
 
-`validate_card` is the single gate for cards read from files a user may have downloaded:
-each wrong field gets its own message.
+A card may come from a file a user downloaded, so it is checked against one declarative
+schema (`SCHEMA`) before anything uses it. The same schema is published as JSON Schema in
+`docs/model_card.schema.json` (`json_schema()`, kept in sync by a test), and every wrong field
+gets its own message naming its path, e.g. `card field classes[2].value must be an integer
+0–254 (got 'x')`.
 """
 
 from __future__ import annotations
@@ -10,76 +13,253 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import GeoSegError
 
 CARD_KEY = "geoseg"
-COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+SCHEMA_ID = "urn:geoseg:model-card:1"
+MAX_MESSAGES = 6  # a garbled card can be wrong everywhere: name the first few fields
 
 
-def _fail(field: str, problem: str) -> GeoSegError:
-    return GeoSegError(f"Model card: '{field}' {problem}")
+@dataclass(frozen=True)
+class Spec:
+    """One field of the card: its type and constraints. `length_of` ties an array's length to a
+    top-level integer field (bands and normalisation lists have `in_channels` items); `unique`
+    names a key that must differ between the objects of an array (class values)."""
+
+    kind: str  # integer | number | string | boolean | array | object
+    required: bool = False
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    finite: bool = True  # numbers: NaN and ±inf are refused
+    pattern: str | None = None
+    hint: str = ""  # how a pattern reads to a user
+    min_length: int | None = None  # strings
+    min_items: int | None = None
+    max_items: int | None = None
+    length_of: str | None = None
+    unique: str | None = None
+    items: Spec | None = None
+    fields: dict[str, Spec] | None = None
+    description: str = ""
 
 
-def validate_card(card: Any) -> dict:
-    """Check the contract's fields (types, ranges, consistency); return the card."""
+def _int(lo: int | None = None, hi: int | None = None, **kw: Any) -> Spec:
+    return Spec("integer", minimum=lo, maximum=hi, **kw)
+
+
+def _per_band(description: str, **kw: Any) -> Spec:
+    return Spec("array", required=True, length_of="in_channels", items=Spec("number", **kw), description=description)
+
+
+CLASS = Spec("object", fields={
+    "value": _int(0, 254, required=True, description="class value written in the class map (255 is nodata)"),
+    "name": Spec("string", required=True, min_length=1, description="class name shown in the legend"),
+    "color": Spec("string", required=True, pattern=r"^#[0-9a-fA-F]{6}$", hint="a colour like #1a2b3c",
+                  description="legend colour, #rrggbb"),
+})
+
+SCHEMA = Spec("object", description="GeoSeg model card", fields={
+    # the contract: a model cannot be used without these
+    "classes": Spec("array", required=True, min_items=2, max_items=255, unique="value", items=CLASS,
+                    description="one entry per model output channel, in output order"),
+    "bands": Spec("array", required=True, length_of="in_channels", items=_int(1),
+                  description="1-based raster band numbers, one per input channel"),
+    "in_channels": _int(1, required=True, description="number of input channels"),
+    "chip_size": _int(8, required=True, description="chip size the model was trained on (pixels)"),
+    "normalization": Spec("object", required=True, description="input = (pixel - mean) / std per band", fields={
+        "mean": _per_band("per-band mean"),
+        "std": _per_band("per-band standard deviation", exclusive_minimum=0),
+    }),
+    # written by GeoSeg's training; optional for other writers
+    "recommended": Spec("object", nullable=True, description="tiling for seam-free prediction", fields={
+        "crop": _int(0, required=True), "stride": _int(1, required=True), "receptive_field_radius": _int(0),
+    }),
+    "architecture": Spec("string", description="GeoSeg architecture name (a .pt must name a known one)"),
+    "architecture_options": Spec("object", description="options the architecture was built with"),
+    "crs": Spec("object", nullable=True, description="CRS of the training raster", fields={
+        "wkt": Spec("string", nullable=True), "authid": Spec("string", nullable=True)}),
+    "pixel_size": Spec("array", nullable=True, min_items=2, max_items=2, items=Spec("number", exclusive_minimum=0),
+                       description="training pixel size (x, y) in CRS units"),
+    "data_type": Spec("string", nullable=True, description="GDAL data type of the training raster"),
+    "nodata": Spec("array", nullable=True, items=Spec("number", nullable=True, finite=False),
+                   description="per-band nodata of the training raster"),
+    "background": _int(0, 254, nullable=True, description="background class value of the labels"),
+    "ignore_background": Spec("boolean", description="trained without the background class"),
+    "metrics": Spec("object", nullable=True, description="validation metrics of the saved epoch", fields={
+        "epoch": _int(1), "val_miou": Spec("number", nullable=True, minimum=0, maximum=1),
+        "val_oa": Spec("number", nullable=True, minimum=0, maximum=1),
+        "val_macro_f1": Spec("number", nullable=True, minimum=0, maximum=1),
+        "per_class_iou": Spec("object")}),
+    "training": Spec("object", description="training parameters"),
+    "epochs_run": _int(0),
+    "split": Spec("object", nullable=True, description="train/validation split of the chips"),
+    "dataset_sha256": Spec("string", pattern=r"^[0-9a-f]{64}$", hint="64 lower-case hex digits",
+                           description="hash of chips.csv and dataset.json"),
+    "geoseg_version": Spec("string"),
+})
+
+
+# ---------------------------------------------------------------- validation
+def _describe(s: Spec) -> str:
+    """What a value of `s` must be, in words ("an integer 0–254")."""
+    if s.kind == "integer":
+        if s.minimum is not None and s.maximum is not None:
+            text = f"an integer {s.minimum:g}–{s.maximum:g}"
+        elif s.minimum is not None:
+            text = "a positive integer" if s.minimum == 1 else f"an integer ≥ {s.minimum:g}"
+        else:
+            text = "an integer"
+    elif s.kind == "number":
+        text = "a finite number" if s.finite else "a number"
+        if s.exclusive_minimum is not None:
+            text += f" > {s.exclusive_minimum:g}"
+        if s.minimum is not None and s.maximum is not None:
+            text += f" in {s.minimum:g}–{s.maximum:g}"
+    elif s.kind == "string":
+        text = s.hint or ("a non-empty string" if s.min_length else "a string")
+    elif s.kind == "boolean":
+        text = "true or false"
+    elif s.kind == "array":
+        text = "a list"
+        if s.min_items is not None and s.min_items == s.max_items:
+            text += f" of {s.min_items}"
+        elif s.min_items:
+            text += f" of at least {s.min_items}"
+        if s.items is not None:
+            text += f" of {_plural(s.items)}" if not s.min_items else f" {_plural(s.items)}"
+    else:
+        text = "an object"
+    return text + (" or null" if s.nullable else "")
+
+
+def _plural(s: Spec) -> str:
+    return {"integer": "integers", "number": "numbers", "string": "strings", "boolean": "booleans",
+            "array": "lists", "object": "objects"}[s.kind]
+
+
+def _got(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _type_ok(s: Spec, v: Any) -> bool:
+    if s.kind == "integer":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if s.kind == "number":
+        return isinstance(v, int | float) and not isinstance(v, bool) and (not s.finite or math.isfinite(v))
+    return isinstance(v, {"string": str, "boolean": bool, "array": list, "object": dict}[s.kind])
+
+
+def _check(s: Spec, v: Any, path: str, root: dict, errors: list[str]) -> None:
+    """Append a message for every wrong field below `path` (depth first, in schema order)."""
+    if v is None and s.nullable:
+        return
+    wrong = f"card field {path} must be {_describe(s)} (got {_got(v)})"
+    if not _type_ok(s, v):
+        errors.append(wrong)
+        return
+    if s.kind in ("integer", "number"):
+        if (s.minimum is not None and v < s.minimum) or (s.maximum is not None and v > s.maximum) or \
+                (s.exclusive_minimum is not None and v <= s.exclusive_minimum):
+            errors.append(wrong)
+    elif s.kind == "string":
+        if (s.min_length and len(v) < s.min_length) or (s.pattern and not re.fullmatch(s.pattern, v)):
+            errors.append(wrong)
+    elif s.kind == "array":
+        n = root.get(s.length_of) if s.length_of else None
+        if s.length_of and _type_ok(SCHEMA.fields[s.length_of], n) and n >= 1 and len(v) != n:
+            errors.append(f"card field {path} must list {n} items, one per input channel ({s.length_of} is {n}; "
+                          f"got {len(v)})")
+        elif (s.min_items is not None and len(v) < s.min_items) or (s.max_items is not None and len(v) > s.max_items):
+            errors.append(f"card field {path} must be {_describe(s)} (got {len(v)} item{'s' if len(v) != 1 else ''})")
+        seen: set = set()
+        for i, item in enumerate(v):
+            before = len(errors)
+            if s.items is not None:
+                _check(s.items, item, f"{path}[{i}]", root, errors)
+            if s.unique and len(errors) == before and isinstance(item, dict):
+                key = item.get(s.unique)
+                if key in seen:
+                    errors.append(f"card field {path}[{i}].{s.unique} repeats {_got(key)}, already used by an "
+                                  "earlier item")
+                seen.add(key)
+    elif s.kind == "object" and s.fields:
+        for name, sub in s.fields.items():
+            where = f"{path}.{name}" if path else name
+            if name not in v:
+                if sub.required:
+                    errors.append(f"card field {where} is missing (it must be {_describe(sub)})")
+                continue
+            _check(sub, v[name], where, root, errors)
+
+
+def card_errors(card: Any) -> list[str]:
+    """Every problem of `card`, one message per wrong field (empty: the card is valid)."""
     if not isinstance(card, dict):
-        raise GeoSegError("Model card: not a JSON object.")
-    for key in ("classes", "bands", "in_channels", "chip_size", "normalization"):
-        if key not in card:
-            raise _fail(key, "is missing.")
-    classes = card["classes"]
-    if not isinstance(classes, list) or len(classes) < 2:
-        raise _fail("classes", "must list at least 2 classes.")
-    seen = set()
-    for i, c in enumerate(classes):
-        if not isinstance(c, dict):
-            raise _fail(f"classes[{i}]", "must be an object with value, name and color.")
-        v = c.get("value")
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 254:
-            raise _fail(f"classes[{i}].value", f"must be an integer 0-254 (got {v!r}).")
-        if v in seen:
-            raise _fail(f"classes[{i}].value", f"repeats class value {v}.")
-        seen.add(v)
-        if not isinstance(c.get("name"), str) or not c["name"]:
-            raise _fail(f"classes[{i}].name", "must be a non-empty string.")
-        if not isinstance(c.get("color"), str) or not COLOR.match(c["color"]):
-            raise _fail(f"classes[{i}].color", f"must be a colour like #1a2b3c (got {c.get('color')!r}).")
-    n = card["in_channels"]
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise _fail("in_channels", f"must be a positive integer (got {n!r}).")
-    bands = card["bands"]
-    if not isinstance(bands, list) or len(bands) != n or not all(isinstance(b, int) and b >= 1 for b in bands):
-        raise _fail("bands", f"must list {n} band numbers (1-based), one per input channel.")
-    chip = card["chip_size"]
-    if not isinstance(chip, int) or isinstance(chip, bool) or chip < 8:
-        raise _fail("chip_size", f"must be an integer of at least 8 pixels (got {chip!r}).")
-    norm = card["normalization"]
-    if not isinstance(norm, dict):
-        raise _fail("normalization", "must be an object with mean and std.")
-    for k in ("mean", "std"):
-        vals = norm.get(k)
-        if not isinstance(vals, list) or len(vals) != n:
-            raise _fail(f"normalization.{k}", f"must list {n} numbers, one per band.")
-        for v in vals:
-            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-                raise _fail(f"normalization.{k}", f"must hold finite numbers (got {v!r}).")
-            if k == "std" and v <= 0:
-                raise _fail("normalization.std", f"must be positive (got {v!r}).")
-    rec = card.get("recommended")
-    if rec is not None:
-        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), int) for k in ("stride", "crop")):
-            raise _fail("recommended", "must hold integer stride and crop.")
+        return [f"the model card must be a JSON object (got {type(card).__name__})"]
+    errors: list[str] = []
+    _check(SCHEMA, card, "", card, errors)
+    return errors
+
+
+def validate_card(card: Any, what: str = "MODEL") -> dict:
+    """Check `card` against SCHEMA; return it, or raise one GeoSegError naming each wrong field."""
+    errors = card_errors(card)
+    if errors:
+        more = len(errors) - MAX_MESSAGES
+        text = "; ".join(errors[:MAX_MESSAGES]) + (f"; and {more} more" if more > 0 else "")
+        raise GeoSegError(f"{what}: {text}.")
     return card
 
 
-def card_from_json(text: str | bytes, source: str) -> dict:
+def card_from_json(text: str | bytes, source: str, what: str = "MODEL") -> dict:
     try:
         card = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise GeoSegError(f"Model card in {source} is not valid JSON ({e}).") from None
-    return validate_card(card)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise GeoSegError(f"{what}: the model card in {source} is not valid JSON ({str(e)[:120]}).") from None
+    return validate_card(card, what)
+
+
+# ---------------------------------------------------------------- JSON Schema
+def _json_schema(s: Spec) -> dict:
+    out: dict[str, Any] = {}
+    if s.description:
+        out["description"] = s.description
+    out["type"] = [s.kind, "null"] if s.nullable else s.kind
+    for key, value in (("minimum", s.minimum), ("maximum", s.maximum), ("exclusiveMinimum", s.exclusive_minimum),
+                       ("pattern", s.pattern), ("minLength", s.min_length), ("minItems", s.min_items),
+                       ("maxItems", s.max_items)):
+        if value is not None:
+            out[key] = value
+    if s.length_of:  # JSON Schema cannot compare two fields: an annotation, checked by GeoSeg
+        out["x-geoseg-length-equals"] = s.length_of
+    if s.unique:
+        out["x-geoseg-unique-key"] = s.unique
+    if s.items is not None:
+        out["items"] = _json_schema(s.items)
+    if s.fields:
+        out["properties"] = {name: _json_schema(sub) for name, sub in s.fields.items()}
+        required = [name for name, sub in s.fields.items() if sub.required]
+        if required:
+            out["required"] = required
+    return out
+
+
+def json_schema() -> dict:
+    """SCHEMA as JSON Schema (draft 2020-12); written to docs/model_card.schema.json."""
+    body = _json_schema(SCHEMA)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            "title": "GeoSeg model card",
+            **body,
+            "$comment": "Generated from geoseg.core.card.SCHEMA. Writers may add keys. Not expressible here, and "
+                        "checked by GeoSeg: x-geoseg-length-equals (the list has as many items as that integer "
+                        "field), x-geoseg-unique-key (that key differs between the list's objects), and numbers "
+                        "being finite."}
 
 
 def recommended_tiling(chip: int, radius: int) -> dict[str, int]:
@@ -87,3 +267,7 @@ def recommended_tiling(chip: int, radius: int) -> dict[str, int]:
     that the stride (chip − 2·crop) keeps at least half the tile."""
     crop = min(radius, chip // 4)
     return {"crop": int(crop), "stride": int(chip - 2 * crop), "receptive_field_radius": int(radius)}
+
+
+if __name__ == "__main__":  # python -m geoseg.core.card > docs/model_card.schema.json
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))

@@ -8,28 +8,73 @@ import os
 import pickle
 import tempfile
 import zipfile
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
 from .card import validate_card
 from .errors import GeoSegError
+from .staging import disk_full_cause, disk_full_error
 
 FORMAT = "geoseg-checkpoint"
 VERSION = 1
+PARTIAL = ".partial-"  # temporary files are ".NAME.partial-XXXX" beside NAME
+
+
+@contextmanager
+def atomic_write(path: str, mode: str = "wb", **kw: Any) -> Iterator[IO]:
+    """Open a hidden temporary file beside `path`; on success flush it to disk (fsync) and rename
+    it over `path`, then sync the folder. A crash or kill at any moment leaves either the old
+    complete file or the new complete one, never a truncated mix; an error removes the temp."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{PARTIAL}", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if disk_full_cause(e) is not None:  # torch.save reports a full disk as an obscure RuntimeError
+            raise disk_full_error("OUTPUT_MODEL", e) from None
+        raise
+    _sync_folder(folder)
+
+
+def _sync_folder(folder: str) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_partials(path: str) -> list[str]:
+    """Remove the temporary files a killed writer of `path` left behind; return their names."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    prefix = f".{os.path.basename(path)}{PARTIAL}"
+    removed = []
+    for name in os.listdir(folder):
+        if name.startswith(prefix) and os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed
 
 
 def atomic_save(obj: Any, path: str) -> None:
+    """torch.save through `atomic_write`."""
     import torch
 
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.partial-", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def save_model(path: str, state_dict: dict, card: dict, extra: dict | None = None) -> None:
@@ -48,7 +93,19 @@ def load_checkpoint(path: str, what: str = "MODEL") -> dict:
         raise GeoSegError(f"{what}: file not found: {path}")
     with open(path, "rb") as f:
         head = f.read(2)
-    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip format nor a raw pickle
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()  # CRC of every member: torch itself does not notice flipped bytes
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            bad = f"({e})"
+        if bad is not None:
+            raise GeoSegError(f"{what}: {path} is damaged (checksum mismatch in {bad}); it cannot be used. "
+                              "Restore it from a backup, or start a new run.")
+    elif head[:1] != b"\x80":  # neither torch's zip format nor a raw pickle
+        if head[:2] == b"PK":
+            raise GeoSegError(f"{what}: {path} is truncated or damaged (its zip directory is missing); it "
+                              "cannot be used. Restore it from a backup, or start a new run.")
         raise GeoSegError(f"{what}: {path} is not a readable PyTorch checkpoint (not a torch.save file).")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -68,7 +125,7 @@ def load_checkpoint(path: str, what: str = "MODEL") -> dict:
         card = json.loads(obj["card"])
     except (KeyError, TypeError, ValueError):
         raise GeoSegError(f"{what}: {path} has no readable model card.") from None
-    obj["card"] = validate_card(card)
+    obj["card"] = validate_card(card, what)
     return obj
 
 

@@ -1,7 +1,9 @@
 """Chip export: raster + label polygons → image/mask chips, chips.csv, dataset.json.
 
 Streams one window at a time (memory does not grow with the raster), writes into a hidden
-staging folder and renames it to OUTPUT_DIR only when everything succeeded.
+staging folder and renames it to OUTPUT_DIR only when everything succeeded. Labels are
+rasterized once per row of chips (a strip); the main thread reads windows while a small thread
+pool checks, describes and writes the chips (GDAL and numpy release the GIL), in grid order.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 import logging
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,6 +34,8 @@ from .stats import Moments, merge
 log = logging.getLogger("geoseg")
 
 MODES = ("all", "positive", "divided")
+WORKERS = 2  # threads checking, describing and writing chips while the main thread reads the next windows
+MAX_PENDING = 4  # chips in flight: enough to keep the workers busy, memory stays flat
 
 
 
@@ -139,17 +145,24 @@ def export_chips(p: ExportParams, progress: Progress = lambda f: None,
             for sub in subdirs:
                 os.makedirs(os.path.join(stage, kind, sub), exist_ok=True)
         n = len(grid)
-        row = None
-        for i, win in enumerate(grid):
-            if cancelled():
-                raise Cancelled()
-            if win.yoff != row:  # blocks of finished rows are not read again: keep the cache to one row
-                ds.FlushCache()
-                row = win.yoff
-            rec = _export_one(ds, info, labels, win, p, stage, img_nodata, values, skipped)
-            if rec is not None:
-                records.append(rec)
-            progress(0.95 * (i + 1) / n)
+        row, strip = None, None
+        pending: deque[Future] = deque()
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="geoseg-chips") as pool:  # waits before cleanup
+            for i, win in enumerate(grid):
+                if cancelled():
+                    raise Cancelled()
+                if win.yoff != row:  # blocks of finished rows are not read again: keep the cache to one row
+                    ds.FlushCache()
+                    row = win.yoff
+                    strip = labels.rasterize(info, Window(0, win.yoff, info.width, win.height), p.background)
+                pixels, valid = read_window(ds, info, win)
+                pending.append(pool.submit(_export_one, info, pixels, valid, strip, win, p, stage, img_nodata,
+                                           values))
+                while len(pending) > MAX_PENDING or (pending and pending[0].done()):
+                    _collect(pending.popleft(), records, skipped)  # in grid order; a write error is raised here
+                progress(0.95 * (i + 1) / n)
+            while pending:
+                _collect(pending.popleft(), records, skipped)
         if not records:
             raise GeoSegError(_nothing_exported(p, n, skipped))
 
@@ -177,25 +190,36 @@ def export_chips(p: ExportParams, progress: Progress = lambda f: None,
                         time.perf_counter() - t0)
 
 
-def _export_one(ds: gdal.Dataset, info, labels, win: Window, p: ExportParams, stage: str,
-                img_nodata: float | None, values: list[int], skipped: dict[str, int]) -> ChipRecord | None:
-    pixels, valid = read_window(ds, info, win)
+def _collect(job: Future, records: list[ChipRecord], skipped: dict[str, int]) -> None:
+    result = job.result()
+    if isinstance(result, str):
+        skipped[result] += 1
+    else:
+        records.append(result)
+
+
+def _export_one(info, pixels: np.ndarray, valid: np.ndarray, strip: np.ndarray, win: Window, p: ExportParams,
+                stage: str, img_nodata: float | None, values: list[int]) -> ChipRecord | str:
+    """Check, describe and write one chip read by the main thread (runs in a worker thread);
+    returns its record, or why it was skipped. `strip` holds the labels of the chip's row,
+    rasterized once for the whole raster width."""
     real = valid[: win.height, : win.width]
     n_valid = int(real.sum())
     if n_valid == 0:
-        skipped["empty"] += 1
-        return None
+        return "empty"
     nodata_fraction = 1.0 - n_valid / real.size
     if nodata_fraction > p.max_nodata_fraction:
-        skipped["nodata"] += 1
-        return None
-    mask = labels.rasterize(info, win, p.background)
+        return "nodata"
+    mask = strip[:, win.xoff:win.xoff + win.width]
+    if win.pad_x or win.pad_y:
+        mask = np.pad(mask, ((0, win.pad_y), (0, win.pad_x)), constant_values=MASK_NODATA)
+    else:
+        mask = mask.copy()
     mask[~valid] = MASK_NODATA
     counts = np.bincount(mask.ravel(), minlength=256)
     positive = bool(counts[:MASK_NODATA].sum() - counts[p.background] > 0)
     if p.mode == "positive" and not positive:
-        skipped["negative"] += 1
-        return None
+        return "negative"
     sub = ("positive" if positive else "background") if p.mode == "divided" else ""
     name = chip_name(win)
     image_rel = "/".join(x for x in ("images", sub, name) if x)

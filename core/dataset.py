@@ -72,6 +72,12 @@ def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
         what = "besides the background, which is ignored" if ignore_background else "(background included)"
         raise GeoSegError(f"CHIPS: the dataset has {len(classes)} class {what}; a segmentation model "
                           "needs at least 2.")
+    counts = (dataset.get("class_pixel_counts_by_split") or {}).get("train")
+    present = [c["value"] for c in classes if counts and int(counts.get(str(c["value"]), 0)) > 0]
+    if counts and len(present) < 2:
+        raise GeoSegError(f"CHIPS: only {len(present)} of its classes occurs in the training chips (values: "
+                          f"{', '.join(map(str, present)) or 'none'}); a segmentation model needs pixels of at "
+                          "least 2 classes to learn from. Label more classes, or export chips that hold them.")
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for i, c in enumerate(classes):
         lut[c["value"]] = i
@@ -101,12 +107,16 @@ class ChipDataset:
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         row = self.rows[i]
-        image = gdal.Open(os.path.join(self.folder.path, row["image"])).ReadAsArray().astype(np.float32)
+        # read as float32 by GDAL and normalised in place: no temporary copies of the chip
+        image = gdal.Open(os.path.join(self.folder.path, row["image"])).ReadAsArray(buf_type=gdal.GDT_Float32)
         if image.ndim == 2:
             image = image[None]
         raw = gdal.Open(os.path.join(self.folder.path, row["mask"])).ReadAsArray()
-        image = (image - self.mean) / self.std
-        image[:, raw == IGNORE_INDEX] = 0.0
+        image -= self.mean
+        image /= self.std
+        ignored = raw == IGNORE_INDEX
+        if ignored.any():
+            image[:, ignored] = 0.0
         return image, self.folder.lut[raw]
 
     def __getitem__(self, i: int):

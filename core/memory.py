@@ -35,7 +35,12 @@ def memory_budget_mb(explicit: float = 0.0) -> float:
 def check_budget(need_bytes: float, budget_mb: float, what: str) -> None:
     """Raise BudgetExceeded when `need_bytes` does not fit in `budget_mb` (0 = no budget)."""
     if budget_mb > 0 and need_bytes > budget_mb * 1e6:
-        raise BudgetExceeded(f"{what} needs about {need_bytes / 1e6:.0f} MB, over the {budget_mb:.0f} MB budget")
+        raise BudgetExceeded(f"{what} needs about {_mb(need_bytes / 1e6)} MB, over the {_mb(budget_mb)} MB budget")
+
+
+def _mb(x: float) -> str:
+    """Megabytes for a message: whole numbers, but no "0 MB" for a tiny test budget."""
+    return f"{x:.0f}" if x >= 10 else f"{x:.2g}"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -8,13 +8,17 @@ result equals whole-image inference.
 
 The raster is streamed one strip of tiles at a time (memory does not grow with its height),
 tiles are predicted in batches, and the output is written under a temporary name and renamed
-only when complete.
+only when complete. Reading, inference and writing overlap in three threads joined by bounded
+queues, so a run goes at the speed of the model; the batch size can be chosen within a memory
+budget, and an out-of-memory error halves it and retries the same tiles.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -23,10 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal, osr
 
-from .backends import open_backend, read_model_card
+from .backends import Backend, open_backend, read_model_card
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress
 from .grid import Window, axis_origins
-from .raster import MASK_NODATA, open_raster, raster_info, read_window, set_category_names
+from .memory import check_budget, halve_batch, is_out_of_memory, memory_budget_mb, release_cuda_cache
+from .raster import MASK_NODATA, RasterInfo, open_raster, raster_info, read_window, set_category_names
 from .staging import check_new_file, staged_file
 
 log = logging.getLogger("geoseg")
@@ -34,7 +39,8 @@ log = logging.getLogger("geoseg")
 PROB_NODATA = -1.0
 CREATE_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
 
-__all__ = ["SegmentParams", "SegmentResult", "compatibility_warnings", "preflight", "read_model_card", "segment"]
+__all__ = ["SegmentParams", "SegmentResult", "choose_batch_size", "compatibility_warnings", "preflight",
+           "read_model_card", "segment", "tile_memory_bytes"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,10 @@ class SegmentParams:
     stride_x: int | None = None  # None: chip // 2
     stride_y: int | None = None
     crop: int | None = None  # None: chip // 8
-    batch_size: int = 8
+    batch_size: int = 8  # 0: chosen automatically within the memory budget
     backend: str = "auto"
     device: str = "auto"
+    memory_budget_mb: float = 0.0  # for one inference batch; 0: $GEOSEG_MEMORY_BUDGET_MB, else none
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ class SegmentResult:
     tiles: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    batch_size: int = 0  # the batch size the run started with (chosen, when BATCH_SIZE was 0)
+    final_batch_size: int = 0  # lower than batch_size when out-of-memory errors halved it
 
 
 @dataclass(frozen=True)
@@ -105,9 +114,9 @@ def make_tiling(width: int, height: int, chip: int, stride_x: int, stride_y: int
     return Tiling(chip, xs, ys, kx, ky)
 
 
-def compatibility_warnings(card: dict, raster_path: str) -> list[str]:
+def compatibility_warnings(card: dict, raster_path: str, info: RasterInfo | None = None) -> list[str]:
     """Differences between the raster and the training data that may hurt the result."""
-    info = raster_info(open_raster(raster_path), raster_path)
+    info = info or raster_info(open_raster(raster_path), raster_path)
     out = []
     if info.band_count != card["in_channels"]:
         out.append(f"The raster has {info.band_count} bands, but the model was trained on {card['in_channels']}.")
@@ -132,8 +141,10 @@ def _resolve(p: SegmentParams, card: dict) -> tuple[int, int, int, int]:
 
 
 def _validate(p: SegmentParams) -> None:
-    if p.batch_size < 1:
-        raise GeoSegError(f"BATCH_SIZE must be at least 1 (got {p.batch_size}).")
+    if p.batch_size < 0:
+        raise GeoSegError(f"BATCH_SIZE must be at least 1, or 0 to choose it automatically (got {p.batch_size}).")
+    if p.memory_budget_mb < 0:
+        raise GeoSegError(f"The memory budget must be 0 (none) or a positive number of MB (got {p.memory_budget_mb}).")
     for what, path in (("OUTPUT", p.output_path), ("OUTPUT_PROBABILITIES", p.probabilities_path)):
         if path is None:
             continue
@@ -245,65 +256,288 @@ class PyramidWriter:
             w.close()
 
 
-def _predict(ds: gdal.Dataset, info, tiling: Tiling, engine, card: dict, out_path: str, prob_path: str | None,
-             batch_size: int, progress: Progress, cancelled: IsCancelled) -> None:
-    """Stream strips of tiles through the model into the (temporary) output files."""
-    chip = tiling.chip
+QUEUE_DEPTH = 1  # batches waiting between stages: one ready batch keeps the next stage busy
+MAX_AUTO_BATCH = {"cpu": 8, "cuda": 64}  # beyond these a larger batch buys no throughput (CPU: measured)
+_END = object()  # end of a stage's stream
+
+
+class _Stop(Exception):
+    """The pipeline is shutting down because another stage failed or the run was cancelled."""
+
+
+class _Pipe:
+    """A bounded queue between two stages whose waits end when the pipeline stops, so a failed
+    or cancelled run never leaves a thread blocked on a full or empty queue."""
+
+    def __init__(self, stop: threading.Event, depth: int = QUEUE_DEPTH) -> None:
+        self.queue: queue.Queue = queue.Queue(depth)
+        self.stop = stop
+
+    def put(self, item: object) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+        raise _Stop()
+
+    def get(self) -> object:
+        while not self.stop.is_set():
+            try:
+                return self.queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        raise _Stop()
+
+
+class _Stage(threading.Thread):
+    """A pipeline thread that keeps its exception for the main thread and stops the others."""
+
+    def __init__(self, name: str, work: Callable[[], None], stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.work, self.stop = work, stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except _Stop:
+            pass
+        except BaseException as e:  # noqa: BLE001  (handed to the main thread, which raises it)
+            self.error = e
+            self.stop.set()
+
+
+@dataclass
+class _Batch:
+    """Normalised tiles of one batch window, as the reader hands them to inference."""
+
+    strip: int  # index into tiling.ys
+    first: int  # index of the first tile in tiling.xs
+    left: int  # raster column of the window's left edge
+    x: np.ndarray  # float32 [n, bands, chip, chip]
+    valid: np.ndarray  # bool [chip, window width]
+    last: bool  # the strip's last batch
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _read_batches(ds: gdal.Dataset, info, tiling: Tiling, batch_size: int, mean: np.ndarray, std: np.ndarray,
+                  inbox: _Pipe) -> None:
+    """Reader stage: one window per batch (arrays stay batch-sized whatever the raster's width)."""
+    chip, n = tiling.chip, len(tiling.xs)
+    for si, oy in enumerate(tiling.ys):
+        for b in range(0, n, batch_size):
+            xs = tiling.xs[b:b + batch_size]
+            left, right = xs[0], min(xs[-1] + chip, info.width)
+            win = Window(left, oy, right - left, min(chip, info.height), max(0, chip - info.width),
+                         max(0, chip - info.height))
+            try:
+                pixels, valid = read_window(ds, info, win)
+                ds.FlushCache()  # the cache would otherwise hold a strip's width of blocks
+            except Exception as e:  # noqa: BLE001  (GDAL I/O and decoding errors of every kind)
+                raise GeoSegError(f"INPUT: GDAL could not read columns {left}-{right} of rows {oy}-{oy + win.height} "
+                                  f"of {info.path} ({_first_line(e)}).") from None
+            x = np.empty((len(xs), pixels.shape[0], chip, chip), dtype=np.float32)
+            for j, xo in enumerate(xs):
+                tile = x[j]
+                tile[...] = pixels[:, :, xo - left:xo - left + chip]
+                tile -= mean
+                tile /= std
+                tile[:, ~valid[:, xo - left:xo - left + chip]] = 0  # nodata → 0 (the mean); NaN · 0 stays NaN
+            inbox.put(_Batch(si, b, left, x, valid, b + batch_size >= n))
+    inbox.put(_END)
+
+
+def _write_strips(outbox: _Pipe, tiling: Tiling, width: int, values: np.ndarray, out_rows: PyramidWriter,
+                  prob_rows: PyramidWriter | None) -> None:
+    """Writer stage: arg-max (and softmax) of each tile's kept span into its strip; whole strips
+    go to the output files (and their overviews) in order."""
+    k = len(values)
+    classes = probs = None
+    while (item := outbox.get()) is not _END:
+        b, logits = item
+        oy, (y0, y1) = tiling.ys[b.strip], tiling.keep_y[b.strip]
+        if classes is None:
+            classes = np.empty((y1 - y0, width), dtype=np.uint8)
+            probs = np.empty((k, y1 - y0, width), dtype=np.float32) if prob_rows else None
+        xs = tiling.xs[b.first:b.first + len(logits)]
+        for j, (x, (x0, x1)) in enumerate(zip(xs, tiling.keep_x[b.first:b.first + len(xs)], strict=True)):
+            tile = logits[j, :, y0 - oy:y1 - oy, x0 - x:x1 - x]
+            invalid = ~b.valid[y0 - oy:y1 - oy, x0 - b.left:x1 - b.left]
+            cls = values[tile.argmax(axis=0)]
+            cls[invalid] = MASK_NODATA
+            classes[:, x0:x1] = cls
+            if probs is not None:
+                pr = softmax(tile[None])[0]
+                pr[:, invalid] = PROB_NODATA
+                probs[:, :, x0:x1] = pr
+        if b.last:
+            out_rows.write(classes[None])
+            if prob_rows is not None:
+                prob_rows.write(probs)
+            classes = probs = None
+    out_rows.close()
+    if prob_rows is not None:
+        prob_rows.close()
+
+
+class _Inference:
+    """Runs the model on a batch in pieces of the current batch size; an out-of-memory error
+    (real, or the simulated one of a memory budget) halves it and retries the same tiles."""
+
+    def __init__(self, engine: Backend, batch_size: int, tile_bytes: float, budget_mb: float) -> None:
+        self.engine, self.batch_size = engine, batch_size
+        self.tile_bytes, self.budget_mb = tile_bytes, budget_mb
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        parts, i = [], 0
+        while i < len(x):
+            n = min(self.batch_size, len(x) - i)
+            try:
+                check_budget(n * self.tile_bytes, self.budget_mb, f"A batch of {n} tiles")
+                parts.append(self.engine(x[i:i + n]))
+                i += n
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                release_cuda_cache()
+                self.batch_size = halve_batch(n, e, "segmentation")
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def tile_memory_bytes(engine: Backend, card: dict, chip: int) -> float:
+    """Memory one tile of a batch needs during inference: its input, the network's activations
+    (measured per pixel on a small probe, an upper bound: every intermediate counted) and logits."""
+    per_pixel = engine.activation_bytes_per_pixel(card["in_channels"])
+    return chip * chip * (4.0 * card["in_channels"] + per_pixel + 4.0 * len(card["classes"]))
+
+
+def default_budget_mb(engine: Backend) -> float:
+    """Without a budget, a batch may use half of the GPU's free memory, or a quarter of the RAM
+    still available (the rest is for the reader, the writer and everything else running)."""
+    if engine.on_cuda:
+        try:
+            import torch
+
+            free, _ = torch.cuda.mem_get_info()
+            return 0.5 * free / 1e6
+        except Exception:  # noqa: BLE001  (onnxruntime on CUDA without a CUDA torch)
+            return 2000.0
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration, ValueError):  # not Linux
+        try:
+            avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (AttributeError, OSError, ValueError):  # Windows: no sysconf
+            avail = 8e9
+    return 0.25 * avail / 1e6
+
+
+def choose_batch_size(engine: Backend, card: dict, chip: int, requested: int, budget_mb: float
+                      ) -> tuple[int, float]:
+    """(batch size, bytes per tile): `requested`, or with 0 the most tiles that fit the budget
+    (at least 1, at most what still pays off on the device). Bytes are 0 when nothing needs them."""
+    if requested > 0 and budget_mb <= 0:
+        return requested, 0.0
+    per_tile = tile_memory_bytes(engine, card, chip)
+    if requested > 0:
+        return requested, per_tile
+    budget = budget_mb if budget_mb > 0 else default_budget_mb(engine)
+    cap = MAX_AUTO_BATCH["cuda" if engine.on_cuda else "cpu"]
+    batch = max(1, min(cap, int(budget * 1e6 // per_tile)))
+    log.info("Batch size %d chosen automatically (about %.0f MB per tile, budget %.0f MB).", batch,
+             per_tile / 1e6, budget)
+    return batch, per_tile
+
+
+def _predict(ds: gdal.Dataset, info, tiling: Tiling, infer: _Inference, card: dict, out_path: str,
+             prob_path: str | None, batch_size: int, progress: Progress, cancelled: IsCancelled) -> None:
+    """Stream strips of tiles through the model into the (temporary) output files.
+
+    Three stages overlap: a reader thread reads and normalises batch windows, this thread runs
+    the model, a writer thread takes the arg-max and writes whole strips (GDAL, numpy and both
+    backends release the GIL). Bounded queues keep at most a few batches in flight; an error in
+    any stage stops the others and is raised here, and the caller removes the partial files.
+    """
     values = np.array([c["value"] for c in card["classes"]], dtype=np.uint8)
     mean = np.asarray(card["normalization"]["mean"], dtype=np.float32)[:, None, None]
     std = np.asarray(card["normalization"]["std"], dtype=np.float32)[:, None, None]
-    k = len(values)
     out = _create(out_path, info, 1, gdal.GDT_Byte, [])
-    prob = _create(prob_path, info, k, gdal.GDT_Float32, ["PREDICTOR=3"]) if prob_path else None
+    prob = _create(prob_path, info, len(values), gdal.GDT_Float32, ["PREDICTOR=3"]) if prob_path else None
+    stop = threading.Event()
+    inbox, outbox = _Pipe(stop), _Pipe(stop)
+    stages: list[_Stage] = []
+    out_rows = prob_rows = None
     try:
         _style_classes(out.GetRasterBand(1), card["classes"])
         for i, c in enumerate(card["classes"] if prob else []):
             prob.GetRasterBand(i + 1).SetDescription(c["name"])
             prob.GetRasterBand(i + 1).SetNoDataValue(PROB_NODATA)
-        out_rows = PyramidWriter(out)
-        prob_rows = PyramidWriter(prob) if prob else None
+        out_rows, prob_rows = PyramidWriter(out), PyramidWriter(prob) if prob else None
+
+        def write() -> None:
+            try:
+                _write_strips(outbox, tiling, info.width, values, out_rows, prob_rows)
+            except (_Stop, GeoSegError):
+                raise
+            except Exception as e:  # noqa: BLE001  (GDAL write errors: disk full, permissions, …)
+                raise GeoSegError(f"OUTPUT: writing the result failed ({_first_line(e)}).") from None
+
+        stages = [_Stage("geoseg-read", lambda: _read_batches(ds, info, tiling, batch_size, mean, std, inbox), stop),
+                  _Stage("geoseg-write", write, stop)]
+        for s in stages:
+            s.start()
         done = 0
-        for oy, (y0, y1) in zip(tiling.ys, tiling.keep_y, strict=True):
-            classes = np.empty((y1 - y0, info.width), dtype=np.uint8)
-            probs = np.empty((k, y1 - y0, info.width), dtype=np.float32) if prob else None
-            for b in range(0, len(tiling.xs), batch_size):
+        try:
+            while (batch := inbox.get()) is not _END:
                 if cancelled():
                     raise Cancelled()
-                xs = tiling.xs[b:b + batch_size]
-                # one window per batch: arrays stay batch-sized whatever the raster's width
-                left, right = xs[0], min(xs[-1] + chip, info.width)
-                win = Window(left, oy, right - left, min(chip, info.height), max(0, chip - info.width),
-                             max(0, chip - info.height))
-                pixels, valid = read_window(ds, info, win)
-                ds.FlushCache()  # the cache would otherwise hold a strip's width of blocks
-                batch = np.stack([pixels[:, :, x - left:x - left + chip] for x in xs]).astype(np.float32)
-                batch -= mean
-                batch /= std
-                batch *= np.stack([valid[:, x - left:x - left + chip] for x in xs])[:, None]  # nodata → 0 (the mean)
-                logits = engine(batch)
-                for j, (x, (x0, x1)) in enumerate(zip(xs, tiling.keep_x[b:b + batch_size], strict=True)):
-                    tile = logits[j, :, y0 - oy:y1 - oy, x0 - x:x1 - x]
-                    invalid = ~valid[y0 - oy:y1 - oy, x0 - left:x1 - left]
-                    cls = values[tile.argmax(axis=0)]
-                    cls[invalid] = MASK_NODATA
-                    classes[:, x0:x1] = cls
-                    if probs is not None:
-                        pr = softmax(tile[None])[0]
-                        pr[:, invalid] = PROB_NODATA
-                        probs[:, :, x0:x1] = pr
-                done += len(xs)
+                outbox.put((batch, infer(batch.x)))
+                done += len(batch.x)
                 progress(0.97 * done / tiling.tiles)
-            out_rows.write(classes[None])
-            if probs is not None:
-                prob_rows.write(probs)
-        out_rows.close()
-        if prob_rows is not None:
-            prob_rows.close()
+            outbox.put(_END)
+            stages[1].join()
+        except _Stop:
+            pass  # a stage failed: its error is raised below
         if cancelled():
             raise Cancelled()
-        progress(1.0)
     finally:
-        out = prob = None  # close (flush) before the files are renamed or removed
+        stop.set()
+        for s in stages:
+            s.join()
+            s.work = None
+        out_rows = prob_rows = out = prob = None  # close (flush) before the files are renamed or removed
+    for s in stages:
+        if s.error is not None:
+            raise s.error
+    progress(1.0)
+
+
+def _refuse_unusable_input(card: dict, ds: gdal.Dataset, info: RasterInfo) -> None:
+    """Inputs that would give a meaningless map: a degree raster for a model trained on a projected
+    CRS (its pixels are not the ground size the model learnt), and a raster without a valid pixel."""
+    from .raster import any_valid_pixel, is_geographic
+
+    trained = (card.get("crs") or {}).get("wkt")
+    if trained and is_geographic(info):
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(trained)
+        if srs.IsProjected():
+            name = (card.get("crs") or {}).get("authid") or srs.GetName()
+            px = card.get("pixel_size")
+            at, tr = (f" at {px[0]:g} × {px[1]:g} pixels", f" -tr {px[0]:g} {px[1]:g}") if px else ("", "")
+            raise GeoSegError(
+                f"INPUT is in geographic coordinates (degrees), but the model was trained on the projected CRS "
+                f"{name}{at}; warp the raster to that CRS and pixel size first (Raster › Projections › Warp, or "
+                f"gdalwarp -t_srs {name}{tr} in.tif out.tif).")
+    if not any_valid_pixel(ds, info):
+        raise GeoSegError("INPUT: every pixel is nodata (its nodata value, NaN or masked), so there is nothing to "
+                          "segment.")
 
 
 def preflight(p: SegmentParams) -> tuple[dict, gdal.Dataset, object, Tiling]:
@@ -317,6 +551,7 @@ def preflight(p: SegmentParams) -> tuple[dict, gdal.Dataset, object, Tiling]:
         plural = "s" if info.band_count != 1 else ""
         raise GeoSegError(f"INPUT has {info.band_count} band{plural}, but the model was trained on "
                           f"{card['in_channels']} (bands {card['bands']}); use a raster with the same bands.")
+    _refuse_unusable_input(card, ds, info)
     chip, sx, sy, crop = _resolve(p, card)
     tiling = make_tiling(info.width, info.height, chip, sx, sy, crop)
     radius = (card.get("recommended") or {}).get("receptive_field_radius")
@@ -332,20 +567,24 @@ def segment(p: SegmentParams, progress: Progress = lambda f: None, cancelled: Is
     t0 = time.perf_counter()
     card, ds, info, tiling = preflight(p)
     chip, sx, sy, crop = _resolve(p, card)
-    warnings = compatibility_warnings(card, p.input_path)
+    warnings = compatibility_warnings(card, p.input_path, info)
     for w in warnings:
         log.warning(w)
     engine = open_backend(p.model_path, card, p.backend, p.device, chip)
+    budget = memory_budget_mb(p.memory_budget_mb)
+    batch_size, tile_bytes = choose_batch_size(engine, card, chip, p.batch_size, budget)
+    infer = _Inference(engine, batch_size, tile_bytes, budget)
 
     with ExitStack() as stack:  # both files appear complete, or not at all
         out_tmp = stack.enter_context(staged_file(p.output_path, "OUTPUT"))
         prob_tmp = stack.enter_context(staged_file(p.probabilities_path, "OUTPUT_PROBABILITIES")) \
             if p.probabilities_path else None
-        _predict(ds, info, tiling, engine, card, out_tmp, prob_tmp, p.batch_size, progress, cancelled)
+        _predict(ds, info, tiling, infer, card, out_tmp, prob_tmp, batch_size, progress, cancelled)
     set_category_names(p.output_path, {c["value"]: c["name"] for c in card["classes"]})  # after the rename
     seconds = time.perf_counter() - t0
-    log.info("Segmented %d tiles (%d × %d px, chip %d, stride %d × %d, crop %d) in %.1f s.", tiling.tiles,
-             info.width, info.height, chip, sx, sy, crop, seconds)
+    log.info("Segmented %d tiles (%d × %d px, chip %d, stride %d × %d, crop %d, batch %d) in %.1f s.", tiling.tiles,
+             info.width, info.height, chip, sx, sy, crop, infer.batch_size, seconds)
     return SegmentResult(os.path.abspath(p.output_path),
                          os.path.abspath(p.probabilities_path) if p.probabilities_path else None,
-                         card, engine.name, engine.provider, tiling.tiles, seconds, warnings)
+                         card, engine.name, engine.provider, tiling.tiles, seconds, warnings, batch_size,
+                         infer.batch_size)

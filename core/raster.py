@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -139,6 +140,23 @@ def read_window(ds: gdal.Dataset, info: RasterInfo, win: Window) -> tuple[np.nda
     return data, valid
 
 
+def any_valid_pixel(ds: gdal.Dataset, info: RasterInfo, rows: int = 64) -> bool:
+    """Whether any pixel is valid (see read_window), reading strips until the first valid one:
+    a strip for an ordinary raster, the whole raster only when it is (nearly) all nodata."""
+    for y in range(0, info.height, rows):
+        _, valid = read_window(ds, info, Window(0, y, info.width, min(rows, info.height - y)))
+        if valid.any():
+            return True
+        ds.FlushCache()
+    return False
+
+
+def is_geographic(info: RasterInfo) -> bool:
+    """Whether the raster's CRS is geographic (coordinates and pixel sizes in degrees)."""
+    srs = info.srs
+    return bool(srs is not None and srs.IsGeographic())
+
+
 def window_geotransform(gt: tuple[float, ...], win: Window) -> tuple[float, ...]:
     """Geotransform of a chip whose top-left pixel is (win.xoff, win.yoff) of the source."""
     return (gt[0] + win.xoff * gt[1] + win.yoff * gt[2], gt[1], gt[2],
@@ -150,14 +168,19 @@ _GTIFF = None
 
 def write_geotiff(path: str, array: np.ndarray, gt: tuple[float, ...], wkt: str,
                   gdal_type: int, nodata: float | None) -> None:
-    """Write a small [bands, h, w] (or [h, w]) array as a GeoTIFF chip."""
+    """Write a small [bands, h, w] (or [h, w]) array as a GeoTIFF chip.
+
+    The file is built in memory (/vsimem) and written with Python's file I/O: a failed write (a
+    full disk) then raises OSError, where GDAL's own close would fail in a destructor, whose
+    exception Python only prints, leaving a truncated chip that looks complete."""
     global _GTIFF
     if _GTIFF is None:
         _GTIFF = gdal.GetDriverByName("GTiff")
     if array.ndim == 2:
         array = array[np.newaxis]
     bands, h, w = array.shape
-    ds = _GTIFF.Create(path, w, h, bands, gdal_type)
+    mem = f"/vsimem/geoseg-chip-{threading.get_ident()}.tif"  # one at a time per thread
+    ds = _GTIFF.Create(mem, w, h, bands, gdal_type)
     ds.SetGeoTransform(gt)
     if wkt:
         ds.SetProjection(wkt)
@@ -166,7 +189,18 @@ def write_geotiff(path: str, array: np.ndarray, gt: tuple[float, ...], wkt: str,
         if nodata is not None:
             band.SetNoDataValue(nodata)
         band.WriteArray(array[i])
-    ds = None  # flush and close
+    ds = None  # flush and close (in memory: cannot fail for lack of space)
+    f = gdal.VSIFOpenL(mem, "rb")
+    try:
+        gdal.VSIFSeekL(f, 0, os.SEEK_END)
+        size = gdal.VSIFTellL(f)
+        gdal.VSIFSeekL(f, 0, os.SEEK_SET)
+        data = gdal.VSIFReadL(1, size, f)
+    finally:
+        gdal.VSIFCloseL(f)
+        gdal.Unlink(mem)
+    with open(path, "wb") as out:
+        out.write(data)
 
 
 @contextmanager

@@ -3,6 +3,7 @@ and nothing the user already had is overwritten."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -10,6 +11,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .errors import GeoSegError
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+DISK_FULL_TEXT = ("No space left on device", "File too large", "Disk quota exceeded")  # as GDAL and torch word them
+
+
+def disk_full_cause(e: BaseException | None) -> BaseException | None:
+    """`e`, or the error it arose from, that is the system refusing a write for lack of space (or a
+    file-size limit); None when there is none. GDAL reports these as text inside its own errors."""
+    for _ in range(10):
+        if e is None:
+            return None
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return e
+        if any(t in str(e) for t in DISK_FULL_TEXT):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+FULL = "The disk is full, or a file-size limit was reached; nothing was kept. Free some space and run again."
+
+
+def disk_full_error(what: str, e: BaseException) -> GeoSegError:
+    """The one message for a write that ran out of space; the callers have removed what was written."""
+    e = disk_full_cause(e) or e
+    if isinstance(e, GeoSegError):  # already says what failed
+        return GeoSegError(f"{str(e).rstrip()} {FULL}")
+    detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    return GeoSegError(f"{what}: writing failed ({detail}). {FULL}")
+
+
+def _reraise(what: str, e: BaseException) -> None:
+    if disk_full_cause(e) is not None and FULL not in str(e):
+        raise disk_full_error(what, e) from None
 
 
 def _writable_parent(path: str, what: str) -> tuple[str, list[str]]:
@@ -64,9 +99,10 @@ def staged_dir(target: str, what: str) -> Iterator[str]:
         if os.path.isdir(target):
             os.rmdir(target)  # empty, checked above
         os.rename(staging, target)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_created(created)
+        _reraise(what, e)
         raise
 
 
@@ -95,8 +131,9 @@ def staged_file(target: str, what: str) -> Iterator[str]:
         yield tmp
         check_new_file(target, what)
         os.rename(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
         _remove_created(created)
+        _reraise(what, e)
         raise

@@ -50,6 +50,7 @@ class TrainParams:
     augment: bool = True
     resume: bool = False
     num_workers: int | None = None  # None: chosen from the CPU count
+    memory_budget_mb: float = 0.0  # estimated memory of a training step; 0: $GEOSEG_MEMORY_BUDGET_MB or none
     model_options: dict = field(default_factory=dict)
 
 
@@ -78,6 +79,7 @@ class EpochReport:
     per_class_iou: list[float]
     best_epoch: int
     seconds: float
+    batch_size: int = 0  # the batch size this epoch ran at (smaller than asked after an out of memory)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ def validate(p: TrainParams) -> None:
         raise GeoSegError(f"EPOCHS must be at least 1 (got {p.epochs}).")
     if p.batch_size < 1:
         raise GeoSegError(f"BATCH_SIZE must be at least 1 (got {p.batch_size}).")
+    if not p.memory_budget_mb >= 0:
+        raise GeoSegError(f"MEMORY_BUDGET must be 0 (none) or a number of megabytes (got {p.memory_budget_mb}).")
     if not 0 < p.learning_rate < 1:
         raise GeoSegError(f"LEARNING_RATE must be between 0 and 1 (got {p.learning_rate}).")
     from ..models.registry import validate_options  # no torch import
@@ -142,8 +146,11 @@ def validate(p: TrainParams) -> None:
         for key in ("model", "onnx", "metrics", "last"):
             check_new_file(paths[key], "OUTPUT_MODEL")
     folder = os.path.dirname(os.path.abspath(p.output_model))
-    if not os.path.isdir(folder):
-        raise GeoSegError(f"OUTPUT_MODEL: folder {folder} does not exist.")
+    if not os.path.isdir(folder):  # created in train(), like every other GeoSeg output's folder
+        parent = folder
+        while not os.path.isdir(parent):
+            parent = os.path.dirname(parent)
+        folder = parent
     if not os.access(folder, os.W_OK) or folder.startswith(("/sys", "/proc")):
         raise GeoSegError(f"OUTPUT_MODEL: cannot write in {folder}.")
 
@@ -156,6 +163,9 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
     device = resolve_device(p.device)
     from ..models.export import export_onnx  # torch and onnx only now that work starts
 
+    out_dir = os.path.dirname(os.path.abspath(p.output_model))
+    new_dir = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
     run = Run(p, chips, device)
     if p.resume:
         run.resume()
@@ -174,7 +184,7 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
                 "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_oa": float(m.overall_accuracy),
                 "val_miou": miou, "val_macro_f1": float(np.nan_to_num(m.macro_f1)),
                 "per_class_iou": nan_to_none(list(m.iou)), "lr": run.optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0})
+                "seconds": time.perf_counter() - t0, "batch_size": run.batch_size})
             if miou > run.best_miou:
                 run.best_miou, run.best_epoch = miou, epoch + 1
                 save_model(run.paths["model"], run.model.state_dict(), run.card())
@@ -182,11 +192,12 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
             run.write_metrics()
             created = False  # from here on the files hold a usable model: keep them whatever happens
             h = run.history[-1]
-            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f, epoch %d)",
-                     epoch + 1, p.epochs, train_loss, val_loss, miou, run.best_miou, run.best_epoch)
+            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f, epoch %d)%s",
+                     epoch + 1, p.epochs, train_loss, val_loss, miou, run.best_miou, run.best_epoch,
+                     f", batch size {run.batch_size}" if run.batch_size != p.batch_size else "")
             if report is not None:
                 report(EpochReport(epoch + 1, p.epochs, train_loss, val_loss, miou, h["val_oa"], h["val_macro_f1"],
-                                   h["per_class_iou"], run.best_epoch, h["seconds"]))
+                                   h["per_class_iou"], run.best_epoch, h["seconds"], run.batch_size))
             if p.patience and epoch + 1 - run.best_epoch >= p.patience:
                 log.info("Early stop: no better validation mIoU for %d epochs.", p.patience)
                 stopped_early = True
@@ -203,6 +214,8 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
             for key in ("model", "last", "metrics", "onnx"):
                 if os.path.exists(run.paths[key]):
                     os.remove(run.paths[key])
+            if new_dir and not os.listdir(out_dir):
+                os.rmdir(out_dir)
         raise
     return TrainResult(run.paths["model"], run.paths["onnx"], run.paths["metrics"], run.best_epoch,
                        run.best_miou, len(run.history), stopped_early, device, card, run.history)

@@ -15,9 +15,10 @@ import numpy as np
 
 from . import __version__
 from .card import recommended_tiling
-from .checkpoint import load_checkpoint, save_model
+from .checkpoint import atomic_write, load_checkpoint, remove_stale_partials, save_model
 from .dataset import ChipDataset, ChipsFolder, augment_batch
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress
+from .memory import check_budget, halve_batch, is_out_of_memory, memory_budget_mb, release_cuda_cache
 from .metrics import confusion_matrix
 from .options import IGNORE_INDEX
 
@@ -26,6 +27,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("geoseg")
 
+# Memory of a training step ≈ weights, gradients and AdamW's two moments (4 × the parameters)
+# + per sample: the layer outputs kept for backward, their gradients and the loss's temporaries
+# (ACTIVATION_FACTOR × the outputs of one forward pass) + the input and the mask. Against the
+# peak-RSS growth of real CPU steps (torch 2.13; UNet/UNet++/FCN/DeepLabv3+, 64-128 px, batch
+# 2-8) it came out between 0.8× and 1.8× the measured figure; for tiny models (a few MB of
+# activations) torch's fixed ~20 MB dominates and it is low (0.3×). An estimate for a budget, not a cap.
+ACTIVATION_FACTOR = 2.5
 
 
 def output_paths(model_path: str) -> dict[str, str]:
@@ -81,28 +89,17 @@ class Run:
         self.weights = weights
         self.loss_fn = build_loss(p.loss, len(chips.classes),
                                   None if weights is None else weights.to(device), IGNORE_INDEX)
-        workers = default_workers() if p.num_workers is None else p.num_workers
+        self.workers = default_workers() if p.num_workers is None else p.num_workers
         self.loader_gen = torch.Generator().manual_seed(p.seed)
         self.aug_gen = torch.Generator().manual_seed(p.seed + 1)
-        train_ds = ChipDataset(chips, chips.train)
-        drop_last = len(train_ds) > p.batch_size and len(train_ds) % p.batch_size == 1  # no batch of 1 for BN
-        self.train_loader = torch.utils.data.DataLoader(
-            train_ds, batch_size=p.batch_size, shuffle=True, generator=self.loader_gen, num_workers=workers,
-            drop_last=drop_last, pin_memory=device == "cuda", persistent_workers=workers > 0)
-        val_rows = chips.validation or chips.train
         if not chips.validation:
             log.warning("chips.csv has no validation chips; validating on the training chips (optimistic).")
-        self.val_loader = torch.utils.data.DataLoader(
-            ChipDataset(chips, val_rows), batch_size=p.batch_size, shuffle=False, num_workers=workers,
-            pin_memory=device == "cuda", persistent_workers=workers > 0)
-        self.steps = len(self.train_loader)
+        self.budget_mb = memory_budget_mb(p.memory_budget_mb)
+        self.step_memory = self._measure_step_memory() if self.budget_mb > 0 else (0.0, 0.0)
+        self.batch_size = self.val_batch_size = p.batch_size
+        self._build_loaders()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
-        total = p.epochs * self.steps
-        if p.schedule == "onecycle":
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=p.learning_rate,
-                                                                 total_steps=max(total, 2))
-        else:
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total, 1))
+        self._build_scheduler()
         self.amp_dtype = None
         self.scaler = None
         if device == "cuda":
@@ -113,6 +110,122 @@ class Run:
         self.best_miou = -1.0
         self.best_epoch = 0
         self.history: list[dict] = []
+        self._start_state: dict | None = None  # the state the first epoch of this process starts from
+
+    def _build_loaders(self) -> None:
+        """(Re)build the loaders for `batch_size` / `val_batch_size` (again after an out-of-memory)."""
+        import torch
+
+        b, workers, pin = self.batch_size, self.workers, self.device == "cuda"
+        train_ds = ChipDataset(self.chips, self.chips.train)
+        drop_last = len(train_ds) > b and len(train_ds) % b == 1  # no batch of 1 for BatchNorm
+        self.train_loader = torch.utils.data.DataLoader(
+            train_ds, batch_size=b, shuffle=True, generator=self.loader_gen, num_workers=workers,
+            drop_last=drop_last, pin_memory=pin, persistent_workers=workers > 0)
+        self.val_loader = torch.utils.data.DataLoader(
+            ChipDataset(self.chips, self.chips.validation or self.chips.train), batch_size=self.val_batch_size,
+            shuffle=False, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+        self.steps = len(self.train_loader)
+
+    def _build_scheduler(self, epoch: int = 0) -> None:
+        """A fresh schedule over `epochs × steps` batches, advanced to the start of `epoch` (after a
+        batch-size change the number of steps per epoch changes; the learning rate at each fraction
+        of the run stays the same)."""
+        import warnings
+
+        import torch
+
+        total = self.p.epochs * self.steps
+        if self.p.schedule == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=self.p.learning_rate,
+                                                                 total_steps=max(total, 2))
+        else:
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total, 1))
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(epoch * self.steps):
+                self.scheduler.step()
+
+    # ------------------------------------------------------------ memory
+    def _measure_step_memory(self) -> tuple[float, float]:
+        """(fixed bytes, bytes per sample) of one training step, from one forward pass at batch 1
+        with hooks summing every layer's output (eval mode: no statistics or random state change)."""
+        import torch
+
+        chip, c = self.chips.chip_size, self.chips.in_channels
+        outputs = [0]
+
+        def hook(_module, _inputs, out) -> None:
+            for t in out if isinstance(out, list | tuple) else [out]:
+                if isinstance(t, torch.Tensor):
+                    outputs[0] += t.numel() * t.element_size()
+
+        leaves = [m for m in self.model.modules() if not any(True for _ in m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        was_training = self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self.model(torch.zeros(1, c, chip, chip, device=self.device))
+        finally:
+            for h in handles:
+                h.remove()
+            self.model.train(was_training)
+        params = sum(q.numel() * q.element_size() for q in self.model.parameters())
+        per_sample = ACTIVATION_FACTOR * outputs[0] + chip * chip * (4 * c + 8)  # + float input, int64 mask
+        log.info("Memory budget %.0f MB: a training step needs about %.0f MB + %.1f MB per chip.", self.budget_mb,
+                 4 * params / 1e6, per_sample / 1e6)
+        return 4.0 * params, per_sample
+
+    def step_bytes(self, batch: int) -> float:
+        """Estimated memory of one training step at `batch` (0 when no budget is set)."""
+        fixed, per_sample = self.step_memory
+        return fixed + batch * per_sample
+
+    def _oom(self, exc: BaseException, epoch: int) -> None:
+        """Out of memory in epoch `epoch`: halve the batch (or give up at 1, with a GeoSegError), and
+        restart the epoch from the state it started with, so the run stays the run it would have
+        been at the smaller batch."""
+        release_cuda_cache()
+        self.batch_size = self.val_batch_size = halve_batch(self.batch_size, exc, "training")
+        self._build_loaders()
+        self._restore(self._epoch_start_state(epoch))
+        self._build_scheduler(epoch)
+        release_cuda_cache()
+
+    def _epoch_start_state(self, epoch: int) -> dict:
+        if epoch == self.start_epoch and self._start_state is not None:
+            return self._start_state
+        state = load_checkpoint(self.paths["last"], "RESUME")  # written at the end of the previous epoch
+        if int(state["epoch"]) != epoch:
+            raise GeoSegError(f"Out of memory in epoch {epoch + 1}, and {self.paths['last']} does not hold the "
+                              "state of the previous epoch to restart from.")
+        return state
+
+    def remember_start(self) -> None:
+        """Keep (on the CPU) the state the first epoch starts from, for a restart after an OOM."""
+        import copy
+
+        if self._start_state is None:
+            self._start_state = copy.deepcopy(_to_cpu(self._state()))
+
+    def _state(self) -> dict:
+        import torch
+
+        return {"state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "loader_rng": self.loader_gen.get_state(), "aug_rng": self.aug_gen.get_state(),
+                "torch_rng": torch.get_rng_state()}
+
+    def _restore(self, state: dict) -> None:
+        import copy
+
+        import torch
+
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # it would alias the saved tensors
+        self.loader_gen.set_state(state["loader_rng"])
+        self.aug_gen.set_state(state["aug_rng"])
+        torch.set_rng_state(state["torch_rng"])
 
     # ------------------------------------------------------------ state
     def card(self) -> dict:
@@ -146,36 +259,46 @@ class Run:
         }
 
     def resume(self) -> None:
-        import torch
-
+        for path in self.paths.values():  # temporary files of a killed run (the files themselves are whole)
+            for name in remove_stale_partials(path):
+                log.info("Removed %s, left behind by an interrupted write.", name)
         state = load_checkpoint(self.paths["last"], "RESUME")
+        missing = [k for k in ("optimizer", "scheduler", "loader_rng", "aug_rng", "torch_rng", "epoch", "best_miou",
+                               "best_epoch", "history") if k not in state]
+        if missing:
+            raise GeoSegError(f"RESUME: {self.paths['last']} is not a resumable training state "
+                              f"(it lacks {', '.join(missing)}).")
         if state.get("dataset_sha256") != self.chips.sha256:
             raise GeoSegError("RESUME: the chips folder differs from the one this run was trained on "
                               "(chips.csv or dataset.json changed); start a new run instead.")
         if state.get("architecture") != self.p.architecture:
             raise GeoSegError(f"RESUME: the saved run trains {state.get('architecture')}, not {self.p.architecture}.")
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.loader_gen.set_state(state["loader_rng"])
-        self.aug_gen.set_state(state["aug_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        saved_batch = int(state.get("batch_size") or self.p.batch_size)
+        if saved_batch != self.batch_size:  # the run had halved its batch after running out of memory
+            log.warning("Resuming with batch size %d, the size the interrupted run had fallen back to.", saved_batch)
+            self.batch_size = self.val_batch_size = saved_batch
+            self._build_loaders()
+            self._build_scheduler()
+        try:
+            self._restore(state)
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise GeoSegError(f"RESUME: {self.paths['last']} does not fit this run's model or settings "
+                              f"({str(e).splitlines()[0][:160]}); start a new run instead.") from None
         self.start_epoch = int(state["epoch"])
         self.best_miou = float(state["best_miou"])
         self.best_epoch = int(state["best_epoch"])
         self.history = [dict(h) for h in state["history"]]
+        self._start_state = state
         log.info("Resuming %s after epoch %d (best val mIoU %.4f at epoch %d).", self.paths["model"],
                  self.start_epoch, self.best_miou, self.best_epoch)
 
     def save_last(self, epoch: int) -> None:
-        import torch
-
         save_model(self.paths["last"], self.model.state_dict(), self.card(), {
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "loader_rng": self.loader_gen.get_state(), "aug_rng": self.aug_gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_miou": self.best_miou,
-            "best_epoch": self.best_epoch, "history": self.history, "dataset_sha256": self.chips.sha256,
-            "architecture": self.p.architecture})
+            **self._state(), "scheduler": self.scheduler.state_dict(), "epoch": epoch,
+            "best_miou": self.best_miou, "best_epoch": self.best_epoch, "history": self.history,
+            "dataset_sha256": self.chips.sha256, "architecture": self.p.architecture,
+            "batch_size": self.batch_size})
 
     # ------------------------------------------------------------ epochs
     def _forward(self, x):
@@ -193,6 +316,22 @@ class Run:
 
     def train_epoch(self, epoch: int, progress: Progress, cancelled: IsCancelled,
                     report: Callable[[object], None] | None = None) -> float:
+        """One epoch; on out of memory (CUDA, CPU, or over the budget) the epoch restarts at half the batch."""
+        self.remember_start()
+        while True:
+            try:
+                return self._train_epoch(epoch, progress, cancelled, report)
+            except GeoSegError:
+                raise
+            except Exception as e:  # an OOM comes as RuntimeError, MemoryError or a backend's error
+                if not is_out_of_memory(e):
+                    raise
+                oom = e.with_traceback(None)  # let the failed step's tensors go
+            log.info("%s", str(oom).splitlines()[0][:200] if str(oom) else type(oom).__name__)
+            self._oom(oom, epoch)
+
+    def _train_epoch(self, epoch: int, progress: Progress, cancelled: IsCancelled,
+                     report: Callable[[object], None] | None = None) -> float:
         import torch
 
         from .train import BatchReport
@@ -208,6 +347,9 @@ class Run:
                 x, y = augment_batch(x, y, self.aug_gen)
             if self.device == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
+            if self.budget_mb > 0:
+                check_budget(self.step_bytes(x.shape[0]), self.budget_mb,
+                             f"A training step at batch size {x.shape[0]}")
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._loss(self._forward(x), y)
             if not torch.isfinite(loss):
@@ -229,6 +371,21 @@ class Run:
         return total / max(n, 1)
 
     def validate_epoch(self, cancelled: IsCancelled, epoch: int) -> tuple[float, np.ndarray]:
+        """Validation changes no state, so after an out of memory it simply runs again at half the batch."""
+        while True:
+            try:
+                return self._validate_epoch(cancelled, epoch)
+            except GeoSegError:
+                raise
+            except Exception as e:  # as in train_epoch
+                if not is_out_of_memory(e):
+                    raise
+                oom = e.with_traceback(None)
+            release_cuda_cache()
+            self.val_batch_size = halve_batch(self.val_batch_size, oom, "validation")
+            self._build_loaders()
+
+    def _validate_epoch(self, cancelled: IsCancelled, epoch: int) -> tuple[float, np.ndarray]:
         import torch
 
         self.model.eval()
@@ -260,18 +417,28 @@ class Run:
 
     def write_metrics(self) -> None:
         names = [c["name"] for c in self.chips.classes]
-        folder = os.path.dirname(os.path.abspath(self.paths["metrics"]))
-        tmp = os.path.join(folder, f".{os.path.basename(self.paths['metrics'])}.partial")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_write(self.paths["metrics"], "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["epoch", "train_loss", "val_loss", "val_oa", "val_miou", "val_macro_f1", "lr", "seconds"]
-                       + [f"iou_{n}" for n in names])
+            w.writerow(["epoch", "train_loss", "val_loss", "val_oa", "val_miou", "val_macro_f1", "lr", "seconds",
+                        "batch_size"] + [f"iou_{n}" for n in names])
             for h in self.history:
                 w.writerow([h["epoch"], f"{h['train_loss']:.6f}", f"{h['val_loss']:.6f}", f"{h['val_oa']:.6f}",
                             f"{h['val_miou']:.6f}", f"{h['val_macro_f1']:.6f}", f"{h['lr']:.3e}",
-                            f"{h['seconds']:.2f}"]
+                            f"{h['seconds']:.2f}", h.get("batch_size", self.p.batch_size)]
                            + ["" if v is None else f"{v:.6f}" for v in h["per_class_iou"]])
-        os.replace(tmp, self.paths["metrics"])
+
+
+def _to_cpu(obj):
+    """The same nested state with every tensor on the CPU (a snapshot must not hold GPU memory)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu")
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def nan_to_none(values: list[float]) -> list[float | None]:

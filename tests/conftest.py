@@ -60,7 +60,12 @@ def _layer_actions_on_stub_iface(request):
 
         stub.addCustomActionForLayerType = add
         stub.removeCustomActionForLayerType = remove
+    if not hasattr(stub, "registerOptionsWidgetFactory"):  # Settings ▸ Options pages, recorded likewise
+        stub.registerOptionsWidgetFactory = lambda self, f: self.__dict__.setdefault("options_factories", []).append(f)
+        stub.unregisterOptionsWidgetFactory = lambda self, f: self.__dict__.setdefault(
+            "options_factories", []).remove(f)
     iface.__dict__.setdefault("custom_layer_actions", [])
+    iface.__dict__.setdefault("options_factories", [])
 
 
 # ---------------------------------------------------------------- segment dialog and actions

@@ -284,3 +284,35 @@ def test_block_split_fraction_is_close(fraction):
     share = labels.count("validation") / len(labels)
     assert abs(share - fraction) < 0.06
     assert 0 < labels.count("validation") < len(labels)
+
+
+def test_chips_are_listed_in_grid_order_with_threaded_writers(scene, tmp_path):
+    """The worker pool finishes chips out of order; chips.csv (and so the seeded split) keeps the grid's."""
+    raster, labels, _ = scene
+    out = tmp_path / "chips"
+    run(raster, labels, out, chip_size=32, stride_x=24, stride_y=24)
+    grid = [(w.xoff, w.yoff) for w in make_grid(W, H, 32, 24, 24)]
+    rows = [(int(r["xoff"]), int(r["yoff"])) for r in read_csv(str(out))]
+    assert rows == grid  # the nodata hole is smaller than a chip: no chip is skipped
+
+
+def test_write_error_in_a_worker_thread_leaves_nothing(scene, tmp_path, monkeypatch):
+    import threading
+
+    from geoseg.core import chips
+
+    raster, labels, _ = scene
+    calls = []
+
+    def failing_write(path, *a, **kw):
+        calls.append(path)
+        if len(calls) == 7:
+            raise RuntimeError("simulated GDAL write failure")
+        return original(path, *a, **kw)
+
+    original = chips.write_geotiff
+    monkeypatch.setattr(chips, "write_geotiff", failing_write)
+    with pytest.raises(RuntimeError, match="simulated GDAL write failure"):
+        run(raster, labels, tmp_path / "chips", chip_size=32)
+    assert sorted(os.listdir(tmp_path)) == ["labels.gpkg", "scene.tif"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("geoseg-chips")]

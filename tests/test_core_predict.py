@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -11,9 +13,11 @@ import pytest
 import torch
 from osgeo import gdal
 
+from geoseg.core import predict
+from geoseg.core.backends import open_backend
 from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.errors import Cancelled, GeoSegError
-from geoseg.core.predict import SegmentParams, keep_spans, make_tiling, segment
+from geoseg.core.predict import SegmentParams, keep_spans, make_tiling, read_model_card, segment, tile_memory_bytes
 from geoseg.core.raster import category_names
 from geoseg.core.train import TrainParams, train
 from geoseg.models.export import export_onnx
@@ -243,3 +247,132 @@ def test_overviews_are_written_while_streaming(tmp_path):
     assert probs.GetRasterBand(2).GetOverviewCount() == 2
     np.testing.assert_array_equal(probs.GetRasterBand(2).GetOverview(0).ReadAsArray(),
                                   probs.GetRasterBand(2).ReadAsArray()[1::2, 1::2][:265, :550])
+
+
+# ---------------------------------------------------------------- pipeline (reader, model, writer threads)
+
+def geoseg_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("geoseg-")]
+
+
+def run_segment(raster: str, model: str, folder, name: str, **kw) -> tuple[np.ndarray, np.ndarray, object]:
+    out, probs = str(folder / f"{name}.tif"), str(folder / f"{name}.p.tif")
+    params = dict(chip_size=32, stride_x=24, stride_y=20, crop=3) | kw
+    r = segment(SegmentParams(raster, model, out, probs, **params))
+    return gdal.Open(out).ReadAsArray(), gdal.Open(probs).ReadAsArray(), r
+
+
+def test_pipeline_output_does_not_depend_on_batch_size(scene, tmp_path):
+    """Batches of 1, of 5 (never dividing a strip's 9 tiles) and the automatic size give the same
+    bytes: the threaded stages put every tile where the sequential loop did."""
+    raster, model, pixels = scene
+    ref_classes, ref_probs = whole_image(model, pixels, card())
+    first = None
+    for batch in (1, 5, 0):
+        classes, probs, r = run_segment(raster, model, tmp_path, f"b{batch}", batch_size=batch)
+        np.testing.assert_array_equal(classes, ref_classes)
+        if first is None:
+            first = probs
+        np.testing.assert_array_equal(probs, first)  # bit for bit
+        assert r.batch_size == (batch or r.batch_size) and r.batch_size >= 1
+    assert np.abs(first - ref_probs).max() <= 1e-4
+    assert geoseg_threads() == []
+
+
+def per_tile_bytes(model: str, chip: int = 32) -> float:
+    c = read_model_card(model)
+    return tile_memory_bytes(open_backend(model, c, "auto", "cpu", chip), c, chip)
+
+
+def test_out_of_memory_halves_the_batch_and_retries_the_same_tiles(scene, tmp_path, caplog, monkeypatch):
+    raster, model, _ = scene
+    ref, ref_probs, _ = run_segment(raster, model, tmp_path, "ref", batch_size=8)
+    budget_mb = 2.5 * per_tile_bytes(model) / 1e6  # 2 tiles fit, 4 and 8 do not
+    with caplog.at_level(logging.WARNING, logger="geoseg"):
+        classes, probs, r = run_segment(raster, model, tmp_path, "oom", batch_size=8, memory_budget_mb=budget_mb)
+    np.testing.assert_array_equal(classes, ref)
+    np.testing.assert_array_equal(probs, ref_probs)
+    assert (r.batch_size, r.final_batch_size) == (8, 2)
+    halvings = [m for m in caplog.messages if m.startswith("Out of memory in segmentation")]
+    assert halvings == ["Out of memory in segmentation at batch size 8; retrying with batch size 4.",
+                        "Out of memory in segmentation at batch size 4; retrying with batch size 2."]
+    # the same through the environment variable, as a user would set it
+    monkeypatch.setenv("GEOSEG_MEMORY_BUDGET_MB", str(1.5 * per_tile_bytes(model) / 1e6))
+    classes, _, r = run_segment(raster, model, tmp_path, "env", batch_size=4)
+    np.testing.assert_array_equal(classes, ref)
+    assert r.final_batch_size == 1
+
+
+def test_out_of_memory_at_batch_one_is_a_clear_error_without_output(scene, tmp_path):
+    raster, model, _ = scene
+    budget_mb = 0.5 * per_tile_bytes(model) / 1e6
+    with pytest.raises(GeoSegError, match="Out of memory in segmentation even with batch size 1"):
+        run_segment(raster, model, tmp_path, "none", batch_size=2, memory_budget_mb=budget_mb)
+    assert os.listdir(tmp_path) == [] and geoseg_threads() == []
+
+
+def test_automatic_batch_size_respects_the_budget(scene, tmp_path):
+    raster, model, _ = scene
+    tile = per_tile_bytes(model)
+    assert tile > 32 * 32 * 4 * (3 + 3)  # more than the input and the logits: activations are counted
+    _, _, r = run_segment(raster, model, tmp_path, "three", batch_size=0, memory_budget_mb=3.9 * tile / 1e6)
+    assert (r.batch_size, r.final_batch_size) == (3, 3)
+    _, _, r = run_segment(raster, model, tmp_path, "free", batch_size=0)
+    assert 1 <= r.batch_size <= 8  # no budget: a share of the free RAM, capped where batches stop paying off
+
+
+def corrupt_copy(raster: str, path: str, block: tuple[int, int]) -> None:
+    """A tiled DEFLATE copy of `raster` whose block (col, row) holds garbage: GDAL fails to decode it."""
+    gdal.Translate(path, raster, creationOptions=["TILED=YES", "BLOCKXSIZE=32", "BLOCKYSIZE=32", "COMPRESS=DEFLATE"])
+    ds = gdal.Open(path)
+    band = ds.GetRasterBand(1)
+    offset = int(band.GetMetadataItem(f"BLOCK_OFFSET_{block[0]}_{block[1]}", "TIFF"))
+    size = int(band.GetMetadataItem(f"BLOCK_SIZE_{block[0]}_{block[1]}", "TIFF"))
+    band = ds = None
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * size)
+
+
+def test_read_error_in_the_reader_thread_is_reported_and_leaves_no_output(scene, tmp_path):
+    raster, model, _ = scene
+    data = tmp_path / "data"
+    data.mkdir()
+    broken = str(data / "broken.tif")
+    corrupt_copy(raster, broken, (3, 3))  # rows 96-127: the reader fails after earlier strips were written
+    with pytest.raises(GeoSegError, match=r"INPUT: GDAL could not read columns \d+-\d+ of rows \d+-\d+ of .*broken"):
+        segment(SegmentParams(broken, model, str(tmp_path / "c.tif"), str(tmp_path / "p.tif"), chip_size=32,
+                              stride_x=24, stride_y=20, crop=3, batch_size=2))
+    assert sorted(os.listdir(tmp_path)) == ["data"] and geoseg_threads() == []
+
+
+def test_write_error_in_the_writer_thread_is_reported_and_leaves_no_output(scene, tmp_path, monkeypatch):
+    raster, model, _ = scene
+    writes = []
+
+    def failing_write(self, data):
+        writes.append(data.shape)
+        if len(writes) == 3:
+            raise RuntimeError("TIFFAppendToStrip: Write error at scanline 40 (disk full)")
+        return original(self, data)
+
+    original = predict.PyramidWriter.write
+    monkeypatch.setattr(predict.PyramidWriter, "write", failing_write)
+    with pytest.raises(GeoSegError, match=r"OUTPUT: writing the result failed \(TIFFAppendToStrip: Write error"):
+        segment(SegmentParams(raster, model, str(tmp_path / "c.tif"), None, chip_size=32, stride_x=24, stride_y=20,
+                              crop=3, batch_size=2))
+    assert len(writes) == 3 and os.listdir(tmp_path) == [] and geoseg_threads() == []
+
+
+def test_cancel_mid_run_stops_every_stage_and_leaves_nothing(scene, tmp_path):
+    raster, model, _ = scene
+    seen: list[float] = []
+
+    def cancelled() -> bool:
+        return bool(seen) and seen[-1] > 0.5  # after half the tiles: strips were written already
+
+    with pytest.raises(Cancelled):
+        segment(SegmentParams(raster, model, str(tmp_path / "c.tif"), str(tmp_path / "p.tif"), chip_size=32,
+                              stride_x=24, stride_y=20, crop=3, batch_size=2), progress=seen.append,
+                cancelled=cancelled)
+    assert 0.5 < max(seen) < 0.97 and os.listdir(tmp_path) == [] and geoseg_threads() == []

@@ -119,7 +119,8 @@ def test_not_a_checkpoint_and_garbled_card(tmp_path):
     card = {"classes": [], "bands": [1], "in_channels": 1, "chip_size": 32,
             "normalization": {"mean": [0.0], "std": [1.0]}}
     torch.save({"format": "geoseg-checkpoint", "card": json.dumps(card), "state_dict": {}}, tmp_path / "card.pt")
-    with pytest.raises(GeoSegError, match="'classes' must list at least 2"):
+    with pytest.raises(GeoSegError, match=r"MODEL: card field classes must be a list of at least 2 objects "
+                                          r"\(got 0 items\)"):
         load_checkpoint(str(tmp_path / "card.pt"))
 
 
@@ -249,3 +250,114 @@ def test_batch_reports_and_early_stopping(chips, tmp_path):
     assert r.stopped_early and r.epochs_run == len(epochs) == r.best_epoch + 1 < 6
     assert [(b.epoch, b.batch, b.batches) for b in batches[:2]] == [(1, 1, 2), (1, 2, 2)]
     assert len(batches) == 2 * r.epochs_run and all(b.loss > 0 for b in batches)
+
+
+# ---------------------------------------------------------------- out of memory: halve the batch
+def budget_between(chips: str, tmp_path, low: int, high: int) -> float:
+    """A memory budget (MB) that fits a training step at batch `low` but not at `high`."""
+    from geoseg.core.trainer import Run
+
+    p = params(chips, tmp_path / "probe", memory_budget_mb=1e9)
+    run = Run(p, open_chips(chips), "cpu")
+    fits, too_big = run.step_bytes(low), run.step_bytes(high)
+    assert fits < too_big
+    return (fits + (run.step_bytes(low * 2) - fits) / 2) / 1e6
+
+
+def test_memory_budget_halves_the_batch_and_says_so(chips, tmp_path, caplog):
+    budget = budget_between(chips, tmp_path, 2, 8)
+    (tmp_path / "a").mkdir()
+    reports = []
+    with caplog.at_level("INFO", logger="geoseg"):
+        r = train(params(chips, tmp_path / "a", batch_size=8, memory_budget_mb=budget), report=reports.append)
+    warnings = [x.getMessage() for x in caplog.records if x.levelname == "WARNING"]
+    assert "Out of memory in training at batch size 8; retrying with batch size 4." in warnings
+    assert "Out of memory in training at batch size 4; retrying with batch size 2." in warnings
+    assert [e.batch_size for e in reports if isinstance(e, EpochReport)] == [2, 2]
+    with open(r.metrics_path, newline="") as f:
+        assert [row["batch_size"] for row in csv.DictReader(f)] == ["2", "2"]
+    # the epoch restarted from its initial state: exactly the run asked for at batch 2
+    (tmp_path / "b").mkdir()
+    plain = train(params(chips, tmp_path / "b", batch_size=2))
+    for a, b in zip(plain.history, r.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["val_miou"] == pytest.approx(b["val_miou"], abs=1e-9)
+
+
+def test_memory_budget_from_the_environment_and_resume_keeps_the_smaller_batch(chips, tmp_path, monkeypatch,
+                                                                              caplog):
+    from geoseg.core.memory import BUDGET_ENV
+
+    monkeypatch.setenv(BUDGET_ENV, str(budget_between(chips, tmp_path, 2, 4)))
+    cancelled, _ = batch_counter(7)  # 1 check at batch 4 (over budget), epoch 1 at batch 2: 4 training + 2
+    # validation checks; then cancel
+    p = params(chips, tmp_path, batch_size=4, epochs=2)
+    with pytest.raises(Cancelled):
+        train(p, cancelled=cancelled)
+    assert load_checkpoint(output_paths(p.output_model)["last"])["batch_size"] == 2
+    monkeypatch.delenv(BUDGET_ENV)
+    with caplog.at_level("WARNING", logger="geoseg"):
+        r = train(TrainParams(**{**p.__dict__, "resume": True}))
+    assert "Resuming with batch size 2" in caplog.text
+    assert [h["batch_size"] for h in r.history] == [2, 2]
+
+
+def test_budget_too_small_for_batch_one_is_a_clear_error(chips, tmp_path):
+    with pytest.raises(GeoSegError, match=r"Out of memory in training even with batch size 1 \(A training step at "
+                                          r"batch size 1 needs about [\d.]+ MB, over the 0.001 MB budget\)"):
+        train(params(chips, tmp_path, memory_budget_mb=0.001))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(GeoSegError, match="MEMORY_BUDGET must be 0"):
+        train(params(chips, tmp_path, memory_budget_mb=-5))
+
+
+def test_cuda_style_oom_in_a_later_epoch_restarts_that_epoch_at_half_the_batch(chips, tmp_path, monkeypatch, caplog):
+    """An OOM raised by the forward pass (as torch.cuda.OutOfMemoryError is) in epoch 2: the epoch
+    restarts from the state saved at the end of epoch 1, with batch 2."""
+    from geoseg.core.trainer import Run
+
+    forward = Run._forward
+    calls = {"n": 0}
+
+    def failing_forward(self, x):
+        calls["n"] += 1
+        if calls["n"] == 4:  # epoch 1: 2 training + 1 validation batch; then the first batch of epoch 2
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(self, x)
+
+    monkeypatch.setattr(Run, "_forward", failing_forward)
+    with caplog.at_level("WARNING", logger="geoseg"):
+        r = train(params(chips, tmp_path, epochs=3))
+    assert "Out of memory in training at batch size 4; retrying with batch size 2." in caplog.text
+    assert [h["batch_size"] for h in r.history] == [4, 2, 2] and os.path.exists(r.onnx_path)
+    assert all(np.isfinite(h["train_loss"]) for h in r.history)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_oom_in_validation_halves_only_the_validation_batch(chips, tmp_path, monkeypatch, caplog):
+    from geoseg.core.trainer import Run
+
+    forward = Run._forward
+    failed = []
+
+    def failing_forward(self, x):
+        if not self.model.training and x.shape[0] > 2 and not failed:
+            failed.append(x.shape[0])
+            raise RuntimeError("CUDA error: out of memory")
+        return forward(self, x)
+
+    monkeypatch.setattr(Run, "_forward", failing_forward)
+    with caplog.at_level("WARNING", logger="geoseg"):
+        r = train(params(chips, tmp_path, epochs=1))
+    assert failed == [3] and "Out of memory in validation at batch size 4; retrying with batch size 2." in caplog.text
+    assert r.history[0]["batch_size"] == 4  # training itself was not affected
+
+
+def test_missing_output_folder_is_created_and_removed_again_on_cancel(chips, tmp_path):
+    p = TrainParams(chips, str(tmp_path / "new" / "model.pt"), device="cpu", model_options=TINY, epochs=1,
+                    batch_size=4)
+    with pytest.raises(Cancelled):
+        train(p, cancelled=lambda: True)
+    assert os.listdir(tmp_path) == []
+    r = train(p)
+    assert os.path.isfile(r.model_path) and os.path.dirname(r.model_path) == str(tmp_path / "new")

@@ -33,8 +33,9 @@ def test_load_unload_reload(qgis_app, qgis_iface, qgis_processing):
         assert "geoseg:exportchips" in [a.id() for a in provider.algorithms()]
         menus = geoseg_menus(window)
         assert len(menus) == 1
-        assert [a.text() for a in menus[0].actions()] == ["Export training chips…", "Train model…",
-                                                          "Segment raster…"]
+        assert [a.text() for a in menus[0].actions() if not a.isSeparator()] == [
+            "Export training chips…", "Train model…", "Segment raster…", "Settings…", "Install dependencies…"]
+        assert [type(f).__name__ for f in qgis_iface.options_factories] == ["OptionsFactory"]
         toolbar = window.findChild(QToolBar, "mGeoSegToolBar")
         assert toolbar is not None and len(toolbar.actions()) == 3
         assert [a.text() for a, *_ in qgis_iface.custom_layer_actions] == ["Segment layer…"]
@@ -47,6 +48,7 @@ def test_load_unload_reload(qgis_app, qgis_iface, qgis_processing):
         assert window.findChild(QToolBar, "mGeoSegToolBar") is None
         assert plugin.actions == [] and plugin.layer_action is None
         assert qgis_iface.custom_layer_actions == []
+        assert qgis_iface.options_factories == []
 
 
 def test_menu_action_opens_export_dialog(qgis_app, qgis_iface, qgis_processing):
@@ -85,3 +87,81 @@ def test_plugin_import_does_not_load_heavy_modules():
             "print(','.join(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_log_goes_to_message_log_while_loaded(qgis_app, qgis_iface, qgis_processing):
+    """The `geoseg` logger reaches QGIS's log under the "GeoSeg" tab, and only while the plugin is loaded."""
+    import logging
+
+    from qgis.core import QgsMessageLog
+
+    got: list[tuple[str, str]] = []
+
+    def record(message, tag, _level):
+        got.append((tag, message))
+
+    QgsApplication.messageLog().messageReceived.connect(record)
+    try:
+        plugin = load(qgis_iface)
+        logging.getLogger("geoseg").info("geoseg log probe 1")
+        plugin.unload()
+        logging.getLogger("geoseg").info("geoseg log probe 2")
+        qgis_app.processEvents()
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(record)
+    assert ("GeoSeg", "geoseg log probe 1") in got
+    assert not [m for _, m in got if m == "geoseg log probe 2"]
+    assert QgsMessageLog is not None
+
+
+def test_plugin_load_puts_deps_folder_first(qgis_app, qgis_iface, qgis_processing):
+    import os
+    import sys
+
+    from geoseg.ui.settings import deps_dir
+
+    plugin = load(qgis_iface)
+    try:
+        stdlib = os.path.dirname(os.__file__)
+        assert sys.path.index(deps_dir()) < sys.path.index(stdlib)  # first: its packages win
+        assert deps_dir().endswith(f"geoseg-deps/py{sys.version_info[0]}.{sys.version_info[1]}")
+        assert deps_dir().startswith(QgsApplication.qgisSettingsDirPath().rstrip("/"))
+    finally:
+        plugin.unload()
+
+
+def test_train_without_torch_offers_the_installer(qgis_app, qgis_iface, qgis_processing, monkeypatch):
+    """Train (menu) and Segment layer (layer tree) open the installer instead of the dialog when a
+    package is missing; with everything present they open their dialogs."""
+    import sys
+
+    plugin = load(qgis_iface)
+    try:
+        monkeypatch.setitem(sys.modules, "torch", None)  # import torch → ImportError
+        plugin.actions[1].trigger()
+        assert "train" not in plugin.dialogs
+        dlg = plugin.dialogs["deps"]
+        assert dlg.isVisible() and dlg.step == "train"
+        assert "torch" in [dlg.missingList.item(i).text().split(" ")[0] for i in range(dlg.missingList.count())]
+        assert "torch" in dlg.helpLabel.text() and "--target" in dlg.commandView.toPlainText()
+        monkeypatch.delitem(sys.modules, "torch")
+        dlg.installed.emit()  # as after a successful install: the Train dialog the user asked for opens
+        assert plugin.dialogs["train"].isVisible()
+    finally:
+        plugin.unload()
+
+
+def test_segment_layer_action_without_onnxruntime_offers_the_installer(qgis_app, qgis_iface, qgis_processing,
+                                                                       monkeypatch):
+    import sys
+
+    plugin = load(qgis_iface)
+    try:
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)
+        plugin.layer_action.trigger()
+        assert "segment" not in plugin.dialogs
+        dlg = plugin.dialogs["deps"]
+        assert dlg.isVisible() and dlg.step == "segment" and "Segment raster" in dlg.helpLabel.text()
+        assert "onnxruntime" in dlg.modules and "torch" not in dlg.modules
+    finally:
+        plugin.unload()

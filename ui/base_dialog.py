@@ -37,6 +37,7 @@ from qgis.PyQt.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -100,6 +101,9 @@ class GeoSegDialog(QDialog):
     def _group(self, column: QVBoxLayout, title: str, kind: type = QGroupBox) -> QFormLayout:
         """A titled box (QGroupBox, or e.g. QgsCollapsibleGroupBox for advanced options) with a form."""
         box = kind(title, self)
+        toggle = box.findChild(QToolButton, "collapseButton")  # QgsCollapsibleGroupBox's fold button
+        if toggle is not None:
+            toggle.setToolTip(f"Show or hide the {title.lower()} options.")
         form = QFormLayout(box)
         column.addWidget(box)
         return form

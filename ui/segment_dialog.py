@@ -18,9 +18,11 @@ from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QTextBrowser, QVBoxLayout, QWidget
 
+from ..core import deps
 from ..core.errors import GeoSegError
 from ..core.options import ARCHITECTURE_LABELS, ARCHITECTURES, BACKENDS, DEVICES
 from .base_dialog import ERROR_STYLE, GeoSegDialog
+from .settings import apply_defaults
 from .sources import raster_source
 from .style import apply_class_style, class_layer_name, probabilities_layer_name, style_probabilities
 from .tasks import CoreTask
@@ -140,6 +142,11 @@ class SegmentDialog(GeoSegDialog):
         self.device = self._combo(tiling, "Device", DEVICE_LABELS, "device",
                                   "Where to run: Auto uses a CUDA GPU when the backend sees one, else the CPU.",
                                   "device")
+        apply_defaults(self.device, self.batchSize)  # GeoSeg ▸ Settings; remembered values override them
+        self.deviceInfo = self._add(tiling, None, QLabel(self), "deviceInfo", "The device torch would use and the "
+                                    "onnxruntime execution providers available on this machine.")
+        self.deviceInfo.setWordWrap(True)
+        self.deviceInfo.setText("\n".join(deps.summary_lines(deps.device_summary())))
 
         output = self._group(right, "Output")
         self.outputFile = self._add(output, "Class raster (.tif)", QgsFileWidget(self), "outputFile",

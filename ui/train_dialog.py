@@ -41,6 +41,7 @@ from ..core.options import (
 )
 from ..core.train import BatchReport, EpochReport, TrainParams, TrainResult, resolve_device, train, validate
 from .base_dialog import ERROR_STYLE, GeoSegDialog
+from .settings import apply_defaults
 from .tasks import CoreTask
 
 SETTINGS_PREFIX = "geoseg/train/"
@@ -106,6 +107,7 @@ class TrainDialog(GeoSegDialog):
         self.loss.setCurrentIndex(2)
         self.device = self._combo(data, "Device", DEVICE_LABELS, "device",
                                   "Where to train: Auto uses the CUDA GPU when torch sees one, else the CPU.", "device")
+        apply_defaults(self.device, self.batchSize)  # GeoSeg ▸ Settings; remembered values override them
         self.deviceLabel = self._add(data, "", QLabel(self), "deviceLabel", "What Auto resolves to on this machine.")
         self.deviceLabel.setWordWrap(True)
         self.seed = self._add(data, "Random seed", self._spin(0, 2147483647, 0), "seed",

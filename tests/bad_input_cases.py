@@ -1,0 +1,243 @@
+"""The bad-input table (issue 7): every input GeoSeg must refuse, with the message it gives, and the
+positive controls that must work. tests/test_bad_inputs.py runs each case through processing.run
+and scripts/qgis_process; docs/bad_inputs.md is rendered from this table (a test keeps it in sync).
+
+Pure data, no QGIS/GDAL imports, so that `python tests/bad_input_cases.py` regenerates the docs.
+
+In `params`, "{in}" stands for the folder of input fixtures and "{out}" for the case's own
+(initially empty, or holding `existing`) output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "bad_inputs.md")
+SPACED = "{in}/données ø é"  # a folder whose name has spaces and non-ASCII characters
+UNWRITABLE = "/sys/geoseg-bad-inputs"  # root may write anywhere but /sys
+TINY = json.dumps({"base_width": 4, "depth": 2})
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    alg: str  # geoseg:<alg>
+    what: str  # the input, in words (docs)
+    params: dict[str, object]
+    message: str = ""  # substring of the one-line refusal, the same both ways
+    ok: bool = False  # a positive control: it must work
+    result: str = ""  # docs: what a positive control produces
+    fsize: int | None = None  # simulate a full disk: largest file the run may write (RLIMIT_FSIZE bytes)
+    existing: dict[str, str] = field(default_factory=dict)  # {out}-relative files present before the run
+
+
+def _with(base: dict[str, object], **changes: object) -> dict[str, object]:
+    out = dict(base)
+    for k, v in changes.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+EXPORT = {"INPUT": "{in}/rgb.tif", "LABELS": "{in}/labels.gpkg", "CLASS_FIELD": "cls", "CHIP_SIZE": 32,
+          "OUTPUT_DIR": "{out}/chips"}
+TRAIN = {"CHIPS": "{in}/chips", "OUTPUT_MODEL": "{out}/m.pt", "EPOCHS": 1, "BATCH_SIZE": 4, "DEVICE": 1,
+         "MODEL_OPTIONS": TINY}
+SEGMENT = {"INPUT": "{in}/rgb.tif", "MODEL": "{in}/model.onnx", "OUTPUT": "{out}/classes.tif", "DEVICE": 1}
+ASSESS = {"PREDICTION": "{in}/pred.tif", "REFERENCE": "{in}/ref.tif", "OUTPUT_REPORT": "{out}/report.json"}
+ONNX = {"MODEL": "{in}/model.pt", "OUTPUT": "{out}/m.onnx"}
+NEVER = "GeoSeg never overwrites"
+NOTHING = "INPUT: every pixel is nodata (its nodata value, NaN or masked), so there is nothing to segment"
+FULL = "The disk is full, or a file-size limit was reached; nothing was kept."
+
+CASES: list[Case] = [
+    # ------------------------------------------------------------------ exportchips
+    Case("export-empty-labels", "exportchips", "label layer without features",
+         _with(EXPORT, LABELS="{in}/empty.gpkg"), "LABELS: the layer has no features"),
+    Case("export-point-labels", "exportchips", "points as labels",
+         _with(EXPORT, LABELS="{in}/points.gpkg"), "LABELS: the layer holds Point geometries"),
+    Case("export-line-labels", "exportchips", "lines as labels",
+         _with(EXPORT, LABELS="{in}/lines.gpkg"), "LABELS: the layer holds Line String geometries"),
+    Case("export-all-nodata", "exportchips", "raster whose every pixel is nodata",
+         _with(EXPORT, INPUT="{in}/nodata.tif"), "No chip was exported: of 4 grid chips, 4 hold only nodata"),
+    Case("export-nan-only", "exportchips", "Float32 raster holding only NaN (no nodata value set)",
+         _with(EXPORT, INPUT="{in}/nan_only.tif"), "No chip was exported: of 4 grid chips, 4 hold only nodata"),
+    Case("export-nan-hole", "exportchips", "Float32 raster with a NaN hole (no nodata value set)",
+         _with(EXPORT, INPUT="{in}/nan_hole.tif"), ok=True,
+         result="works: NaN pixels are nodata (mask 255, left out of the band statistics)"),
+    Case("export-degree-raster", "exportchips", "geographic (EPSG:4326, degree) raster",
+         _with(EXPORT, INPUT="{in}/geo.tif"), ok=True,
+         result="works: chips keep EPSG:4326 (a model trained on them expects degree rasters)"),
+    Case("export-chip-size-zero", "exportchips", "CHIP_SIZE 0",
+         _with(EXPORT, CHIP_SIZE=0), "CHIP_SIZE must be at least 8 (got 0)"),
+    Case("export-chip-size-negative", "exportchips", "CHIP_SIZE −32",
+         _with(EXPORT, CHIP_SIZE=-32), "CHIP_SIZE must be at least 8 (got -32)"),
+    Case("export-stride-zero", "exportchips", "STRIDE_X 0",
+         _with(EXPORT, STRIDE_X=0), "STRIDE_X must be at least 1 (got 0)"),
+    Case("export-stride-negative", "exportchips", "STRIDE_Y −16",
+         _with(EXPORT, STRIDE_Y=-16), "STRIDE_Y must be at least 1 (got -16)"),
+    Case("export-output-not-empty", "exportchips", "OUTPUT_DIR exists and holds a file",
+         _with(EXPORT, OUTPUT_DIR="{out}/taken"), f"is not empty. {NEVER}", existing={"taken/keep.txt": "mine"}),
+    Case("export-existing-index", "exportchips", "INDEX file exists",
+         _with(EXPORT, INDEX="{out}/index.gpkg"), f"already exists. {NEVER}", existing={"index.gpkg": "mine"}),
+    Case("export-unwritable", "exportchips", "OUTPUT_DIR in an unwritable place (/sys)",
+         _with(EXPORT, OUTPUT_DIR=f"{UNWRITABLE}/chips"), "OUTPUT_DIR: cannot create folder"),
+    Case("export-full-disk", "exportchips", "disk full while writing chips (RLIMIT_FSIZE 2 KiB)",
+         EXPORT, f"OUTPUT_DIR: writing failed ([Errno 27] File too large). {FULL}", fsize=2048),
+    Case("export-spaces", "exportchips", "paths with spaces and non-ASCII characters",
+         _with(EXPORT, INPUT=f"{SPACED}/scène 1.tif", LABELS=f"{SPACED}/étiquettes 1.gpkg",
+               OUTPUT_DIR="{out}/mes chips ø"), ok=True, result="works"),
+    # ------------------------------------------------------------------ train
+    Case("train-missing-chip-files", "train", "chips folder with a chip file deleted",
+         _with(TRAIN, CHIPS="{in}/chips_missing"), "chip files listed in chips.csv are missing"),
+    Case("train-not-a-chips-folder", "train", "folder without dataset.json",
+         _with(TRAIN, CHIPS="{in}/chips_nojson"), "has no dataset.json"),
+    Case("train-single-class", "train", "dataset whose training chips hold a single class",
+         _with(TRAIN, CHIPS="{in}/chips_single"), "only 1 of its classes occurs in the training chips"),
+    Case("train-existing-model", "train", "OUTPUT_MODEL exists",
+         TRAIN, f"already exists. {NEVER}", existing={"m.pt": "mine"}),
+    Case("train-unwritable", "train", "OUTPUT_MODEL in an unwritable place (/sys)",
+         _with(TRAIN, OUTPUT_MODEL=f"{UNWRITABLE}.pt"), "OUTPUT_MODEL: cannot write in /sys."),
+    Case("train-full-disk", "train", "disk full while saving the model (RLIMIT_FSIZE 4 KiB)",
+         TRAIN, f"OUTPUT_MODEL: writing failed ([Errno 27] File too large). {FULL}", fsize=4096),
+    Case("train-spaces", "train", "paths with spaces and non-ASCII characters",
+         _with(TRAIN, CHIPS=f"{SPACED}/chips ø", OUTPUT_MODEL="{out}/modèle ø 1.pt"), ok=True, result="works"),
+    # ------------------------------------------------------------------ segment
+    Case("segment-one-band", "segment", "1-band raster, 3-band model",
+         _with(SEGMENT, INPUT="{in}/one_band.tif"), "INPUT has 1 band, but the model was trained on 3"),
+    Case("segment-twelve-bands", "segment", "12-band raster, 3-band model",
+         _with(SEGMENT, INPUT="{in}/twelve.tif"), "INPUT has 12 bands, but the model was trained on 3"),
+    Case("segment-degree-raster", "segment", "geographic (degree) raster, model trained in UTM at 2 m",
+         _with(SEGMENT, INPUT="{in}/geo.tif"),
+         "INPUT is in geographic coordinates (degrees), but the model was trained on the projected CRS EPSG:32633 "
+         "at 2 × 2 pixels; warp the raster to that CRS and pixel size first"),
+    Case("segment-all-nodata", "segment", "raster whose every pixel is nodata",
+         _with(SEGMENT, INPUT="{in}/nodata.tif"), NOTHING),
+    Case("segment-nan-only", "segment", "Float32 raster holding only NaN",
+         _with(SEGMENT, INPUT="{in}/nan_only.tif"), NOTHING),
+    Case("segment-nan-hole", "segment", "Float32 raster with a NaN hole",
+         _with(SEGMENT, INPUT="{in}/nan_hole.tif", OUTPUT_PROBABILITIES="{out}/p.tif"), ok=True,
+         result="works: 255 exactly at the NaN pixels, finite probabilities everywhere else"),
+    Case("segment-wrong-output-shape", "segment", "model returning 5 classes, card listing 3",
+         _with(SEGMENT, MODEL="{in}/wrong_shape.onnx"), "MODEL: the model returns shape [1, 5, 32, 32]"),
+    Case("segment-missing-card", "segment", "ONNX model without a card",
+         _with(SEGMENT, MODEL="{in}/no_card.onnx"), "carries no GeoSeg model card"),
+    Case("segment-card-not-json", "segment", "ONNX card that is not JSON",
+         _with(SEGMENT, MODEL="{in}/card_not_json.onnx"), "is not valid JSON"),
+    Case("segment-card-wrong-types", "segment", "ONNX card with in_channels \"3\" (a string)",
+         _with(SEGMENT, MODEL="{in}/card_wrong_types.onnx"),
+         "in_channels must be a positive integer (got '3')"),
+    Case("segment-pickle-pt", "segment", ".pt hiding a pickled object that would create a file",
+         _with(SEGMENT, MODEL="{in}/evil.pt"), "GeoSeg refuses to load it"),
+    Case("segment-existing-output", "segment", "OUTPUT exists",
+         SEGMENT, f"already exists. {NEVER}", existing={"classes.tif": "mine"}),
+    Case("segment-crop-too-large", "segment", "CROP half the chip",
+         _with(SEGMENT, CROP=16), "CROP must be at least 0 and less than half of CHIP_SIZE 32 (got 16)"),
+    Case("segment-stride-too-large", "segment", "STRIDE_X > CHIP_SIZE − 2·CROP",
+         _with(SEGMENT, STRIDE_X=40), "STRIDE_X (40) must be between 1 and CHIP_SIZE − 2·CROP"),
+    Case("segment-stride-zero", "segment", "STRIDE_Y 0",
+         _with(SEGMENT, STRIDE_Y=0), "STRIDE_Y must be at least 1 (got 0)"),
+    Case("segment-unwritable", "segment", "OUTPUT in an unwritable place (/sys)",
+         _with(SEGMENT, OUTPUT=f"{UNWRITABLE}/classes.tif"), "OUTPUT: cannot create folder"),
+    Case("segment-full-disk", "segment", "disk full while writing the maps (RLIMIT_FSIZE 8 KiB)",
+         _with(SEGMENT, OUTPUT_PROBABILITIES="{out}/p.tif"), f"(_tiffWriteProc:File too large). {FULL}", fsize=8192),
+    Case("segment-spaces", "segment", "paths with spaces and non-ASCII characters (.pt model)",
+         _with(SEGMENT, INPUT=f"{SPACED}/scène 1.tif", MODEL=f"{SPACED}/modèle 1.pt",
+               OUTPUT="{out}/carte ø/classes é 1.tif"), ok=True, result="works"),
+    # ------------------------------------------------------------------ assess
+    Case("assess-size-mismatch", "assess", "reference 51 × 40, prediction 50 × 40",
+         _with(ASSESS, REFERENCE="{in}/ref_size.tif"), "REFERENCE is 51 × 40 pixels but PREDICTION is 50 × 40"),
+    Case("assess-geotransform-mismatch", "assess", "reference shifted by one pixel",
+         _with(ASSESS, REFERENCE="{in}/ref_shift.tif"), "same size but a different geotransform"),
+    Case("assess-crs-mismatch", "assess", "reference in another CRS (UTM 34N)",
+         _with(ASSESS, REFERENCE="{in}/ref_crs.tif"), "REFERENCE and PREDICTION are in different CRSs"),
+    Case("assess-no-class-field", "assess", "reference polygons, no CLASS_FIELD given",
+         _with(ASSESS, REFERENCE=None, REFERENCE_VECTOR="{in}/ref.gpkg"), "CLASS_FIELD: give the integer field"),
+    Case("assess-missing-class-field", "assess", "reference polygons without the named class field",
+         _with(ASSESS, REFERENCE=None, REFERENCE_VECTOR="{in}/ref.gpkg", CLASS_FIELD="nope"),
+         "CLASS_FIELD: the labels have no field 'nope'"),
+    Case("assess-point-reference", "assess", "points as reference",
+         _with(ASSESS, REFERENCE=None, REFERENCE_VECTOR="{in}/points.gpkg", CLASS_FIELD="cls"),
+         "LABELS: the layer holds Point geometries"),
+    Case("assess-empty-reference", "assess", "reference layer without features",
+         _with(ASSESS, REFERENCE=None, REFERENCE_VECTOR="{in}/empty.gpkg", CLASS_FIELD="cls"),
+         "LABELS: the layer has no features"),
+    Case("assess-float-prediction", "assess", "3-band Float32 raster as PREDICTION",
+         _with(ASSESS, PREDICTION="{in}/nan_hole.tif"), "PREDICTION must be a single-band integer class raster"),
+    Case("assess-existing-report", "assess", "OUTPUT_REPORT exists",
+         ASSESS, f"already exists. {NEVER}", existing={"report.json": "mine"}),
+    Case("assess-unwritable", "assess", "OUTPUT_REPORT in an unwritable place (/sys)",
+         _with(ASSESS, OUTPUT_REPORT=f"{UNWRITABLE}/report.json"), "OUTPUT_REPORT: cannot create folder"),
+    Case("assess-full-disk", "assess", "disk full while writing the report (RLIMIT_FSIZE 512 B)",
+         ASSESS, f"OUTPUT_REPORT: writing failed ([Errno 27] File too large). {FULL}", fsize=512),
+    Case("assess-spaces", "assess", "paths with spaces and non-ASCII characters",
+         _with(ASSESS, PREDICTION=f"{SPACED}/prédiction 1.tif", REFERENCE=f"{SPACED}/référence 1.tif",
+               OUTPUT_REPORT="{out}/rapport ø/rapport é 1.html"), ok=True, result="works"),
+    # ------------------------------------------------------------------ exportonnx
+    Case("exportonnx-pickle-pt", "exportonnx", ".pt hiding a pickled object that would create a file",
+         _with(ONNX, MODEL="{in}/evil.pt"), "GeoSeg refuses to load it"),
+    Case("exportonnx-card-not-json", "exportonnx", ".pt whose card is not JSON",
+         _with(ONNX, MODEL="{in}/card_not_json.pt"), "has no readable model card"),
+    Case("exportonnx-card-wrong-types", "exportonnx", ".pt whose card has chip_size \"32\" (a string)",
+         _with(ONNX, MODEL="{in}/card_wrong_types.pt"), "chip_size must be an integer"),
+    Case("exportonnx-existing-output", "exportonnx", "OUTPUT exists",
+         ONNX, f"already exists. {NEVER}", existing={"m.onnx": "mine"}),
+    Case("exportonnx-spaces", "exportonnx", "paths with spaces and non-ASCII characters",
+         _with(ONNX, MODEL=f"{SPACED}/modèle 1.pt", OUTPUT="{out}/modèle ø 1.onnx"), ok=True, result="works"),
+]
+
+IDS = [c.id for c in CASES]
+assert len(set(IDS)) == len(IDS), "case ids must be unique"
+
+
+def render_markdown() -> str:
+    """docs/bad_inputs.md, from CASES."""
+    n_bad = sum(not c.ok for c in CASES)
+    lines = [
+        "# What GeoSeg refuses, and why",
+        "",
+        "<!-- Generated from tests/bad_input_cases.py by `.venv/bin/python tests/bad_input_cases.py`;",
+        "     tests/test_bad_inputs.py fails when this file is out of date. -->",
+        "",
+        "Every row is run by `tests/test_bad_inputs.py` twice: in QGIS through `processing.run`, and through",
+        "`scripts/qgis_process`. For the "
+        f"{n_bad} bad inputs the test checks, both ways, that the run stops with the message quoted "
+        "below (one line, no traceback), that `qgis_process` exits non-zero, that no output or temporary file "
+        "is left behind (an existing file stays byte-identical) and that the input files are untouched "
+        "(no `.aux.xml` either). The positive controls must work and write correct output.",
+        "",
+        "Policies:",
+        "",
+        "- **Overwriting:** GeoSeg never overwrites. An existing output file or a non-empty output folder is "
+        "refused, and left as it was.",
+        "- **Nothing half-written:** outputs are written under hidden temporary names and renamed when "
+        "complete; any error, a full disk included, removes them.",
+        "- **Nodata and NaN:** NaN in a float raster is nodata, like a band's nodata value or a masked pixel. "
+        "It never reaches chips statistics, training or predictions. A raster with no valid pixel at all is "
+        "refused.",
+        "- **Degree rasters:** chip export works in any CRS. Segment refuses a geographic (degree) raster when "
+        "the model was trained on a projected CRS: warp the raster to the model's CRS and pixel size first.",
+        "- **Untrusted models:** `.pt` files are never unpickled; cards are validated field by field.",
+        "",
+        "| case | algorithm | input | message (excerpt) | result |",
+        "|---|---|---|---|---|",
+    ]
+    for c in CASES:
+        msg = "—" if c.ok else f"`{c.message}`"
+        result = c.result if c.ok else "refused: exit 1, nothing written, inputs untouched"
+        if not c.ok and c.existing:
+            result += ", existing output byte-identical"
+        if c.id.endswith("pickle-pt"):
+            result += ", the payload never runs"
+        lines.append(f"| {c.id} | geoseg:{c.alg} | {c.what} | {msg.replace('|', '∣')} | {result} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    with open(DOCS, "w", encoding="utf-8") as f:
+        f.write(render_markdown())
+    print(f"wrote {DOCS} ({len(CASES)} cases)")
