@@ -68,6 +68,9 @@ class SegmentAlgorithm(GeoSegAlgorithm):
             QgsProcessingParameterEnum("BACKEND", self.tr("Backend"), ["Auto", "onnxruntime", "torch"], defaultValue=0),
             QgsProcessingParameterEnum("DEVICE", self.tr("Device"), ["Auto (GPU when available)", "CPU", "CUDA GPU"],
                                        defaultValue=0),
+            QgsProcessingParameterNumber("MEMORY_BUDGET", self.tr(
+                "Memory budget of one inference batch (MB; 0 = none): halve the batch when over it"),
+                QgsProcessingParameterNumber.Double, 0, minValue=0),
         ])
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Class map")))
         self.addParameter(QgsProcessingParameterRasterDestination(
@@ -96,9 +99,11 @@ class SegmentAlgorithm(GeoSegAlgorithm):
             batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
             backend=BACKENDS[self.parameterAsEnum(parameters, "BACKEND", context)],
             device=DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)],
+            memory_budget_mb=self.parameterAsDouble(parameters, "MEMORY_BUDGET", context),
         )
         r = self.run_core(segment, params, feedback)
-        feedback.pushInfo(f"Segmented {r.tiles} tiles in {r.seconds:.1f} s with {r.backend} ({r.provider}).")
+        feedback.pushInfo(f"Segmented {r.tiles} tiles in {r.seconds:.1f} s with {r.backend} ({r.provider}), "
+                          f"batch size {r.final_batch_size}.")
         if context.willLoadLayerOnCompletion(r.output_path):
             self._styler = ClassStyler(r.card["classes"])  # must outlive this call
             context.layerToLoadOnCompletionDetails(r.output_path).setPostProcessor(self._styler)

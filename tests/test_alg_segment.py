@@ -69,3 +69,33 @@ def test_result_is_styled_with_the_card(geoseg_provider, model, tmp_path):
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     got = [(c.value, c.color.name(), c.label) for c in renderer.classes()]
     assert got == [(c["value"], c["color"], c["name"]) for c in card["classes"]]
+
+
+def test_memory_budget_halves_the_batch_and_says_so(geoseg_provider, model, tmp_path):
+    """A budget that a batch of 8 tiles exceeds: the run halves the batch, tells the user in the
+    log, and gives the same class map as an unconstrained run; BATCH_SIZE 0 picks a size itself."""
+    import processing
+
+    raster, _, onnx_path, _ = model
+    free = processing.run("geoseg:segment", {"INPUT": raster, "MODEL": onnx_path, "OUTPUT": str(tmp_path / "a.tif"),
+                                             "BATCH_SIZE": 8})
+    from geoseg.core.backends import open_backend, read_model_card
+    from geoseg.core.predict import tile_memory_bytes
+
+    card = read_model_card(onnx_path)
+    per_tile = tile_memory_bytes(open_backend(onnx_path, card, "onnxruntime", "cpu", 32), card, 32)
+    feedback = QgsProcessingFeedback()
+    messages: list[str] = []
+    feedback.reportError = lambda msg, fatal=False: messages.append(msg)  # warnings arrive as pushWarning
+    feedback.pushWarning = messages.append
+    feedback.pushInfo = messages.append
+    tight = processing.run("geoseg:segment", {"INPUT": raster, "MODEL": onnx_path, "OUTPUT": str(tmp_path / "b.tif"),
+                                              "BATCH_SIZE": 8, "MEMORY_BUDGET": 2.5 * per_tile / 1e6},
+                           feedback=feedback)
+    assert any("retrying with batch size 4" in m for m in messages), messages
+    assert any("retrying with batch size 2" in m for m in messages)
+    assert any(m.endswith("batch size 2.") for m in messages)
+    assert (gdal.Open(tight["OUTPUT"]).ReadAsArray() == gdal.Open(free["OUTPUT"]).ReadAsArray()).all()
+    auto = processing.run("geoseg:segment", {"INPUT": raster, "MODEL": onnx_path, "OUTPUT": str(tmp_path / "c.tif"),
+                                             "BATCH_SIZE": 0, "MEMORY_BUDGET": 3.5 * per_tile / 1e6})
+    assert (gdal.Open(auto["OUTPUT"]).ReadAsArray() == gdal.Open(free["OUTPUT"]).ReadAsArray()).all()

@@ -135,6 +135,8 @@ def test_train_without_torch_offers_the_installer(qgis_app, qgis_iface, qgis_pro
     package is missing; with everything present they open their dialogs."""
     import sys
 
+    import torch  # the real module goes back afterwards: a second import of torch breaks the first one
+
     plugin = load(qgis_iface)
     try:
         monkeypatch.setitem(sys.modules, "torch", None)  # import torch → ImportError
@@ -144,7 +146,7 @@ def test_train_without_torch_offers_the_installer(qgis_app, qgis_iface, qgis_pro
         assert dlg.isVisible() and dlg.step == "train"
         assert "torch" in [dlg.missingList.item(i).text().split(" ")[0] for i in range(dlg.missingList.count())]
         assert "torch" in dlg.helpLabel.text() and "--target" in dlg.commandView.toPlainText()
-        monkeypatch.delitem(sys.modules, "torch")
+        monkeypatch.setitem(sys.modules, "torch", torch)
         dlg.installed.emit()  # as after a successful install: the Train dialog the user asked for opens
         assert plugin.dialogs["train"].isVisible()
     finally:

@@ -283,7 +283,7 @@ def test_run_segments_and_adds_styled_layers(dialog, model, net, layers, rasters
     messages = qgis_iface.messageBar().get_messages(Qgis.Success)
     assert len(messages) == n_success + 1
     assert (f"Segmented match with custom: {out} ({result.tiles} tiles, {result.seconds:.1f} s, "
-            f"{result.backend}/{result.provider})") in messages[-1]
+            f"{result.backend}/{result.provider}, batch size 8)") in messages[-1]
     assert result.backend == "onnxruntime" and "Segmented match" in dialog.messageLabel.text()
     assert dialog.progress.value() == 100 and dialog.runButton.isEnabled()
 

@@ -134,8 +134,10 @@ class SegmentDialog(GeoSegDialog):
         row.addStretch(1)
         tiling.addRow(row)
         self.recommendedButton.clicked.connect(self.use_recommended_tiling)
-        self.batchSize = self._add(tiling, "Batch size", self._spin(1, 1024, 8), "batchSize",
-                                   "Tiles per inference step; lower it when memory runs out.", "batch_size")
+        self.batchSize = self._add(tiling, "Batch size", self._spin(0, 1024, 8), "batchSize",
+                                   "Tiles per inference step; auto (0) picks the most that fit the memory. An "
+                                   "out-of-memory error halves it and retries.", "batch_size")
+        self.batchSize.setSpecialValueText("auto")
         self.backend = self._combo(tiling, "Backend", BACKEND_LABELS, "backend",
                                    "Inference engine: Auto prefers onnxruntime for .onnx models and torch for .pt.",
                                    "backend")
@@ -280,7 +282,10 @@ class SegmentDialog(GeoSegDialog):
     def _success_text(self, result: Any) -> str:
         text = (f"Segmented {self._input_name} with {architecture_label(result.card.get('architecture'))}: "
                 f"{result.output_path} ({result.tiles} tiles, {result.seconds:.1f} s, "
-                f"{result.backend}/{result.provider})")
+                f"{result.backend}/{result.provider}, batch size {result.final_batch_size})")
+        if result.final_batch_size < result.batch_size:
+            text += (f". Memory ran out at batch size {result.batch_size}; the batch was halved and the "
+                     f"tiles retried")
         if result.warnings:
             text += ". Warnings: " + " ".join(result.warnings)
         return text
