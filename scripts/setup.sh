@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES="python3-qgis qgis qgis-providers python3-gdal gdal-bin python3-venv xvfb pyqt5-dev-tools zip"
+DEB_PACKAGES="python3-qgis qgis qgis-providers python3-gdal gdal-bin python3-venv python3-jsonschema xvfb pyqt5-dev-tools zip"
 missing=""
 for p in $DEB_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -58,7 +58,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def need_xvfb() -> None:
     if shutil.which("xvfb-run") is None or shutil.which("qgis") is None:
-        pytest.skip("needs xvfb-run and the qgis desktop application (scripts/setup.sh installs them)")
+        pytest.fail("needs xvfb-run and the qgis desktop application: `make setup` installs them")
 
 
 def run_desktop_qgis(root: Path, code: str, out_json: Path, env: dict[str, str],

@@ -11,7 +11,6 @@ import math
 import re
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -191,17 +190,12 @@ def _has_nan(obj) -> bool:  # NaN != NaN, so a card holding one never compares e
     return False
 
 
-try:
-    import jsonschema
-except ImportError:  # Debian's python3-jsonschema; the cross-check is skipped without it
-    jsonschema = None
-
-
-@pytest.mark.skipif(jsonschema is None, reason="jsonschema is not installed")
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_cards())
 def test_the_published_json_schema_accepts_every_card_the_validator_accepts(card):
     """The JSON Schema is the weaker of the two (it cannot compare fields): never stricter."""
+    import jsonschema  # Debian's python3-jsonschema (make setup installs it)
+
     from geoseg.core.card import json_schema
 
     if not card_errors(card):
