@@ -72,6 +72,8 @@ class GeoSegPlugin:
         self._add_action("Export training chips…", "export_chips.svg", self.open_export_dialog)
         self._add_action("Train model…", "train.svg", self.open_train_dialog)
         self._add_action("Segment raster…", "segment.svg", self.open_segment_dialog)
+        self._add_action("Assess accuracy…", "geoseg.svg", self.open_assess_dialog).setObjectName(
+            "mGeoSegAssessAction")
         self.menu.addSeparator()
         self.settings_action = QAction(icon("geoseg.svg"), "Settings…", window)
         self.settings_action.setObjectName("mGeoSegSettingsAction")
@@ -107,6 +109,10 @@ class GeoSegPlugin:
     def open_segment_dialog(self) -> None:
         if not self.offer_installer("segment", self.open_segment_dialog):
             self._show("segment", "segment_dialog", "SegmentDialog")
+
+    def open_assess_dialog(self) -> None:
+        """Assessment needs numpy and GDAL only: no installer step."""
+        self._show("assess", "assess_dialog", "AssessDialog")
 
     def open_settings_dialog(self) -> None:
         from .ui.settings import SettingsDialog

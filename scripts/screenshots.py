@@ -6,10 +6,10 @@ Run under Xvfb, as `make screenshots` does:
 
 It makes the sample scene, then opens and drives each GeoSeg dialog the way a user would: the export
 dialog exports chips, the train dialog trains a tiny UNet on them, the segment dialog segments the scene
-with that model, the installer shows what a QGIS without torch is offered, the settings dialog shows the
-device. Each dialog is grabbed from the X screen (QScreen.grabWindow), so the pictures are what the
-window really shows. `--state FILE` writes what was driven and checked (tests read it); `--epochs`
-shortens training for tests.
+with that model, the assess dialog compares that class map with the label polygons, the installer
+shows what a QGIS without torch is offered, the settings dialog shows the device. Each dialog is
+grabbed from the X screen (QScreen.grabWindow), so the pictures are what the window really shows.
+`--state FILE` writes what was driven and checked (tests read it); `--epochs` shortens training for tests.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from geoseg.ui.style import render_layers, true_colour
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NAMES = ("export_dialog.png", "chip_index.png", "train_dialog.png", "segment_dialog.png", "segment_result.png",
-         "deps_dialog.png", "settings_dialog.png")
+         "assess_dialog.png", "deps_dialog.png", "settings_dialog.png")
 
 
 class Shooter:
@@ -188,7 +188,7 @@ def train_step(shots: Shooter, chips: str, work: str, epochs: int) -> str:
     return os.path.splitext(model)[0] + ".onnx"
 
 
-def segment_step(shots: Shooter, raster: QgsRasterLayer, model: str, work: str) -> None:
+def segment_step(shots: Shooter, raster: QgsRasterLayer, model: str, work: str) -> QgsRasterLayer:
     from geoseg.ui.segment_dialog import SegmentDialog
 
     dlg = SegmentDialog(None)
@@ -213,6 +213,30 @@ def segment_step(shots: Shooter, raster: QgsRasterLayer, model: str, work: str) 
     painter.end()
     canvas.save(os.path.join(shots.out_dir, "segment_result.png"))
     shots.state["shots"]["segment_result.png"] = {"window": None, "image": [canvas.width(), canvas.height()]}
+    dlg.close()
+    return dlg.last_layer
+
+
+def assess_step(shots: Shooter, classes: QgsRasterLayer, labels: QgsVectorLayer, work: str) -> None:
+    """The class map written by the segment dialog against the label polygons (class field "class")."""
+    from geoseg.ui.assess_dialog import AssessDialog
+
+    dlg = AssessDialog(None)
+    dlg.set_layers(classes, labels)
+    dlg.classField.setField("class")
+    dlg.reportFile.setFilePath(os.path.join(work, "accuracy.html"))
+    dlg.resize(640, 720)
+    dlg.show()
+    run_dialog(dlg, "assess")
+    result = dlg.last_result
+    check(os.path.isfile(result.html_path) and os.path.isfile(result.report_path), "assess wrote no report")
+    check(dlg.classTable.rowCount() > 1 and dlg.openReportButton.isEnabled(), "the per-class table is empty")
+    rows = range(dlg.classTable.rowCount())
+    shots.state["assess"] = {"overall_accuracy": result.overall_accuracy, "mean_iou": result.mean_iou,
+                             "table_rows": len(rows), "summary": dlg.summaryLabel.text(),
+                             "class_names": [dlg.classTable.item(r, 0).text() for r in rows],
+                             "class_field_visible": dlg.classField.isVisible()}
+    shots.shoot(dlg, "assess_dialog.png")
     dlg.close()
 
 
@@ -265,7 +289,8 @@ def render_all(out_dir: str, epochs: int = 15, size: tuple[int, int] = (768, 640
         chips = export_step(shots, raster, labels, work)
         chip_index_picture(shots, scene, raster, work)
         model = train_step(shots, chips, work, epochs)
-        segment_step(shots, raster, model, work)
+        classes = segment_step(shots, raster, model, work)
+        assess_step(shots, classes, labels, work)
         deps_step(shots, work)
         settings_step(shots)
     finally:

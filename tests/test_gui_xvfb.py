@@ -17,8 +17,9 @@ from qgis.PyQt.QtGui import QImage
 from helpers import REPO
 
 NAMES = ("export_dialog.png", "chip_index.png", "train_dialog.png", "segment_dialog.png", "segment_result.png",
-         "deps_dialog.png", "settings_dialog.png")
-WINDOWS = ("export_dialog.png", "train_dialog.png", "segment_dialog.png", "deps_dialog.png", "settings_dialog.png")
+         "assess_dialog.png", "deps_dialog.png", "settings_dialog.png")
+WINDOWS = ("export_dialog.png", "train_dialog.png", "segment_dialog.png", "assess_dialog.png", "deps_dialog.png",
+           "settings_dialog.png")
 
 
 def pixels(path: str) -> np.ndarray:
@@ -71,6 +72,10 @@ def test_dialogs_were_driven(shots):
     segment = state["segment"]
     assert segment["output"] and segment["card_classes"] == 6 and segment["tiles"] > 0
     assert segment["provider"] and "providers available" in segment["device_info"]
+    assess = state["assess"]
+    assert 0 < assess["overall_accuracy"] <= 1 and 0 <= assess["mean_iou"] <= 1 and assess["table_rows"] > 1
+    assert assess["summary"].startswith("<b>Overall accuracy ") and assess["class_field_visible"]
+    assert not any(name.startswith("class ") for name in assess["class_names"])  # Segment's names are shown
     deps = state["deps"]
     assert [m.split(" ")[0] for m in deps["missing"]] == ["torch", "onnx", "onnxscript", "onnxruntime"]
     assert "--target" in deps["command"] and deps["install_enabled"]

@@ -6,7 +6,7 @@ import importlib
 
 from qgis.core import QgsApplication, QgsMapLayerType
 from qgis.PyQt.QtCore import QEvent
-from qgis.PyQt.QtWidgets import QMenu, QToolBar
+from qgis.PyQt.QtWidgets import QAction, QMenu, QToolBar
 
 PLUGIN = importlib.import_module("geoseg")
 
@@ -34,10 +34,13 @@ def test_load_unload_reload(qgis_app, qgis_iface, qgis_processing):
         menus = geoseg_menus(window)
         assert len(menus) == 1
         assert [a.text() for a in menus[0].actions() if not a.isSeparator()] == [
-            "Export training chips…", "Train model…", "Segment raster…", "Settings…", "Install dependencies…"]
+            "Export training chips…", "Train model…", "Segment raster…", "Assess accuracy…", "Settings…",
+            "Install dependencies…"]
+        assert [a.text() for a in menus[0].actions() if a.objectName() == "mGeoSegAssessAction"] == \
+            ["Assess accuracy…"]
         assert [type(f).__name__ for f in qgis_iface.options_factories] == ["OptionsFactory"]
         toolbar = window.findChild(QToolBar, "mGeoSegToolBar")
-        assert toolbar is not None and len(toolbar.actions()) == 3
+        assert toolbar is not None and len(toolbar.actions()) == 4
         assert [a.text() for a, *_ in qgis_iface.custom_layer_actions] == ["Segment layer…"]
 
         plugin.unload()
@@ -47,6 +50,7 @@ def test_load_unload_reload(qgis_app, qgis_iface, qgis_processing):
         assert geoseg_menus(window) == []
         assert window.findChild(QToolBar, "mGeoSegToolBar") is None
         assert plugin.actions == [] and plugin.layer_action is None
+        assert window.findChild(QAction, "mGeoSegAssessAction") is None
         assert qgis_iface.custom_layer_actions == []
         assert qgis_iface.options_factories == []
 

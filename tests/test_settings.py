@@ -22,6 +22,7 @@ from qgis.PyQt.QtWidgets import (
 
 from geoseg.core import deps
 from geoseg.ui import settings
+from geoseg.ui.assess_dialog import AssessDialog
 from geoseg.ui.deps_dialog import DepsDialog
 from geoseg.ui.export_dialog import ExportChipsDialog
 from geoseg.ui.segment_dialog import SegmentDialog
@@ -30,7 +31,7 @@ from geoseg.ui.train_dialog import TrainDialog
 
 INPUTS = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QgsFileWidget, QListWidget, QPlainTextEdit,
           QTextBrowser)
-KEYS = ("geoseg/settings", "geoseg/train", "geoseg/segment")
+KEYS = ("geoseg/settings", "geoseg/train", "geoseg/segment", "geoseg/assess")
 
 
 @pytest.fixture(autouse=True)
@@ -62,8 +63,9 @@ def untipped_inputs(dlg: QWidget) -> list[str]:
 
 @pytest.mark.parametrize("make", [
     lambda iface: ExportChipsDialog(iface), lambda iface: TrainDialog(iface), lambda iface: SegmentDialog(iface),
-    lambda iface: DepsDialog(iface, cuda=False), lambda iface: SettingsDialog(iface)],
-    ids=["export", "train", "segment", "deps", "settings"])
+    lambda iface: AssessDialog(iface), lambda iface: DepsDialog(iface, cuda=False),
+    lambda iface: SettingsDialog(iface)],
+    ids=["export", "train", "segment", "assess", "deps", "settings"])
 def test_every_input_has_a_tooltip_and_the_dialog_has_help(qgis_app, qgis_iface, make):
     dlg = make(qgis_iface)
     try:
@@ -79,7 +81,7 @@ def test_every_input_has_a_tooltip_and_the_dialog_has_help(qgis_app, qgis_iface,
 
 
 def test_dialogs_remember_under_one_prefix(qgis_app, qgis_iface):
-    for cls in (ExportChipsDialog, TrainDialog, SegmentDialog):
+    for cls in (ExportChipsDialog, TrainDialog, SegmentDialog, AssessDialog):
         dlg = cls(qgis_iface)
         try:
             assert dlg.settings_prefix.startswith("geoseg/") and dlg._remembered
