@@ -53,8 +53,12 @@ class GeoSegPlugin:
     def initProcessing(self) -> None:
         from .algorithms.provider import GeoSegProvider
 
-        self.provider = GeoSegProvider()
-        QgsApplication.processingRegistry().addProvider(self.provider)
+        if self.provider is not None:  # initProcessing may be called again (QGIS does, on reload)
+            return
+        provider = GeoSegProvider()
+        # a refused duplicate (another copy of GeoSeg loaded) is deleted by QGIS: keep no dead wrapper
+        if QgsApplication.processingRegistry().addProvider(provider):
+            self.provider = provider
 
     def initGui(self) -> None:
         from .ui import log

@@ -171,3 +171,24 @@ def test_segment_layer_action_without_onnxruntime_offers_the_installer(qgis_app,
         assert "onnxruntime" in dlg.modules and "torch" not in dlg.modules
     finally:
         plugin.unload()
+
+
+def test_load_beside_an_already_registered_provider(qgis_app, qgis_iface, qgis_processing):
+    """A second GeoSeg provider is refused (and deleted) by QGIS: the plugin keeps no dead
+    wrapper, and its unload still removes everything else, the log handler included."""
+    from geoseg.algorithms.provider import GeoSegProvider
+
+    registry = QgsApplication.processingRegistry()
+    other = registry.providerById("geoseg")
+    created = other is None
+    if created:
+        other = GeoSegProvider()
+        assert registry.addProvider(other)
+    try:
+        plugin = load(qgis_iface)
+        assert plugin.provider is None and registry.providerById("geoseg") is other
+        plugin.unload()
+        assert plugin.log_handler is None and registry.providerById("geoseg") is other
+    finally:
+        if created:
+            registry.removeProvider(other)
