@@ -15,7 +15,7 @@ import numpy as np
 
 from .card import CARD_KEY, card_from_json
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .errors import GeoSegError
+from .errors import GeoSegError, first_line
 from .options import BACKENDS, DEVICES
 
 log = logging.getLogger("geoseg")
@@ -51,7 +51,7 @@ def read_model_card(model_path: str, what: str = "MODEL") -> dict:
         model = onnx.load(model_path, load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001  (protobuf and checker errors of every kind)
-        raise GeoSegError(f"{what}: {model_path} is not a valid ONNX model ({str(e).splitlines()[0][:200]}).") from None
+        raise GeoSegError(f"{what}: {model_path} is not a valid ONNX model ({first_line(e)}).") from None
     meta = {p.key: p.value for p in model.metadata_props}
     if CARD_KEY not in meta:
         raise GeoSegError(f"{what}: {model_path} carries no GeoSeg model card (ONNX metadata_props key "
@@ -95,7 +95,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(path, opts, providers=providers)
         except Exception as e:  # noqa: BLE001
-            raise GeoSegError(f"MODEL: onnxruntime cannot load {path} ({str(e).splitlines()[0][:200]}).") from None
+            raise GeoSegError(f"MODEL: onnxruntime cannot load {path} ({first_line(e)}).") from None
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise GeoSegError("DEVICE: CUDA was requested, but onnxruntime's CUDA provider failed to start "
@@ -136,7 +136,7 @@ class OnnxBackend:
             outs = probe.run(None, {self.input: np.zeros((1, channels, PROBE_SIZE, PROBE_SIZE), np.float32)})
         except Exception as e:  # noqa: BLE001  (models with a fixed input size, unusual graphs)
             log.info("Could not measure the model's activation memory (%s); assuming %.0f bytes per pixel.",
-                     str(e).splitlines()[0][:200] if str(e) else type(e).__name__, FALLBACK_BYTES_PER_PIXEL)
+                     first_line(e), FALLBACK_BYTES_PER_PIXEL)
             return FALLBACK_BYTES_PER_PIXEL
         return sum(o.nbytes for o in outs if isinstance(o, np.ndarray)) / PROBE_SIZE ** 2
 
@@ -220,7 +220,7 @@ def open_backend(model_path: str, card: dict, backend: str, device: str, chip: i
         raise
     except Exception as e:  # noqa: BLE001  (whatever the model raises for the card's input)
         raise GeoSegError(f"MODEL: the model fails on a [1, {n}, {chip}, {chip}] input as its card describes "
-                          f"({str(e).splitlines()[0][:200]}).") from None
+                          f"({first_line(e)}).") from None
     if tuple(out.shape) != (1, k, chip, chip):
         raise GeoSegError(f"MODEL: the model returns shape {list(out.shape)} for a [1, {n}, {chip}, {chip}] input, "
                           f"but its card lists {k} classes, so [1, {k}, {chip}, {chip}] is expected.")

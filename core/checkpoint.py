@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from .card import validate_card
 from .errors import GeoSegError
-from .staging import disk_full_cause, disk_full_error
+from .staging import raise_if_disk_full
 
 FORMAT = "geoseg-checkpoint"
 VERSION = 1
@@ -37,8 +37,7 @@ def atomic_write(path: str, mode: str = "wb", **kw: Any) -> Iterator[IO]:
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if disk_full_cause(e) is not None:  # torch.save reports a full disk as an obscure RuntimeError
-            raise disk_full_error("OUTPUT_MODEL", e) from None
+        raise_if_disk_full("OUTPUT_MODEL", e)  # torch.save reports a full disk as an obscure RuntimeError
         raise
     _sync_folder(folder)
 

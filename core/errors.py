@@ -16,3 +16,8 @@ class Cancelled(GeoSegError):
 
     def __init__(self, message: str = "Cancelled by the user; nothing was written.") -> None:
         super().__init__(message)
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an error's text (its type when it has none), for a one-line message."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .errors import GeoSegError
+from .errors import GeoSegError, first_line
 
 log = logging.getLogger("geoseg")
 
@@ -58,7 +58,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def halve_batch(batch: int, exc: BaseException, what: str) -> int:
     """The next batch size after an OOM at `batch`, with a warning; a clear error at batch 1."""
     if batch <= 1:
-        raise GeoSegError(f"Out of memory in {what} even with batch size 1 ({str(exc).splitlines()[0][:200]}). "
+        raise GeoSegError(f"Out of memory in {what} even with batch size 1 ({first_line(exc)}). "
                           f"Use a smaller chip size or model, or the CPU.") from None
     new = batch // 2
     log.warning("Out of memory in %s at batch size %d; retrying with batch size %d.", what, batch, new)

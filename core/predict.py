@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -28,9 +27,10 @@ import numpy as np
 from osgeo import gdal, osr
 
 from .backends import Backend, open_backend, read_model_card
-from .errors import Cancelled, GeoSegError, IsCancelled, Progress
+from .errors import Cancelled, GeoSegError, IsCancelled, Progress, first_line
 from .grid import Window, axis_origins
 from .memory import check_budget, halve_batch, is_out_of_memory, memory_budget_mb, release_cuda_cache
+from .pipeline import END, Pipe, Stage, Stop
 from .raster import MASK_NODATA, RasterInfo, open_raster, raster_info, read_window, set_category_names
 from .staging import check_new_file, staged_file
 
@@ -256,57 +256,7 @@ class PyramidWriter:
             w.close()
 
 
-QUEUE_DEPTH = 1  # batches waiting between stages: one ready batch keeps the next stage busy
 MAX_AUTO_BATCH = {"cpu": 8, "cuda": 64}  # beyond these a larger batch buys no throughput (CPU: measured)
-_END = object()  # end of a stage's stream
-
-
-class _Stop(Exception):
-    """The pipeline is shutting down because another stage failed or the run was cancelled."""
-
-
-class _Pipe:
-    """A bounded queue between two stages whose waits end when the pipeline stops, so a failed
-    or cancelled run never leaves a thread blocked on a full or empty queue."""
-
-    def __init__(self, stop: threading.Event, depth: int = QUEUE_DEPTH) -> None:
-        self.queue: queue.Queue = queue.Queue(depth)
-        self.stop = stop
-
-    def put(self, item: object) -> None:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                pass
-        raise _Stop()
-
-    def get(self) -> object:
-        while not self.stop.is_set():
-            try:
-                return self.queue.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        raise _Stop()
-
-
-class _Stage(threading.Thread):
-    """A pipeline thread that keeps its exception for the main thread and stops the others."""
-
-    def __init__(self, name: str, work: Callable[[], None], stop: threading.Event) -> None:
-        super().__init__(name=name, daemon=True)
-        self.work, self.stop = work, stop
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.work()
-        except _Stop:
-            pass
-        except BaseException as e:  # noqa: BLE001  (handed to the main thread, which raises it)
-            self.error = e
-            self.stop.set()
 
 
 @dataclass
@@ -321,12 +271,8 @@ class _Batch:
     last: bool  # the strip's last batch
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
 def _read_batches(ds: gdal.Dataset, info, tiling: Tiling, batch_size: int, mean: np.ndarray, std: np.ndarray,
-                  inbox: _Pipe) -> None:
+                  inbox: Pipe) -> None:
     """Reader stage: one window per batch (arrays stay batch-sized whatever the raster's width)."""
     chip, n = tiling.chip, len(tiling.xs)
     for si, oy in enumerate(tiling.ys):
@@ -340,7 +286,7 @@ def _read_batches(ds: gdal.Dataset, info, tiling: Tiling, batch_size: int, mean:
                 ds.FlushCache()  # the cache would otherwise hold a strip's width of blocks
             except Exception as e:  # noqa: BLE001  (GDAL I/O and decoding errors of every kind)
                 raise GeoSegError(f"INPUT: GDAL could not read columns {left}-{right} of rows {oy}-{oy + win.height} "
-                                  f"of {info.path} ({_first_line(e)}).") from None
+                                  f"of {info.path} ({first_line(e, 300)}).") from None
             x = np.empty((len(xs), pixels.shape[0], chip, chip), dtype=np.float32)
             for j, xo in enumerate(xs):
                 tile = x[j]
@@ -349,16 +295,16 @@ def _read_batches(ds: gdal.Dataset, info, tiling: Tiling, batch_size: int, mean:
                 tile /= std
                 tile[:, ~valid[:, xo - left:xo - left + chip]] = 0  # nodata → 0 (the mean); NaN · 0 stays NaN
             inbox.put(_Batch(si, b, left, x, valid, b + batch_size >= n))
-    inbox.put(_END)
+    inbox.put(END)
 
 
-def _write_strips(outbox: _Pipe, tiling: Tiling, width: int, values: np.ndarray, out_rows: PyramidWriter,
+def _write_strips(outbox: Pipe, tiling: Tiling, width: int, values: np.ndarray, out_rows: PyramidWriter,
                   prob_rows: PyramidWriter | None) -> None:
     """Writer stage: arg-max (and softmax) of each tile's kept span into its strip; whole strips
     go to the output files (and their overviews) in order."""
     k = len(values)
     classes = probs = None
-    while (item := outbox.get()) is not _END:
+    while (item := outbox.get()) is not END:
         b, logits = item
         oy, (y0, y1) = tiling.ys[b.strip], tiling.keep_y[b.strip]
         if classes is None:
@@ -470,8 +416,8 @@ def _predict(ds: gdal.Dataset, info, tiling: Tiling, infer: _Inference, card: di
     out = _create(out_path, info, 1, gdal.GDT_Byte, [])
     prob = _create(prob_path, info, len(values), gdal.GDT_Float32, ["PREDICTOR=3"]) if prob_path else None
     stop = threading.Event()
-    inbox, outbox = _Pipe(stop), _Pipe(stop)
-    stages: list[_Stage] = []
+    inbox, outbox = Pipe(stop), Pipe(stop)
+    stages: list[Stage] = []
     out_rows = prob_rows = None
     try:
         _style_classes(out.GetRasterBand(1), card["classes"])
@@ -483,26 +429,26 @@ def _predict(ds: gdal.Dataset, info, tiling: Tiling, infer: _Inference, card: di
         def write() -> None:
             try:
                 _write_strips(outbox, tiling, info.width, values, out_rows, prob_rows)
-            except (_Stop, GeoSegError):
+            except (Stop, GeoSegError):
                 raise
             except Exception as e:  # noqa: BLE001  (GDAL write errors: disk full, permissions, …)
-                raise GeoSegError(f"OUTPUT: writing the result failed ({_first_line(e)}).") from None
+                raise GeoSegError(f"OUTPUT: writing the result failed ({first_line(e, 300)}).") from None
 
-        stages = [_Stage("geoseg-read", lambda: _read_batches(ds, info, tiling, batch_size, mean, std, inbox), stop),
-                  _Stage("geoseg-write", write, stop)]
+        stages = [Stage("geoseg-read", lambda: _read_batches(ds, info, tiling, batch_size, mean, std, inbox), stop),
+                  Stage("geoseg-write", write, stop)]
         for s in stages:
             s.start()
         done = 0
         try:
-            while (batch := inbox.get()) is not _END:
+            while (batch := inbox.get()) is not END:
                 if cancelled():
                     raise Cancelled()
                 outbox.put((batch, infer(batch.x)))
                 done += len(batch.x)
                 progress(0.97 * done / tiling.tiles)
-            outbox.put(_END)
+            outbox.put(END)
             stages[1].join()
-        except _Stop:
+        except Stop:
             pass  # a stage failed: its error is raised below
         if cancelled():
             raise Cancelled()

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import GeoSegError
+from .errors import GeoSegError, first_line
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 DISK_FULL_TEXT = ("No space left on device", "File too large", "Disk quota exceeded")  # as GDAL and torch word them
@@ -38,11 +38,12 @@ def disk_full_error(what: str, e: BaseException) -> GeoSegError:
     e = disk_full_cause(e) or e
     if isinstance(e, GeoSegError):  # already says what failed
         return GeoSegError(f"{str(e).rstrip()} {FULL}")
-    detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    detail = first_line(e)
     return GeoSegError(f"{what}: writing failed ({detail}). {FULL}")
 
 
-def _reraise(what: str, e: BaseException) -> None:
+def raise_if_disk_full(what: str, e: BaseException) -> None:
+    """Turn a write that ran out of space into the one disk-full message (once); else do nothing."""
     if disk_full_cause(e) is not None and FULL not in str(e):
         raise disk_full_error(what, e) from None
 
@@ -102,7 +103,7 @@ def staged_dir(target: str, what: str) -> Iterator[str]:
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_created(created)
-        _reraise(what, e)
+        raise_if_disk_full(what, e)
         raise
 
 
@@ -135,5 +136,5 @@ def staged_file(target: str, what: str) -> Iterator[str]:
         if os.path.exists(tmp):
             os.remove(tmp)
         _remove_created(created)
-        _reraise(what, e)
+        raise_if_disk_full(what, e)
         raise

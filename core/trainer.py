@@ -17,7 +17,7 @@ from . import __version__
 from .card import recommended_tiling
 from .checkpoint import atomic_write, load_checkpoint, remove_stale_partials, save_model
 from .dataset import ChipDataset, ChipsFolder, augment_batch
-from .errors import Cancelled, GeoSegError, IsCancelled, Progress
+from .errors import Cancelled, GeoSegError, IsCancelled, Progress, first_line
 from .memory import check_budget, halve_batch, is_out_of_memory, memory_budget_mb, release_cuda_cache
 from .metrics import confusion_matrix
 from .options import IGNORE_INDEX
@@ -284,7 +284,7 @@ class Run:
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise GeoSegError(f"RESUME: {self.paths['last']} does not fit this run's model or settings "
-                              f"({str(e).splitlines()[0][:160]}); start a new run instead.") from None
+                              f"({first_line(e, 160)}); start a new run instead.") from None
         self.start_epoch = int(state["epoch"])
         self.best_miou = float(state["best_miou"])
         self.best_epoch = int(state["best_epoch"])
@@ -327,7 +327,7 @@ class Run:
                 if not is_out_of_memory(e):
                     raise
                 oom = e.with_traceback(None)  # let the failed step's tensors go
-            log.info("%s", str(oom).splitlines()[0][:200] if str(oom) else type(oom).__name__)
+            log.info("%s", first_line(oom))
             self._oom(oom, epoch)
 
     def _train_epoch(self, epoch: int, progress: Progress, cancelled: IsCancelled,

@@ -1,0 +1,59 @@
+"""Threads joined by bounded queues, for streaming work (read → compute → write) that must
+never leave a thread blocked: when any stage fails or the run is cancelled, every wait ends."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+QUEUE_DEPTH = 1  # batches waiting between stages: one ready batch keeps the next stage busy
+END = object()  # end of a stage's stream
+
+
+class Stop(Exception):
+    """The pipeline is shutting down because another stage failed or the run was cancelled."""
+
+
+class Pipe:
+    """A bounded queue between two stages whose waits end when the pipeline stops, so a failed
+    or cancelled run never leaves a thread blocked on a full or empty queue."""
+
+    def __init__(self, stop: threading.Event, depth: int = QUEUE_DEPTH) -> None:
+        self.queue: queue.Queue = queue.Queue(depth)
+        self.stop = stop
+
+    def put(self, item: object) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+        raise Stop()
+
+    def get(self) -> object:
+        while not self.stop.is_set():
+            try:
+                return self.queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        raise Stop()
+
+
+class Stage(threading.Thread):
+    """A pipeline thread that keeps its exception for the main thread and stops the others."""
+
+    def __init__(self, name: str, work: Callable[[], None], stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.work, self.stop = work, stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except Stop:
+            pass
+        except BaseException as e:  # noqa: BLE001  (handed to the main thread, which raises it)
+            self.error = e
+            self.stop.set()
