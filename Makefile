@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
-PKG_FILES := __init__.py plugin.py metadata.txt resources.qrc LICENSE README.md core models algorithms ui icons
+PKG_FILES := __init__.py plugin.py metadata.txt resources.qrc LICENSE README.md core models adapter algorithms ui icons
 export QT_QPA_PLATFORM ?= offscreen
 export GDAL_PAM_ENABLED ?= NO
 DEMO_OUT ?= demo_output

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from qgis.core import (
-    QgsProcessing,
-    QgsProcessingOutputFile,
-    QgsProcessingOutputNumber,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
-    QgsProcessingParameterFileDestination,
-    QgsProcessingParameterRasterLayer,
-)
+from qgis.core import QgsProcessingOutputFile, QgsProcessingOutputNumber
 
 from ..core.assess import AssessParams, assess
-from .base import GeoSegAlgorithm
-from .layers import raster_path, vector_uri
+from .base import GeoSegAlgorithm, add_parameters, params_from_parameters
 
 
 class AssessAlgorithm(GeoSegAlgorithm):
@@ -29,30 +20,14 @@ class AssessAlgorithm(GeoSegAlgorithm):
     )
 
     def initAlgorithm(self, config=None) -> None:
-        self.addParameter(QgsProcessingParameterRasterLayer("PREDICTION", self.tr("Class map (prediction)")))
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            "REFERENCE", self.tr("Reference raster (same grid)"), optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            "REFERENCE_VECTOR", self.tr("Reference polygons"), [QgsProcessing.TypeVectorAnyGeometry], optional=True))
-        self.addParameter(QgsProcessingParameterField(
-            "CLASS_FIELD", self.tr("Class field of the reference polygons"),
-            parentLayerParameterName="REFERENCE_VECTOR", optional=True))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            "OUTPUT_REPORT", self.tr("Report (.html or .json; both are written)"), "HTML (*.html);;JSON (*.json)"))
+        add_parameters(self, AssessParams)  # core/params.py defines them
         self.addOutput(QgsProcessingOutputNumber("OVERALL_ACCURACY", self.tr("Overall accuracy")))
         self.addOutput(QgsProcessingOutputNumber("MEAN_IOU", self.tr("Mean IoU")))
         self.addOutput(QgsProcessingOutputNumber("MACRO_F1", self.tr("Macro F1")))
         self.addOutput(QgsProcessingOutputFile("REPORT_JSON", self.tr("JSON report")))
 
     def processAlgorithm(self, parameters, context, feedback):
-        params = AssessParams(
-            prediction_path=raster_path(self, parameters, "PREDICTION", context),
-            report_path=self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context),
-            reference_path=raster_path(self, parameters, "REFERENCE", context) if parameters.get("REFERENCE") else None,
-            reference_vector=vector_uri(self, parameters, "REFERENCE_VECTOR", context, feedback)
-            if parameters.get("REFERENCE_VECTOR") else None,
-            class_field=self.parameterAsString(parameters, "CLASS_FIELD", context) or None,
-        )
+        params = params_from_parameters(self, AssessParams, parameters, context, feedback)
         r = self.run_core(assess, params, feedback)
         feedback.pushInfo(f"Overall accuracy {r.overall_accuracy:.4f}, mean IoU {r.mean_iou:.4f}, macro F1 "
                           f"{r.macro_f1:.4f} over {r.pixels} pixels. Report: {r.html_path}")

@@ -9,14 +9,29 @@ from contextlib import contextmanager
 from typing import Any
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
+from ..adapter.layers import raster_path, vector_uri
 from ..core.errors import GeoSegError
+from ..core.params import Spec, parse_json_object, schema
 from ..core.staging import disk_full_cause, disk_full_error
 
 LOG = logging.getLogger("geoseg")
@@ -50,13 +65,12 @@ def engine_log_to(feedback: QgsProcessingFeedback) -> Iterator[None]:
         LOG.setLevel(old_level)
 
 
-def require_torch(step: str | None = None) -> None:
-    """Fail with what is missing and how to install it (not an ImportError traceback).
-
-    `step` is a core.deps.STEPS key; None checks torch, onnx and onnxruntime (every deep-learning step)."""
+def require_torch() -> None:
+    """Fail with what is missing and how to install it (not an ImportError traceback): torch, onnx
+    and onnxruntime, which every deep-learning step needs."""
     from ..core import deps
 
-    missing = deps.missing(("torch", "onnx", "onnxruntime") if step is None else deps.STEPS[step])
+    missing = deps.missing(("torch", "onnx", "onnxruntime"))
     if missing:
         packages = " ".join(deps.BY_MODULE[m].package if m in deps.BY_MODULE else m for m in missing)
         raise QgsProcessingException(
@@ -71,6 +85,101 @@ def advanced(alg: QgsProcessingAlgorithm, params: list) -> None:
     for p in params:
         p.setFlags(p.flags() | p.FlagAdvanced)
         alg.addParameter(p)
+
+
+# ------------------------------------------------------------------ parameters from core's schema (core.params)
+_NUMBER = {"int": QgsProcessingParameterNumber.Integer, "float": QgsProcessingParameterNumber.Double}
+
+
+def parameter_from_spec(s: Spec, tr: Callable[[str], str] = str) -> QgsProcessingParameterDefinition:
+    """The Processing parameter of one schema field: name, description, default, range, choices, flags."""
+    m, label = s.meta, tr(s.meta.label)
+    optional = s.optional
+    default = None if s.required else s.default
+    if s.kind in _NUMBER:
+        kw = {} if m.minimum is None else {"minValue": m.minimum}
+        if m.maximum is not None:
+            kw["maxValue"] = m.maximum
+        p = QgsProcessingParameterNumber(m.name, label, _NUMBER[s.kind], default, optional, **kw)
+    elif s.kind == "bool":
+        p = QgsProcessingParameterBoolean(m.name, label, default, optional)
+    elif s.kind == "enum":
+        p = QgsProcessingParameterEnum(m.name, label, list(s.labels), False, s.values.index(default), optional)
+    elif s.kind in ("string", "json"):
+        p = QgsProcessingParameterString(m.name, label, "" if default in (None, {}) else str(default), False, optional)
+    elif s.kind == "raster":
+        p = QgsProcessingParameterRasterLayer(m.name, label, None, optional)
+    elif s.kind == "vector":
+        p = QgsProcessingParameterFeatureSource(m.name, label, [QgsProcessing.TypeVectorAnyGeometry], None, optional)
+    elif s.kind == "field":
+        p = QgsProcessingParameterField(m.name, label, None, m.parent, optional=optional)
+    elif s.kind in ("file", "folder"):
+        behavior = QgsProcessingParameterFile.Folder if s.kind == "folder" else QgsProcessingParameterFile.File
+        p = QgsProcessingParameterFile(m.name, label, behavior, m.extension, None, optional, m.file_filter)
+    elif s.kind == "file_out":
+        p = QgsProcessingParameterFileDestination(m.name, label, m.file_filter, None, optional)
+    elif s.kind == "folder_out":
+        p = QgsProcessingParameterFolderDestination(m.name, label, None, optional)
+    elif s.kind == "raster_out":  # an optional output is written only when asked for
+        p = QgsProcessingParameterRasterDestination(m.name, label, None, optional, not optional)
+    elif s.kind == "vector_out":
+        p = QgsProcessingParameterVectorDestination(m.name, label, QgsProcessing.TypeVectorPolygon, None, optional,
+                                                    not optional)
+    else:
+        raise ValueError(f"{m.name}: no Processing parameter for kind {s.kind!r}")
+    if m.advanced:
+        p.setFlags(p.flags() | p.FlagAdvanced)
+    if m.help:
+        p.setHelp(tr(m.help))
+    return p
+
+
+def add_parameters(alg: QgsProcessingAlgorithm, cls: type) -> None:
+    """Add the parameters of a step's dataclass (core.params): the plain ones, then the advanced
+    ones (the dialog's fold), then the outputs, each group in field order."""
+    specs = schema(cls)
+    groups = ([s for s in specs if not s.meta.advanced and not s.is_output],
+              [s for s in specs if s.meta.advanced and not s.is_output], [s for s in specs if s.is_output])
+    for group in groups:
+        for s in group:
+            alg.addParameter(parameter_from_spec(s, alg.tr))
+
+
+def _json(alg: QgsProcessingAlgorithm, s: Spec, parameters: dict, context) -> dict:
+    try:
+        return parse_json_object(alg.parameterAsString(parameters, s.name, context), s.name, s.meta.placeholder)
+    except GeoSegError as e:
+        raise QgsProcessingException(str(e)) from None
+
+
+# kind → (alg, spec, parameters, context, feedback) → the dataclass field's value
+_GETTERS: dict[str, Callable[..., Any]] = {
+    "int": lambda a, s, p, c, f: a.parameterAsInt(p, s.name, c),
+    "float": lambda a, s, p, c, f: a.parameterAsDouble(p, s.name, c),
+    "bool": lambda a, s, p, c, f: a.parameterAsBoolean(p, s.name, c),
+    "enum": lambda a, s, p, c, f: s.values[a.parameterAsEnum(p, s.name, c)],
+    "json": lambda a, s, p, c, f: _json(a, s, p, c),
+    "string": lambda a, s, p, c, f: a.parameterAsString(p, s.name, c) or (None if s.optional else ""),
+    "raster": lambda a, s, p, c, f: raster_path(a, p, s.name, c),
+    "vector": lambda a, s, p, c, f: vector_uri(a, p, s.name, c, f),
+    "file": lambda a, s, p, c, f: a.parameterAsFile(p, s.name, c),
+    "file_out": lambda a, s, p, c, f: a.parameterAsFileOutput(p, s.name, c),
+    "raster_out": lambda a, s, p, c, f: a.parameterAsOutputLayer(p, s.name, c) or (None if s.optional else ""),
+}
+_GETTERS.update(field=_GETTERS["string"], folder_out=_GETTERS["string"], folder=_GETTERS["file"],
+                vector_out=_GETTERS["raster_out"])
+
+
+def _value(alg: QgsProcessingAlgorithm, s: Spec, parameters: dict, context, feedback) -> Any:
+    if s.optional and parameters.get(s.name) in (None, "") and s.kind not in ("bool", "enum", "string", "json"):
+        return None  # numbers left empty (core's default), layers and outputs not asked for
+    return _GETTERS[s.kind](alg, s, parameters, context, feedback)
+
+
+def params_from_parameters(alg: QgsProcessingAlgorithm, cls: type, parameters: dict, context, feedback) -> Any:
+    """The step's dataclass from Processing's parameters: enums index → value, JSON parsed, layers as
+    GDAL/OGR sources (adapter.layers); QgsProcessingException names the parameter on bad input."""
+    return cls(**{s.field: _value(alg, s, parameters, context, feedback) for s in schema(cls)})
 
 
 class GeoSegAlgorithm(QgsProcessingAlgorithm):

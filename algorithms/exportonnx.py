@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterFileDestination
-
-from .base import GeoSegAlgorithm, require_torch
+from ..core.params import ExportOnnxParams
+from .base import GeoSegAlgorithm, add_parameters, params_from_parameters, require_torch
 
 
 class ExportOnnxAlgorithm(GeoSegAlgorithm):
@@ -15,18 +14,14 @@ class ExportOnnxAlgorithm(GeoSegAlgorithm):
              "without unpickling (weights only).")
 
     def initAlgorithm(self, config=None) -> None:
-        self.addParameter(QgsProcessingParameterFile(
-            "MODEL", self.tr("GeoSeg checkpoint (.pt)"), extension="pt"))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            "OUTPUT", self.tr("ONNX model"), "ONNX model (*.onnx)"))
+        add_parameters(self, ExportOnnxParams)  # core/params.py defines them
 
     def processAlgorithm(self, parameters, context, feedback):
         require_torch()
         from ..core.train import export_model_onnx
 
-        def run(p, progress, cancelled):
-            return export_model_onnx(*p)
+        def run(p: ExportOnnxParams, progress, cancelled) -> str:
+            return export_model_onnx(p.model_path, p.output_path)
 
-        model = self.parameterAsFile(parameters, "MODEL", context)
-        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
-        return {"OUTPUT": self.run_core(run, (model, out), feedback)}
+        params = params_from_parameters(self, ExportOnnxParams, parameters, context, feedback)
+        return {"OUTPUT": self.run_core(run, params, feedback)}

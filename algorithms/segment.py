@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from qgis.core import (
-    QgsProcessingLayerPostProcessorInterface,
-    QgsProcessingOutputString,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
-)
+from qgis.core import QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputString
 
-from ..core.options import BACKENDS, DEVICES
-from .base import GeoSegAlgorithm, advanced, require_torch
-from .layers import raster_path
-
-Int = QgsProcessingParameterNumber.Integer
+from ..core.params import SegmentParams
+from .base import GeoSegAlgorithm, add_parameters, params_from_parameters, require_torch
 
 
 class ClassStyler(QgsProcessingLayerPostProcessorInterface):
@@ -27,7 +16,7 @@ class ClassStyler(QgsProcessingLayerPostProcessorInterface):
         self.classes = classes
 
     def postProcessLayer(self, layer, context, feedback) -> None:
-        from ..ui.style import apply_class_style
+        from ..adapter.style import apply_class_style
 
         apply_class_style(layer, self.classes)
 
@@ -50,62 +39,19 @@ class SegmentAlgorithm(GeoSegAlgorithm):
     )
 
     def initAlgorithm(self, config=None) -> None:
-        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Input raster")))
-        self.addParameter(QgsProcessingParameterFile(
-            "MODEL", self.tr("Model (.onnx or .pt)"), fileFilter="GeoSeg models (*.onnx *.pt)"))
-        self.addParameter(QgsProcessingParameterNumber(
-            "CHIP_SIZE", self.tr("Chip size (pixels; default: from the model card)"), Int, optional=True, minValue=8))
-        self.addParameter(QgsProcessingParameterNumber(
-            "STRIDE_X", self.tr("Stride X (pixels; default: half the chip)"), Int, optional=True, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber(
-            "STRIDE_Y", self.tr("Stride Y (pixels; default: half the chip)"), Int, optional=True, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber(
-            "CROP", self.tr("Crop at interior tile edges (pixels; default: chip / 8)"), Int, optional=True,
-            minValue=0))
-        self.addParameter(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Batch size (0: automatic, within the memory budget)"), Int, 8, minValue=0))
-        advanced(self, [
-            QgsProcessingParameterEnum("BACKEND", self.tr("Backend"), ["Auto", "onnxruntime", "torch"], defaultValue=0),
-            QgsProcessingParameterEnum("DEVICE", self.tr("Device"), ["Auto (GPU when available)", "CPU", "CUDA GPU"],
-                                       defaultValue=0),
-            QgsProcessingParameterNumber("MEMORY_BUDGET", self.tr(
-                "Memory budget of one inference batch (MB; 0 = none): halve the batch when over it"),
-                QgsProcessingParameterNumber.Double, 0, minValue=0),
-        ])
-        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Class map")))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            "OUTPUT_PROBABILITIES", self.tr("Class probabilities"), optional=True, createByDefault=False))
+        add_parameters(self, SegmentParams)  # core/params.py defines them
         self.addOutput(QgsProcessingOutputString("PROVIDER", self.tr("Backend and execution provider used")))
 
     def processAlgorithm(self, parameters, context, feedback):
         require_torch()
-        from ..core.predict import SegmentParams, segment
+        from ..core.predict import segment
 
-        def optional_int(name: str) -> int | None:
-            value = parameters.get(name)
-            return None if value in (None, "") else self.parameterAsInt(parameters, name, context)
-
-        probs = self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITIES", context) \
-            if parameters.get("OUTPUT_PROBABILITIES") else None
-        params = SegmentParams(
-            input_path=raster_path(self, parameters, "INPUT", context),
-            model_path=self.parameterAsFile(parameters, "MODEL", context),
-            output_path=self.parameterAsOutputLayer(parameters, "OUTPUT", context),
-            probabilities_path=probs or None,
-            chip_size=optional_int("CHIP_SIZE"),
-            stride_x=optional_int("STRIDE_X"),
-            stride_y=optional_int("STRIDE_Y"),
-            crop=optional_int("CROP"),
-            batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
-            backend=BACKENDS[self.parameterAsEnum(parameters, "BACKEND", context)],
-            device=DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)],
-            memory_budget_mb=self.parameterAsDouble(parameters, "MEMORY_BUDGET", context),
-        )
+        params = params_from_parameters(self, SegmentParams, parameters, context, feedback)
         r = self.run_core(segment, params, feedback)
         feedback.pushInfo(f"Segmented {r.tiles} tiles in {r.seconds:.1f} s with {r.backend} ({r.provider}), "
                           f"batch size {r.final_batch_size}.")
         if context.willLoadLayerOnCompletion(r.output_path):
-            self._styler = ClassStyler(r.card["classes"])  # must outlive this call
+            self._styler = ClassStyler([c.to_dict() for c in r.card.classes])  # must outlive this call
             context.layerToLoadOnCompletionDetails(r.output_path).setPostProcessor(self._styler)
         out = {"OUTPUT": r.output_path, "PROVIDER": f"{r.backend}: {r.provider}"}
         if r.probabilities_path:

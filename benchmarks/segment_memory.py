@@ -7,7 +7,6 @@ ONNX with a card, so the figure measures GeoSeg's own buffers, not a network's a
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
@@ -27,15 +26,17 @@ print(json.dumps({"tiles": r.tiles, "seconds": r.seconds, "peak_kb": hwm(), "imp
 def tiny_model(path: str, bands: int = 4, classes: int = 4) -> None:
     import torch
 
-    from geoseg.models.export import export_onnx
+    from geoseg.core.card import ModelCard
+    from geoseg.core.checkpoint import save_onnx
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(bands, 8, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.Conv2d(8, classes, 3, padding=1)).eval()
-    card = {"classes": [{"value": i, "name": f"class {i}", "color": "#336699"} for i in range(classes)],
-            "bands": list(range(1, bands + 1)), "in_channels": bands, "chip_size": 256,
-            "normalization": {"mean": [2000.0] * bands, "std": [1000.0] * bands}}
-    export_onnx(net, bands, path, metadata={"geoseg": json.dumps(card)})
+    card = ModelCard.from_dict({
+        "classes": [{"value": i, "name": f"class {i}", "color": "#336699"} for i in range(classes)],
+        "bands": list(range(1, bands + 1)), "in_channels": bands, "chip_size": 256,
+        "normalization": {"mean": [2000.0] * bands, "std": [1000.0] * bands}})
+    save_onnx(path, net, card)
 
 
 def run(sizes: tuple[int, ...] = (4096, 16384)) -> dict:

@@ -16,7 +16,6 @@ like with like on whatever machine runs them:
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
@@ -44,12 +43,12 @@ from geoseg.core.raster import open_raster, raster_info, read_window
 from geoseg.core.grid import Window
 raster, model, batch, tiles = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 card = read_model_card(model)
-chip = card["chip_size"]
+chip = card.chip_size
 engine = open_backend(model, card, "onnxruntime", "auto", chip)
 ds = open_raster(raster)
 info = raster_info(ds, raster)
-mean = np.asarray(card["normalization"]["mean"], np.float32)[:, None, None]
-std = np.asarray(card["normalization"]["std"], np.float32)[:, None, None]
+mean = np.asarray(card.normalization.mean, np.float32)[:, None, None]
+std = np.asarray(card.normalization.std, np.float32)[:, None, None]
 t = make_tiling(info.width, info.height, chip, chip // 2, chip // 2, chip // 8)
 batches = []
 for b in range(2):
@@ -71,20 +70,21 @@ NAIVE = r"""
 import json, math, sys, time
 import numpy as np, torch
 from osgeo import gdal
+from geoseg.core.card import ModelCard
 from geoseg.models.registry import build_model
 raster, weights, out, card_path = sys.argv[1:5]
-card = json.load(open(card_path))
-chip, stride, crop = card["chip_size"], card["chip_size"] // 2, card["chip_size"] // 8
+card = ModelCard.from_json(open(card_path).read(), card_path)
+chip, stride, crop = card.chip_size, card.chip_size // 2, card.chip_size // 8
 t0 = time.perf_counter()
-net = build_model("unet", card["in_channels"], len(card["classes"]), base_width=16)
+net = build_model("unet", card.in_channels, card.num_classes, base_width=16)
 net.load_state_dict(torch.load(weights, weights_only=True))
 net.eval()
 src = gdal.Open(raster)
 image = src.ReadAsArray().astype(np.float32)  # the whole raster, as float
 template = src.ReadAsArray().astype(np.float32)  # read again as the output template (as geoInfer does)
 bands, height, width = image.shape
-mean = np.asarray(card["normalization"]["mean"], np.float32)[:, None, None]
-std = np.asarray(card["normalization"]["std"], np.float32)[:, None, None]
+mean = np.asarray(card.normalization.mean, np.float32)[:, None, None]
+std = np.asarray(card.normalization.std, np.float32)[:, None, None]
 result = np.zeros((height, width), np.uint8)
 tiles = 0
 for r in range(math.ceil(height / stride)):
@@ -113,19 +113,21 @@ def unet_model(folder: str) -> tuple[str, str, str]:
     weights for the naive loop, and the card as JSON."""
     import torch
 
-    from geoseg.models.export import export_onnx
+    from geoseg.core.card import ModelCard
+    from geoseg.core.checkpoint import save_onnx
     from geoseg.models.registry import build_model
 
     torch.manual_seed(0)
     net = build_model("unet", BANDS, CLASSES, base_width=16).eval()
-    card = {"classes": [{"value": i, "name": f"class {i}", "color": "#336699"} for i in range(CLASSES)],
-            "bands": list(range(1, BANDS + 1)), "in_channels": BANDS, "chip_size": CHIP,
-            "normalization": {"mean": [2000.0] * BANDS, "std": [1000.0] * BANDS}}
+    card = ModelCard.from_dict({
+        "classes": [{"value": i, "name": f"class {i}", "color": "#336699"} for i in range(CLASSES)],
+        "bands": list(range(1, BANDS + 1)), "in_channels": BANDS, "chip_size": CHIP,
+        "normalization": {"mean": [2000.0] * BANDS, "std": [1000.0] * BANDS}})
     onnx_path, weights, card_path = (os.path.join(folder, n) for n in ("unet.onnx", "unet.weights.pt", "card.json"))
-    export_onnx(net, BANDS, onnx_path, metadata={"geoseg": json.dumps(card)})
+    save_onnx(onnx_path, net, card)
     torch.save(net.state_dict(), weights)
     with open(card_path, "w") as f:
-        json.dump(card, f)
+        f.write(card.to_json())
     return onnx_path, weights, card_path
 
 

@@ -11,31 +11,25 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress
+from .gdalx import with_gdal_exceptions
 from .grid import Window
 from .labels import load_labels
 from .metrics import metrics_from_confusion
+from .params import AssessParams  # defined once there, with its front-end metadata
 from .raster import MASK_NODATA, RasterInfo, category_names, open_raster, raster_info
 from .staging import check_new_file, staged_file
 
 ROWS = 256  # rows per streamed strip
-
-
-@dataclass(frozen=True)
-class AssessParams:
-    """Built by the dialog, the algorithm and the CLI alike."""
-
-    prediction_path: str
-    report_path: str
-    reference_path: str | None = None
-    reference_vector: str | None = None
-    class_field: str | None = None
+log = logging.getLogger("geoseg")
 
 
 @dataclass(frozen=True)
@@ -55,49 +49,113 @@ def report_paths(path: str) -> tuple[str, str]:
     """(json, html): the report is written in both formats, beside each other."""
     stem, ext = os.path.splitext(path)
     if ext.lower() not in (".json", ".html"):
-        raise GeoSegError(f"OUTPUT_REPORT must end in .json or .html (got {path}); both are written.")
+        raise GeoSegError(f"OUTPUT_REPORT must end in .json or .html (got {path}); both are written.",
+                          param="OUTPUT_REPORT")
     return stem + ".json", stem + ".html"
 
 
 def _same_grid(a: RasterInfo, b: RasterInfo) -> None:
     if (a.width, a.height) != (b.width, b.height):
         raise GeoSegError(f"REFERENCE is {b.width} × {b.height} pixels but PREDICTION is {a.width} × {a.height}; "
-                          "they must share one grid (resample the reference onto the prediction).")
+                          "they must share one grid (resample the reference onto the prediction).", param="REFERENCE")
     tol = 1e-6 * max(abs(a.geotransform[1]), abs(a.geotransform[5]))
     if any(abs(x - y) > tol for x, y in zip(a.geotransform, b.geotransform, strict=True)):
         raise GeoSegError("REFERENCE and PREDICTION have the same size but a different geotransform (origin or "
-                          "pixel size); they must share one grid.")
+                          "pixel size); they must share one grid.", param="REFERENCE")
     if a.srs is not None and b.srs is not None and not a.srs.IsSame(b.srs):
-        raise GeoSegError("REFERENCE and PREDICTION are in different CRSs; they must share one grid.")
+        raise GeoSegError("REFERENCE and PREDICTION are in different CRSs; they must share one grid.",
+                          param="REFERENCE")
 
 
+class PairCounts:
+    """Pixel counts of (reference, prediction) value pairs, for any integer values: a dense
+    256 × 256 table for Byte-range values, a dictionary for the rest (a UInt16 class 300)."""
+
+    MAX_VALUES = 1024  # more distinct values than this: not a class raster
+
+    def __init__(self) -> None:
+        self.dense = np.zeros(256 * 256, dtype=np.int64)
+        self.sparse: dict[tuple[int, int], int] = {}
+
+    def add(self, ref: np.ndarray, pred: np.ndarray) -> None:
+        small = (ref >= 0) & (ref < 256) & (pred >= 0) & (pred < 256)
+        self.dense += np.bincount(ref[small] * 256 + pred[small], minlength=256 * 256)
+        if not small.all():
+            pairs, counts = np.unique(np.stack([ref[~small], pred[~small]]), axis=1, return_counts=True)
+            for (r, q), n in zip(pairs.T.tolist(), counts.tolist(), strict=True):
+                self.sparse[(r, q)] = self.sparse.get((r, q), 0) + n
+            if len({v for pair in self.sparse for v in pair}) > self.MAX_VALUES:
+                raise GeoSegError(f"PREDICTION and REFERENCE hold more than {self.MAX_VALUES} distinct values; "
+                                  "both must be class rasters.")
+
+    def matrix(self) -> tuple[list[int], np.ndarray]:
+        """(sorted values occurring in either raster, confusion matrix [reference, prediction])."""
+        full = self.dense.reshape(256, 256)
+        values = {int(v) for v in np.flatnonzero(full.sum(axis=0) + full.sum(axis=1))}
+        values |= {v for pair in self.sparse for v in pair}
+        order = sorted(values)
+        index = {v: i for i, v in enumerate(order)}
+        small = [v for v in order if 0 <= v < 256]
+        matrix = np.zeros((len(order), len(order)), dtype=np.int64)
+        pos = [index[v] for v in small]
+        matrix[np.ix_(pos, pos)] = full[np.ix_(small, small)]
+        for (r, q), n in self.sparse.items():
+            matrix[index[r], index[q]] += n
+        return order, matrix
+
+
+ASSESS_NAMES = {"LABELS": "REFERENCE_VECTOR", "INPUT": "PREDICTION"}  # shared helpers' names → assess's own
+
+
+def _as_assess_error(call):
+    """Run `call`; a GeoSegError from a helper shared with exportchips names assess's parameters instead."""
+    try:
+        return call()
+    except GeoSegError as e:
+        text = re.sub(r"\b(LABELS|INPUT)\b", lambda m: ASSESS_NAMES[m.group(1)], str(e))
+        param = ASSESS_NAMES.get(e.param, e.param)
+        raise GeoSegError(text, param=param) from None
+
+
+def validate(p: AssessParams) -> None:
+    """Cheap checks before any file is opened: one reference (with its class field), report names that
+    end in .json or .html, neither report existing. The dialog calls it before starting a task."""
+    if bool(p.reference_path) == bool(p.reference_vector):
+        raise GeoSegError("Give exactly one reference: REFERENCE (a raster) or REFERENCE_VECTOR (polygons).",
+                          param="REFERENCE" if not p.reference_vector else "REFERENCE_VECTOR")
+    if p.reference_vector and not p.class_field:
+        raise GeoSegError("CLASS_FIELD: give the integer field of REFERENCE_VECTOR that holds each polygon's class.",
+                          param="CLASS_FIELD")
+    for path in report_paths(p.report_path):
+        check_new_file(path, "OUTPUT_REPORT", param="OUTPUT_REPORT")
+
+
+@with_gdal_exceptions
 def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
            ) -> AssessResult:
     """Compare `p.prediction_path` with the reference; write the reports; return the figures."""
     t0 = time.perf_counter()
-    if bool(p.reference_path) == bool(p.reference_vector):
-        raise GeoSegError("Give exactly one reference: REFERENCE (a raster) or REFERENCE_VECTOR (polygons).")
-    if p.reference_vector and not p.class_field:
-        raise GeoSegError("CLASS_FIELD: give the integer field of REFERENCE_VECTOR that holds each polygon's class.")
+    validate(p)
     json_path, html_path = report_paths(p.report_path)
-    for path in (json_path, html_path):
-        check_new_file(path, "OUTPUT_REPORT")
     pred_ds = open_raster(p.prediction_path, "PREDICTION")
     pred = raster_info(pred_ds, p.prediction_path, "PREDICTION")
     if pred.band_count != 1 or pred.is_float:
-        raise GeoSegError("PREDICTION must be a single-band integer class raster (as written by Segment).")
+        raise GeoSegError("PREDICTION must be a single-band integer class raster (as written by Segment).",
+                          param="PREDICTION")
     ref_ds = labels = None
     ref_nodata = None
     if p.reference_path:
         ref_ds = open_raster(p.reference_path, "REFERENCE")
         ref = raster_info(ref_ds, p.reference_path, "REFERENCE")
-        if ref.is_float:
-            raise GeoSegError("REFERENCE must be an integer class raster.")
+        if ref.band_count != 1 or ref.is_float:
+            bands = f"has {ref.band_count} bands" if ref.band_count != 1 else "is a floating-point raster"
+            raise GeoSegError(f"REFERENCE {bands}; it must be a single-band integer class raster (extract the "
+                              "band that holds the classes first).", param="REFERENCE")
         _same_grid(pred, ref)
         ref_nodata = ref.nodata[0]
     else:
-        labels = load_labels(p.reference_vector, pred, p.class_field)
-    cm = np.zeros(256 * 256, dtype=np.int64)
+        labels = _as_assess_error(lambda: load_labels(p.reference_vector, pred, p.class_field))
+    pairs = PairCounts()
     pred_nodata = pred.nodata[0]
     for y in range(0, pred.height, ROWS):
         if cancelled():
@@ -106,21 +164,25 @@ def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCa
         a = pred_ds.GetRasterBand(1).ReadAsArray(0, y, pred.width, h).astype(np.int64)
         if ref_ds is not None:
             b = ref_ds.GetRasterBand(1).ReadAsArray(0, y, pred.width, h).astype(np.int64)
-            ok = (b >= 0) & (b < 256) if ref_nodata is None else (b != ref_nodata) & (b >= 0) & (b < 256)
+            ok = np.ones(b.shape, bool) if ref_nodata is None else b != ref_nodata
         else:
             b = labels.rasterize(pred, Window(0, y, pred.width, h), MASK_NODATA).astype(np.int64)
             ok = b != MASK_NODATA
-        ok &= (a >= 0) & (a < 256)
         if pred_nodata is not None:
             ok &= a != pred_nodata
-        cm += np.bincount(b[ok] * 256 + a[ok], minlength=256 * 256)
+        pairs.add(b[ok], a[ok])
         progress(0.95 * (y + h) / pred.height)
-    full = cm.reshape(256, 256)
-    values = [int(v) for v in np.flatnonzero(full.sum(axis=0) + full.sum(axis=1))]
+    values, matrix = pairs.matrix()
     if not values:
         raise GeoSegError("No pixel has both a prediction and a reference (check nodata and the reference's "
                           "extent).")
-    matrix = full[np.ix_(values, values)]
+    # a predicted value the reference never holds is a wrong prediction of whatever the reference says there:
+    # it stays in the matrix (lowering OA and those classes' recall) and is named in the report
+    absent = [{"value": v, "pixels": int(matrix[:, i].sum())} for i, v in enumerate(values)
+              if matrix[i].sum() == 0 and matrix[:, i].sum() > 0]
+    for x in absent:
+        log.warning("PREDICTION holds %d pixels of value %d, which the reference never holds; they count as "
+                    "errors.", x["pixels"], x["value"])
     m = metrics_from_confusion(matrix)
     names = {**(category_names(p.reference_path) if ref_ds is not None else {}), **category_names(p.prediction_path)}
     class_names = [names.get(v, f"class {v}") for v in values]
@@ -130,6 +192,7 @@ def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCa
         "class_field": p.class_field,
         "values": values,
         "confusion_matrix": {"rows": "reference", "columns": "prediction", "matrix": matrix.tolist()},
+        "predicted_values_not_in_reference": absent,
         **m.as_dict(class_names),
     }
     for entry, value in zip(report["classes"], values, strict=True):
@@ -171,6 +234,10 @@ def render_html(report: dict, values: list[int], names: list[str], matrix: np.nd
                         "</title></rect>")
         bars.append(f'<text x="{x}" y="{h + 38}" font-size="11">{e(c["name"])}</text>')
     width = 60 + len(per) * (3 * bar_w + gap)
+    absent = report.get("predicted_values_not_in_reference") or []
+    warning = "" if not absent else (
+        '<p class="w"><b>Predicted values the reference never holds</b> (counted as errors): '
+        + ", ".join(f"value {x['value']}: {x['pixels']} pixels" for x in absent) + ".</p>")
     table = "".join(
         f"<tr><td>{e(c['name'])}</td><td>{values[i]}</td><td>{_pct(c['precision'])}</td><td>{_pct(c['recall'])}</td>"
         f"<td>{_pct(c['f1'])}</td><td>{_pct(c['iou'])}</td><td>{c['support']}</td></tr>" for i, c in enumerate(per))
@@ -178,11 +245,12 @@ def render_html(report: dict, values: list[int], names: list[str], matrix: np.nd
 <html><head><meta charset="utf-8"><title>GeoSeg accuracy report</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}} td.d{{background:#d8f0d8;font-weight:bold}}
-small{{color:#666}}</style></head><body>
+small{{color:#666}} p.w{{color:#a00}}</style></head><body>
 <h1>Accuracy assessment</h1>
 <p>Prediction: <code>{e(str(report['prediction']))}</code><br>Reference: <code>{e(str(report['reference']))}</code></p>
 <p><b>Overall accuracy {_pct(report['overall_accuracy'])} %</b> · mean IoU {_pct(report['mean_iou'])} % ·
 macro F1 {_pct(report['macro_f1'])} % · {report['total']} pixels (nodata in either raster excluded)</p>
+{warning}
 <h2>Per class</h2>
 <table><tr><th>class</th><th>value</th><th>precision %</th><th>recall %</th><th>F1 %</th><th>IoU %</th>
 <th>reference pixels</th></tr>{table}</table>

@@ -13,9 +13,12 @@ from typing import Protocol
 
 import numpy as np
 
-from .card import CARD_KEY, card_from_json
+from .card import CARD_KEY, ModelCard
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .device import resolve_device
 from .errors import GeoSegError, first_line
+from .gdalx import with_gdal_exceptions
+from .memory import leaf_output_bytes
 from .options import BACKENDS, DEVICES
 
 log = logging.getLogger("geoseg")
@@ -34,7 +37,8 @@ class Backend(Protocol):
     def activation_bytes_per_pixel(self, channels: int) -> float: ...
 
 
-def read_model_card(model_path: str, what: str = "MODEL") -> dict:
+@with_gdal_exceptions
+def read_model_card(model_path: str, what: str = "MODEL") -> ModelCard:
     """The validated card of an `.onnx` or `.pt` model, without running it."""
     if not model_path:
         raise GeoSegError(f"{what}: no model file given.")
@@ -56,7 +60,7 @@ def read_model_card(model_path: str, what: str = "MODEL") -> dict:
     if CARD_KEY not in meta:
         raise GeoSegError(f"{what}: {model_path} carries no GeoSeg model card (ONNX metadata_props key "
                           f"'{CARD_KEY}'); write one as described in the README.")
-    return card_from_json(meta[CARD_KEY], model_path)
+    return ModelCard.from_json(meta[CARD_KEY], model_path, what)
 
 
 class OnnxBackend:
@@ -149,8 +153,6 @@ class TorchBackend:
     def __init__(self, path: str, device: str) -> None:
         import torch
 
-        from .train import resolve_device
-
         self.device = resolve_device(device)
         self.model = model_from_checkpoint(load_checkpoint(path)).to(self.device).eval()
         self.provider = f"torch {torch.__version__} on {self.device}"
@@ -178,27 +180,11 @@ class TorchBackend:
 
     def activation_bytes_per_pixel(self, channels: int) -> float:
         """Sum of every module's output on a small probe tile, per pixel (an upper bound)."""
-        import torch
-
-        total = 0
-
-        def count(_module, _inputs, output) -> None:
-            nonlocal total
-            for t in output if isinstance(output, tuple | list) else (output,):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
-
-        leaves = [m for m in self.model.modules() if not list(m.children())]
-        hooks = [m.register_forward_hook(count) for m in leaves]
-        try:
-            self(np.zeros((1, channels, PROBE_SIZE, PROBE_SIZE), np.float32))
-        finally:
-            for h in hooks:
-                h.remove()
-        return total / PROBE_SIZE ** 2
+        probe = np.zeros((1, channels, PROBE_SIZE, PROBE_SIZE), np.float32)
+        return leaf_output_bytes(self.model, lambda: self(probe)) / PROBE_SIZE ** 2
 
 
-def open_backend(model_path: str, card: dict, backend: str, device: str, chip: int) -> Backend:
+def open_backend(model_path: str, card: ModelCard, backend: str, device: str, chip: int) -> Backend:
     """Build the backend and prove it on a blank tile of the run's size: the output must match the card."""
     if backend not in BACKENDS:
         raise GeoSegError(f"BACKEND must be one of {', '.join(BACKENDS)} (got '{backend}').")
@@ -213,7 +199,7 @@ def open_backend(model_path: str, card: dict, backend: str, device: str, chip: i
         raise GeoSegError("BACKEND onnxruntime needs an .onnx model; export the .pt with geoseg:exportonnx, "
                           "or use the torch backend (or auto).")
     engine: Backend = OnnxBackend(model_path, device) if backend == "onnxruntime" else TorchBackend(model_path, device)
-    n, k = card["in_channels"], len(card["classes"])
+    n, k = card.in_channels, card.num_classes
     try:
         out = engine(np.zeros((1, n, chip, chip), dtype=np.float32))
     except GeoSegError:

@@ -6,20 +6,27 @@ schema (`SCHEMA`) before anything uses it. The same schema is published as JSON 
 `docs/model_card.schema.json` (`json_schema()`, kept in sync by a test), and every wrong field
 gets its own message naming its path, e.g. `card field classes[2].value must be an integer
 0–254 (got 'x')`.
+
+Everything else reads the card as a typed, frozen `ModelCard`, built in one place only:
+`ModelCard.from_json` / `from_dict` migrate an older `schema_version`, validate against SCHEMA,
+then build the record; `to_json` / `to_dict` give back the same JSON (unknown keys included).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from .errors import GeoSegError
 
 CARD_KEY = "geoseg"
 SCHEMA_ID = "urn:geoseg:model-card:1"
+SCHEMA_VERSION = 1  # the card layout this GeoSeg writes; a card without `schema_version` is version 1
 MAX_MESSAGES = 6  # a garbled card can be wrong everywhere: name the first few fields
 
 
@@ -101,6 +108,7 @@ SCHEMA = Spec("object", description="GeoSeg model card", fields={
     "dataset_sha256": Spec("string", pattern=r"^[0-9a-f]{64}$", hint="64 lower-case hex digits",
                            description="hash of chips.csv and dataset.json"),
     "geoseg_version": Spec("string"),
+    "schema_version": _int(1, description="card layout version (missing: 1)"),
 })
 
 
@@ -217,12 +225,201 @@ def validate_card(card: Any, what: str = "MODEL") -> dict:
     return card
 
 
-def card_from_json(text: str | bytes, source: str, what: str = "MODEL") -> dict:
+def _parse(text: str | bytes, source: str, what: str) -> Any:
     try:
-        card = json.loads(text)
+        return json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise GeoSegError(f"{what}: the model card in {source} is not valid JSON ({str(e)[:120]}).") from None
-    return validate_card(card, what)
+
+
+def card_from_json(text: str | bytes, source: str, what: str = "MODEL") -> dict:
+    """Parse and validate, as a plain dict (the schema's own tests); everything else uses ModelCard."""
+    return validate_card(_parse(text, source, what), what)
+
+
+# ---------------------------------------------------------------- schema versions
+Migration = Callable[[dict], dict]
+# version n → a function turning a version-n card (a copy it may change) into a version n + 1 card;
+# register one here whenever SCHEMA_VERSION goes up
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def migrate(card: Any, what: str = "MODEL") -> Any:
+    """`card` brought up to SCHEMA_VERSION through MIGRATIONS (a new dict; `card` is not changed).
+    A card newer than this GeoSeg is refused; a malformed `schema_version` is left to validation."""
+    if not isinstance(card, dict):
+        return card
+    version = card.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return card  # validation names it
+    if version > SCHEMA_VERSION:
+        raise GeoSegError(f"{what}: the model card has schema_version {version}, but this GeoSeg reads cards up to "
+                          f"version {SCHEMA_VERSION}; update GeoSeg to use this model.")
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise GeoSegError(f"{what}: the model card has schema_version {version}, and this GeoSeg has no "
+                              f"migration from it to version {SCHEMA_VERSION}.")
+        card = step(copy.deepcopy(card))
+        version += 1
+        card["schema_version"] = version
+    return card
+
+
+# ---------------------------------------------------------------- typed card
+@dataclass(frozen=True, kw_only=True)
+class _Record:
+    """A JSON object as a frozen dataclass whose fields are named as its keys: lists become tuples
+    and the keys in `_NESTED` records (a tuple of them when marked many). `extra` keeps the keys
+    SCHEMA does not know and `nulls` the optional keys that were null, so `to_dict` gives back the
+    same keys. Built only by `ModelCard.from_dict` (after validation), through `_build`."""
+
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    nulls: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    _OWN: ClassVar[tuple[str, ...]] = ("extra", "nulls")
+    _NESTED: ClassVar[dict[str, tuple[type, bool]]] = {}  # key → (record type, many)
+
+    @classmethod
+    def _keys(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name not in _Record._OWN]
+
+    @classmethod
+    def _build(cls, d: Mapping[str, Any]) -> Any:
+        keys = cls._keys()
+        kw = {k: cls._typed(k, d[k]) for k in keys if d.get(k) is not None}
+        return cls(**kw, extra={k: copy.deepcopy(v) for k, v in d.items() if k not in keys},
+                   nulls=frozenset(k for k in keys if k in d and d[k] is None))
+
+    @classmethod
+    def _typed(cls, key: str, value: Any) -> Any:
+        if key in cls._NESTED:
+            kind, many = cls._NESTED[key]
+            return tuple(kind._build(v) for v in value) if many else kind._build(value)
+        return tuple(value) if isinstance(value, list) else copy.deepcopy(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: known keys in schema order, then the unknown ones (plain lists and dicts)."""
+        out: dict[str, Any] = {}
+        for key in self._keys():
+            value = getattr(self, key)
+            if value is None:
+                if key in self.nulls:
+                    out[key] = None
+            elif key in self._NESTED:
+                out[key] = [v.to_dict() for v in value] if self._NESTED[key][1] else value.to_dict()
+            else:
+                out[key] = list(value) if isinstance(value, tuple) else copy.deepcopy(value)
+        out.update(copy.deepcopy(dict(self.extra)))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class CardClass(_Record):
+    """One model output channel: the value written in the class map, its legend name and colour."""
+
+    value: int
+    name: str
+    color: str
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        h = self.color.lstrip("#")
+        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Normalization(_Record):
+    """Model input = (pixel − mean) / std, per band."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecommendedTiling(_Record):
+    """Tiling for seam-free prediction (see `recommended_tiling`)."""
+
+    crop: int
+    stride: int
+    receptive_field_radius: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CardCrs(_Record):
+    """CRS of the training raster."""
+
+    wkt: str | None = None
+    authid: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CardMetrics(_Record):
+    """Validation metrics of the saved epoch."""
+
+    epoch: int | None = None
+    val_miou: float | None = None
+    val_oa: float | None = None
+    val_macro_f1: float | None = None
+    per_class_iou: dict[str, float | None] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCard(_Record):
+    """The model card as a typed record (see SCHEMA for what each field means). Build it with
+    `from_json` / `from_dict` only: they migrate, validate and then construct it."""
+
+    classes: tuple[CardClass, ...]
+    bands: tuple[int, ...]
+    in_channels: int
+    chip_size: int
+    normalization: Normalization
+    recommended: RecommendedTiling | None = None
+    architecture: str | None = None
+    architecture_options: dict[str, Any] | None = None
+    crs: CardCrs | None = None
+    pixel_size: tuple[float, ...] | None = None
+    data_type: str | None = None
+    nodata: tuple[float | None, ...] | None = None
+    background: int | None = None
+    ignore_background: bool | None = None
+    metrics: CardMetrics | None = None
+    training: dict[str, Any] | None = None
+    epochs_run: int | None = None
+    split: dict[str, Any] | None = None
+    dataset_sha256: str | None = None
+    geoseg_version: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    _NESTED: ClassVar[dict[str, tuple[type, bool]]] = {
+        "classes": (CardClass, True), "normalization": (Normalization, False),
+        "recommended": (RecommendedTiling, False), "crs": (CardCrs, False), "metrics": (CardMetrics, False)}
+
+    @classmethod
+    def from_dict(cls, card: Any, what: str = "MODEL") -> ModelCard:
+        """The one constructor: migrate to SCHEMA_VERSION, validate (a GeoSegError naming every wrong
+        field, prefixed by `what`), then build. `card` itself is not changed."""
+        card = migrate(card, what)
+        validate_card(card, what)
+        return cls._build(card)
+
+    @classmethod
+    def from_json(cls, text: str | bytes | dict, source: str = "the card", what: str = "MODEL") -> ModelCard:
+        """`from_dict` of JSON text (a file's card; `source` names the file in the message) or of a dict."""
+        return cls.from_dict(text if isinstance(text, dict) else _parse(text, source, what), what)
+
+    def to_json(self) -> str:
+        """The JSON GeoSeg writes (ONNX metadata_props[CARD_KEY], `.pt` checkpoints)."""
+        return json.dumps(self.to_dict())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Class value → name."""
+        return {c.value: c.name for c in self.classes}
 
 
 # ---------------------------------------------------------------- JSON Schema

@@ -1,71 +1,21 @@
 """`.pt` files: weights and the card only, loaded with `weights_only=True` so a model file
-cannot run code. Written to a temporary name and renamed, so a file is complete or absent."""
+cannot run code; and the `.onnx` beside them. Written to a partial name and renamed
+(core.staging), so a file is complete or absent."""
 
 from __future__ import annotations
 
 import json
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import IO, Any
+from typing import Any
 
-from .card import validate_card
+from .card import CARD_KEY, ModelCard
 from .errors import GeoSegError
-from .staging import raise_if_disk_full
+from .staging import atomic_write, staged_path
 
 FORMAT = "geoseg-checkpoint"
 VERSION = 1
-PARTIAL = ".partial-"  # temporary files are ".NAME.partial-XXXX" beside NAME
-
-
-@contextmanager
-def atomic_write(path: str, mode: str = "wb", **kw: Any) -> Iterator[IO]:
-    """Open a hidden temporary file beside `path`; on success flush it to disk (fsync) and rename
-    it over `path`, then sync the folder. A crash or kill at any moment leaves either the old
-    complete file or the new complete one, never a truncated mix; an error removes the temp."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{PARTIAL}", dir=folder)
-    try:
-        with os.fdopen(fd, mode, **kw) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise_if_disk_full("OUTPUT_MODEL", e)  # torch.save reports a full disk as an obscure RuntimeError
-        raise
-    _sync_folder(folder)
-
-
-def _sync_folder(folder: str) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_stale_partials(path: str) -> list[str]:
-    """Remove the temporary files a killed writer of `path` left behind; return their names."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    prefix = f".{os.path.basename(path)}{PARTIAL}"
-    removed = []
-    for name in os.listdir(folder):
-        if name.startswith(prefix) and os.path.isfile(os.path.join(folder, name)):
-            os.remove(os.path.join(folder, name))
-            removed.append(name)
-    return removed
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -76,16 +26,18 @@ def atomic_save(obj: Any, path: str) -> None:
         torch.save(obj, f)
 
 
-def save_model(path: str, state_dict: dict, card: dict, extra: dict | None = None) -> None:
-    """A model checkpoint (+ optional training state for resume); only tensors and plain data."""
-    obj = {"format": FORMAT, "version": VERSION, "card": json.dumps(card), "state_dict": state_dict}
+def save_model(path: str, state_dict: dict, card: ModelCard, extra: dict | None = None) -> None:
+    """A model checkpoint (+ optional training state for resume); only tensors and plain data (the
+    card as its JSON text, so `weights_only` loading never meets a Python object)."""
+    obj = {"format": FORMAT, "version": VERSION, "card": card.to_json(), "state_dict": state_dict}
     if extra:
         obj.update(extra)
     atomic_save(obj, path)
 
 
 def load_checkpoint(path: str, what: str = "MODEL") -> dict:
-    """Load a `.pt` safely; refuse anything that is not plain weights and a valid card."""
+    """Load a `.pt` safely; refuse anything that is not plain weights and a valid card.
+    `["card"]` of the result is the ModelCard."""
     import torch
 
     if not os.path.isfile(path):
@@ -124,7 +76,7 @@ def load_checkpoint(path: str, what: str = "MODEL") -> dict:
         card = json.loads(obj["card"])
     except (KeyError, TypeError, ValueError):
         raise GeoSegError(f"{what}: {path} has no readable model card.") from None
-    obj["card"] = validate_card(card, what)
+    obj["card"] = ModelCard.from_dict(card, what)
     return obj
 
 
@@ -133,16 +85,25 @@ def model_from_checkpoint(state: dict, what: str = "MODEL"):
     from ..models.registry import build_model
     from .options import ARCHITECTURES
 
-    card = state["card"]
-    arch = card.get("architecture")
+    card: ModelCard = state["card"]
+    arch = card.architecture
     if arch not in ARCHITECTURES:
         raise GeoSegError(f"{what}: the card names no known architecture ({arch!r}).")
-    options = dict(card.get("architecture_options") or {})
+    options = dict(card.architecture_options or {})
     if "encoder_weights" in options:
         options["encoder_weights"] = None  # the trained weights below replace them
     try:
-        model = build_model(arch, card["in_channels"], len(card["classes"]), **options)
+        model = build_model(arch, card.in_channels, card.num_classes, **options)
         model.load_state_dict(state["state_dict"])
     except (ValueError, RuntimeError, KeyError) as e:
         raise GeoSegError(f"{what}: the weights do not fit the card's architecture ({str(e)[:200]}).") from None
     return model
+
+
+def save_onnx(path: str, model: Any, card: ModelCard, what: str = "OUTPUT_MODEL") -> None:
+    """`model` as ONNX carrying `card` (metadata_props[CARD_KEY]), written to a partial file beside
+    `path` and moved over it only once the ONNX checker accepts it (models.export does the export)."""
+    from ..models.export import export_onnx
+
+    with staged_path(path, what, replace=True) as tmp:
+        export_onnx(model, card.in_channels, tmp, metadata={CARD_KEY: card.to_json()})

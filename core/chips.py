@@ -15,7 +15,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from osgeo import gdal
@@ -23,12 +23,16 @@ from osgeo import gdal
 from . import __version__
 from .classes import class_table
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress
+from .gdalx import with_gdal_exceptions
 from .grid import Window, make_grid
 from .index import write_index
 from .labels import load_labels
+from .memory import export_bytes, require_memory
+from .params import ExportParams  # defined once there, with its front-end metadata
 from .raster import MASK_NODATA, open_raster, raster_info, read_window, window_geotransform, write_geotiff
+from .records import ChipRecord
 from .split import SPLIT_METHODS, split_chips
-from .staging import check_new_file, staged_dir, staged_file
+from .staging import check_new_dir, check_new_file, staged_dir, staged_file
 from .stats import Moments, merge
 
 log = logging.getLogger("geoseg")
@@ -37,43 +41,6 @@ MODES = ("all", "positive", "divided")
 WORKERS = 2  # threads checking, describing and writing chips while the main thread reads the next windows
 MAX_PENDING = 4  # chips in flight: enough to keep the workers busy, memory stays flat
 
-
-
-@dataclass(frozen=True)
-class ExportParams:
-    """Everything chip export needs; built by the dialog, the algorithm and the CLI alike."""
-
-    input_path: str
-    labels_path: str
-    output_dir: str
-    class_field: str | None = None
-    name_field: str | None = None
-    chip_size: int = 256
-    stride_x: int | None = None
-    stride_y: int | None = None
-    mode: str = "all"
-    background: int = 0
-    max_nodata_fraction: float = 1.0
-    validation_fraction: float = 0.2
-    split_method: str = "random"
-    block_size: int | None = None  # pixels; default 4 chips
-    seed: int = 0
-    index_path: str | None = None
-
-
-@dataclass
-class ChipRecord:
-    """One exported chip: where it is, what it holds."""
-
-    image: str
-    mask: str
-    xoff: int
-    yoff: int
-    positive: bool
-    nodata_fraction: float
-    class_counts: dict[int, int]
-    moments: Moments = field(repr=False)
-    split: str = "train"
 
 
 @dataclass(frozen=True)
@@ -94,30 +61,36 @@ class ExportResult:
 def validate(p: ExportParams) -> None:
     """Cheap checks before any file is opened."""
     if p.chip_size < 8:
-        raise GeoSegError(f"CHIP_SIZE must be at least 8 pixels (got {p.chip_size}).")
+        raise GeoSegError(f"CHIP_SIZE must be at least 8 pixels (got {p.chip_size}).", param="CHIP_SIZE")
     for name, s in (("STRIDE_X", p.stride_x), ("STRIDE_Y", p.stride_y)):
         if s is not None and s < 1:
-            raise GeoSegError(f"{name} must be a positive number of pixels (got {s}).")
+            raise GeoSegError(f"{name} must be a positive number of pixels (got {s}).", param=name)
     if p.mode not in MODES:
-        raise GeoSegError(f"MODE must be one of {', '.join(MODES)} (got '{p.mode}').")
+        raise GeoSegError(f"MODE must be one of {', '.join(MODES)} (got '{p.mode}').", param="MODE")
     if not 0 <= p.background < MASK_NODATA:
-        raise GeoSegError(f"BACKGROUND must be 0-254; 255 marks ignored pixels (got {p.background}).")
+        raise GeoSegError(f"BACKGROUND must be 0-254; 255 marks ignored pixels (got {p.background}).",
+                          param="BACKGROUND")
     if not 0 < p.max_nodata_fraction <= 1:
-        raise GeoSegError(f"MAX_NODATA_FRACTION must be above 0 and at most 1 (got {p.max_nodata_fraction}).")
+        raise GeoSegError(f"MAX_NODATA_FRACTION must be above 0 and at most 1 (got {p.max_nodata_fraction}).",
+                          param="MAX_NODATA_FRACTION")
     if not 0 <= p.validation_fraction < 1:
-        raise GeoSegError(f"VALIDATION_FRACTION must be at least 0 and below 1 (got {p.validation_fraction}).")
+        raise GeoSegError(f"VALIDATION_FRACTION must be at least 0 and below 1 (got {p.validation_fraction}).",
+                          param="VALIDATION_FRACTION")
     if p.split_method not in SPLIT_METHODS:
-        raise GeoSegError(f"SPLIT_METHOD must be one of {', '.join(SPLIT_METHODS)} (got '{p.split_method}').")
+        raise GeoSegError(f"SPLIT_METHOD must be one of {', '.join(SPLIT_METHODS)} (got '{p.split_method}').",
+                          param="SPLIT_METHOD")
     if not p.output_dir:
-        raise GeoSegError("OUTPUT_DIR: no output folder given.")
+        raise GeoSegError("OUTPUT_DIR: no output folder given.", param="OUTPUT_DIR")
+    check_new_dir(os.path.abspath(p.output_dir), "OUTPUT_DIR", param="OUTPUT_DIR")
     if p.index_path:
-        check_new_file(p.index_path, "INDEX")
+        check_new_file(p.index_path, "INDEX", param="INDEX")
 
 
 def chip_name(win: Window) -> str:
     return f"chip_r{win.yoff:06d}_c{win.xoff:06d}.tif"
 
 
+@with_gdal_exceptions
 def export_chips(p: ExportParams, progress: Progress = lambda f: None,
                  cancelled: IsCancelled = lambda: False) -> ExportResult:
     """Export chips as described by `p`; raise GeoSegError (or Cancelled) on failure."""
@@ -125,6 +98,9 @@ def export_chips(p: ExportParams, progress: Progress = lambda f: None,
     validate(p)
     ds = open_raster(p.input_path)
     info = raster_info(ds, p.input_path)
+    require_memory(export_bytes(p.chip_size, info.band_count, info.dtype.itemsize, info.width, MAX_PENDING + 2),
+                   f"exporting chips of {p.chip_size} × {p.chip_size} pixels ({info.band_count} bands)", "CHIP_SIZE",
+                   "Use a smaller CHIP_SIZE.")
     labels = load_labels(p.labels_path, info, p.class_field, p.name_field)
     if labels.skipped_null:
         log.warning("%d label polygons have no class value and were ignored.", labels.skipped_null)
@@ -198,6 +174,7 @@ def _collect(job: Future, records: list[ChipRecord], skipped: dict[str, int]) ->
         records.append(result)
 
 
+@with_gdal_exceptions  # a worker thread: GDAL ≥ 3.7 keeps the exception mode per thread
 def _export_one(info, pixels: np.ndarray, valid: np.ndarray, strip: np.ndarray, win: Window, p: ExportParams,
                 stage: str, img_nodata: float | None, values: list[int]) -> ChipRecord | str:
     """Check, describe and write one chip read by the main thread (runs in a worker thread);

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal
 
+from .dataset_check import check_chips, check_description, chip_files, open_chip, read_array
 from .errors import GeoSegError
+from .gdalx import with_gdal_exceptions
 from .options import IGNORE_INDEX
-
-gdal.UseExceptions()
+from .paths import inside
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,11 @@ class ChipsFolder:
 def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
     """Check the folder (chips.csv, dataset.json, every listed file) before any training."""
     csv_path, json_path = os.path.join(path, "chips.csv"), os.path.join(path, "dataset.json")
+    if os.path.isfile(path):
+        raise GeoSegError(f"CHIPS: {path} is a file; choose the folder written by Export training chips.",
+                          param="CHIPS")
     if not os.path.isdir(path):
-        raise GeoSegError(f"CHIPS: folder not found: {path}")
+        raise GeoSegError(f"CHIPS: folder not found: {path}", param="CHIPS")
     for p in (csv_path, json_path):
         if not os.path.isfile(p):
             raise GeoSegError(f"CHIPS: {path} has no {os.path.basename(p)}; choose a folder written by "
@@ -55,18 +59,19 @@ def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
     try:
         dataset = json.loads(raw)
     except ValueError as e:
-        raise GeoSegError(f"CHIPS: dataset.json is not valid JSON ({e}).") from None
+        raise GeoSegError(f"CHIPS: dataset.json is not valid JSON ({e}).", param="CHIPS") from None
+    check_description(dataset)
     with open(csv_path, "rb") as f:
         digest.update(f.read())
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise GeoSegError(f"CHIPS: chips.csv cannot be read as CSV text ({e}).", param="CHIPS") from None
     if not rows or not {"image", "mask", "split"} <= set(rows[0]):
         raise GeoSegError("CHIPS: chips.csv lists no chips (or lacks the image, mask and split columns).")
-    missing = [r[k] for r in rows for k in ("image", "mask") if not os.path.isfile(os.path.join(path, r[k]))]
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise GeoSegError(f"CHIPS: {len(missing)} chip files listed in chips.csv are missing: {shown}.")
-    background = int(dataset.get("background", 0))
+    files = chip_files(path, rows)  # every path inside the folder, every file there
+    background = dataset.get("background", 0)
     classes = [c for c in dataset["classes"] if not (ignore_background and c["value"] == background)]
     if len(classes) < 2:
         what = "besides the background, which is ignored" if ignore_background else "(background included)"
@@ -85,6 +90,7 @@ def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
     val = [r for r in rows if r["split"] == "validation"]
     if not train:
         raise GeoSegError("CHIPS: chips.csv has no training chips.")
+    check_chips(path, dataset, files)  # every chip's header and every mask's values
     return ChipsFolder(path, dataset, train, val, classes, lut, digest.hexdigest())
 
 
@@ -105,13 +111,17 @@ class ChipDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @with_gdal_exceptions  # also in DataLoader worker processes
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         row = self.rows[i]
         # read as float32 by GDAL and normalised in place: no temporary copies of the chip
-        image = gdal.Open(os.path.join(self.folder.path, row["image"])).ReadAsArray(buf_type=gdal.GDT_Float32)
+        # paths checked again at every read: chips.csv may be edited while training runs
+        image_path = inside(self.folder.path, row["image"], "CHIPS: chips.csv image", "CHIPS")
+        mask_path = inside(self.folder.path, row["mask"], "CHIPS: chips.csv mask", "CHIPS")
+        image = read_array(open_chip(image_path), row["image"], buf_type=gdal.GDT_Float32)
         if image.ndim == 2:
             image = image[None]
-        raw = gdal.Open(os.path.join(self.folder.path, row["mask"])).ReadAsArray()
+        raw = read_array(open_chip(mask_path), row["mask"])
         image -= self.mean
         image /= self.std
         ignored = raw == IGNORE_INDEX

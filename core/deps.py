@@ -241,15 +241,6 @@ def find_python(version: tuple[int, int] = sys.version_info[:2],
     return next((c for c in candidates if version_of(c) == tuple(version)), None)
 
 
-def has_pip(python: str, timeout: float = 30.0) -> bool:
-    """Whether `python -m pip` works (Debian splits pip into python3-pip)."""
-    try:
-        return subprocess.run([python, "-m", "pip", "--version"], capture_output=True, timeout=timeout,
-                              check=False).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
 # ---------------------------------------------------------------- what the user runs on
 def device_summary() -> dict:
     """The device torch would train on and the onnxruntime execution providers, for the dialogs.

@@ -8,7 +8,14 @@ IsCancelled = Callable[[], bool]  # polled at every safe stopping point
 
 
 class GeoSegError(Exception):
-    """Bad input or an impossible request; the message says what and how to fix it."""
+    """Bad input or an impossible request; the message says what and how to fix it.
+
+    `param` is the Processing name of the parameter the error is about (e.g. "EPOCHS"), when it is
+    about one: the dialogs mark that field."""
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 class Cancelled(GeoSegError):

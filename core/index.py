@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from osgeo import ogr
 
+from .records import ChipRecord
+
 if TYPE_CHECKING:
-    from .chips import ChipRecord
     from .raster import RasterInfo
 
 

@@ -14,10 +14,9 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from .errors import GeoSegError
+from .gdalx import with_gdal_exceptions
 from .grid import Window
 from .raster import MASK_NODATA, RasterInfo, window_geotransform
-
-ogr.UseExceptions()
 
 POLYGON_TYPES = {ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbCurvePolygon, ogr.wkbMultiSurface}
 INTEGER_TYPES = {ogr.OFTInteger, ogr.OFTInteger64}
@@ -109,6 +108,7 @@ def _defined(srs: osr.SpatialReference | None) -> osr.SpatialReference | None:
     return srs
 
 
+@with_gdal_exceptions
 def load_labels(uri: str, info: RasterInfo, class_field: str | None = None,
                 name_field: str | None = None) -> Labels:
     """Open, validate and reproject the label polygons to the raster's CRS."""

@@ -27,9 +27,12 @@ import numpy as np
 from osgeo import gdal, osr
 
 from .backends import Backend, open_backend, read_model_card
+from .card import CardClass, ModelCard
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress, first_line
+from .gdalx import with_gdal_exceptions
 from .grid import Window, axis_origins
-from .memory import check_budget, halve_batch, is_out_of_memory, memory_budget_mb, release_cuda_cache
+from .memory import check_budget, memory_budget_mb, retry_halving_batch
+from .params import SegmentParams  # defined once there, with its front-end metadata
 from .pipeline import END, Pipe, Stage, Stop
 from .raster import MASK_NODATA, RasterInfo, open_raster, raster_info, read_window, set_category_names
 from .staging import check_new_file, staged_file
@@ -44,28 +47,10 @@ __all__ = ["SegmentParams", "SegmentResult", "choose_batch_size", "compatibility
 
 
 @dataclass(frozen=True)
-class SegmentParams:
-    """Everything segmentation needs; built by the dialog, the algorithm and the CLI alike."""
-
-    input_path: str
-    model_path: str
-    output_path: str
-    probabilities_path: str | None = None
-    chip_size: int | None = None  # None: the card's chip_size
-    stride_x: int | None = None  # None: chip // 2
-    stride_y: int | None = None
-    crop: int | None = None  # None: chip // 8
-    batch_size: int = 8  # 0: chosen automatically within the memory budget
-    backend: str = "auto"
-    device: str = "auto"
-    memory_budget_mb: float = 0.0  # for one inference batch; 0: $GEOSEG_MEMORY_BUDGET_MB, else none
-
-
-@dataclass(frozen=True)
 class SegmentResult:
     output_path: str
     probabilities_path: str | None
-    card: dict
+    card: ModelCard
     backend: str
     provider: str
     tiles: int
@@ -101,58 +86,61 @@ def keep_spans(length: int, chip: int, stride: int, crop: int) -> tuple[list[int
 
 def make_tiling(width: int, height: int, chip: int, stride_x: int, stride_y: int, crop: int) -> Tiling:
     if chip < 8:
-        raise GeoSegError(f"CHIP_SIZE must be at least 8 pixels (got {chip}).")
+        raise GeoSegError(f"CHIP_SIZE must be at least 8 pixels (got {chip}).", param="CHIP_SIZE")
     if crop < 0 or 2 * crop >= chip:
-        raise GeoSegError(f"CROP must be at least 0 and less than half of CHIP_SIZE {chip} (got {crop}).")
+        raise GeoSegError(f"CROP must be at least 0 and less than half of CHIP_SIZE {chip} (got {crop}).", param="CROP")
     for name, stride in (("STRIDE_X", stride_x), ("STRIDE_Y", stride_y)):
         if stride < 1 or stride > chip - 2 * crop:
             raise GeoSegError(
                 f"{name} ({stride}) must be between 1 and CHIP_SIZE − 2·CROP = {chip} − 2·{crop} = {chip - 2 * crop}, "
-                "so that the kept tile centres meet without gaps.")
+                "so that the kept tile centres meet without gaps.", param=name)
     xs, kx = keep_spans(width, chip, stride_x, crop)
     ys, ky = keep_spans(height, chip, stride_y, crop)
     return Tiling(chip, xs, ys, kx, ky)
 
 
-def compatibility_warnings(card: dict, raster_path: str, info: RasterInfo | None = None) -> list[str]:
+@with_gdal_exceptions
+def compatibility_warnings(card: ModelCard, raster_path: str, info: RasterInfo | None = None) -> list[str]:
     """Differences between the raster and the training data that may hurt the result."""
     info = info or raster_info(open_raster(raster_path), raster_path)
     out = []
-    if info.band_count != card["in_channels"]:
-        out.append(f"The raster has {info.band_count} bands, but the model was trained on {card['in_channels']}.")
-    px = card.get("pixel_size")
+    if info.band_count != card.in_channels:
+        out.append(f"The raster has {info.band_count} bands, but the model was trained on {card.in_channels}.")
+    px = card.pixel_size
     if px and any(abs(a - b) > 0.01 * abs(b) for a, b in zip(info.pixel_size, px, strict=False)):
         out.append(f"The raster's pixel size ({info.pixel_size[0]:g} × {info.pixel_size[1]:g}) differs from the "
                    f"training data's ({px[0]:g} × {px[1]:g}); resample it to the training resolution for best results.")
-    crs = (card.get("crs") or {}).get("wkt")
+    crs = card.crs.wkt if card.crs else None
     if crs and info.srs is not None:
         trained = osr.SpatialReference()
         trained.ImportFromWkt(crs)
         if not trained.IsSame(info.srs):
-            name = (card.get("crs") or {}).get("authid") or trained.GetName()
+            name = card.crs.authid or trained.GetName()
             out.append(f"The raster's CRS ({info.srs.GetName()}) differs from the training data's ({name}).")
     return out
 
 
-def _resolve(p: SegmentParams, card: dict) -> tuple[int, int, int, int]:
-    chip = p.chip_size or int(card["chip_size"])
+def _resolve(p: SegmentParams, card: ModelCard) -> tuple[int, int, int, int]:
+    chip = p.chip_size or card.chip_size
     crop = chip // 8 if p.crop is None else p.crop
     return chip, p.stride_x or chip // 2, p.stride_y or chip // 2, crop
 
 
 def _validate(p: SegmentParams) -> None:
     if p.batch_size < 0:
-        raise GeoSegError(f"BATCH_SIZE must be at least 1, or 0 to choose it automatically (got {p.batch_size}).")
+        raise GeoSegError(f"BATCH_SIZE must be at least 1, or 0 to choose it automatically (got {p.batch_size}).",
+                          param="BATCH_SIZE")
     if p.memory_budget_mb < 0:
-        raise GeoSegError(f"The memory budget must be 0 (none) or a positive number of MB (got {p.memory_budget_mb}).")
+        raise GeoSegError(f"The memory budget must be 0 (none) or a positive number of MB (got {p.memory_budget_mb}).",
+                          param="MEMORY_BUDGET")
     for what, path in (("OUTPUT", p.output_path), ("OUTPUT_PROBABILITIES", p.probabilities_path)):
         if path is None:
             continue
         if not path.lower().endswith((".tif", ".tiff")):
-            raise GeoSegError(f"{what} must be a GeoTIFF file name ending in .tif (got {path}).")
-        check_new_file(path, what)
+            raise GeoSegError(f"{what} must be a GeoTIFF file name ending in .tif (got {path}).", param=what)
+        check_new_file(path, what, param=what)
     if p.probabilities_path and os.path.abspath(p.probabilities_path) == os.path.abspath(p.output_path):
-        raise GeoSegError("OUTPUT_PROBABILITIES must differ from OUTPUT.")
+        raise GeoSegError("OUTPUT_PROBABILITIES must differ from OUTPUT.", param="OUTPUT_PROBABILITIES")
 
 
 def _create(path: str, info, bands: int, gdal_type: int, extra: list[str]) -> gdal.Dataset:
@@ -163,12 +151,11 @@ def _create(path: str, info, bands: int, gdal_type: int, extra: list[str]) -> gd
     return ds
 
 
-def _style_classes(band: gdal.Band, classes: list[dict]) -> None:
+def _style_classes(band: gdal.Band, classes: tuple[CardClass, ...]) -> None:
     """Colour table (inside the GeoTIFF), so any GIS shows the map in the card's colours."""
     table = gdal.ColorTable()
     for c in classes:
-        h = c["color"].lstrip("#")
-        table.SetColorEntry(c["value"], (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16), 255))
+        table.SetColorEntry(c.value, (*c.rgb, 255))
     band.SetRasterColorTable(table)
     band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
     band.SetNoDataValue(MASK_NODATA)
@@ -271,6 +258,7 @@ class _Batch:
     last: bool  # the strip's last batch
 
 
+@with_gdal_exceptions  # a pipeline thread: GDAL ≥ 3.7 keeps the exception mode per thread
 def _read_batches(ds: gdal.Dataset, info, tiling: Tiling, batch_size: int, mean: np.ndarray, std: np.ndarray,
                   inbox: Pipe) -> None:
     """Reader stage: one window per batch (arrays stay batch-sized whatever the raster's width)."""
@@ -298,10 +286,41 @@ def _read_batches(ds: gdal.Dataset, info, tiling: Tiling, batch_size: int, mean:
     inbox.put(END)
 
 
+class FiniteOutputs:
+    """The one check of what the model returns: NaN or ±inf logits (a broken or overflowing model)
+    must not become class 0 and NaN probabilities. Such pixels are written as nodata (255, and
+    PROB_NODATA) and counted; `verdict` refuses a run where no valid pixel got a finite output and
+    warns with the count otherwise."""
+
+    def __init__(self) -> None:
+        self.valid = 0  # pixels with valid input
+        self.bad = 0  # of those, pixels whose output is not finite in every class
+
+    def mask(self, tile: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+        """Pixels of `tile` [classes, h, w] with a non-finite output among the valid ones."""
+        bad = ~np.isfinite(tile).all(axis=0) & ~invalid
+        self.valid += int(invalid.size - np.count_nonzero(invalid))
+        self.bad += int(np.count_nonzero(bad))
+        return bad
+
+    def verdict(self) -> str | None:
+        """GeoSegError when every valid pixel's output was non-finite; the warning text when some were."""
+        if self.bad and self.bad == self.valid:
+            raise GeoSegError("MODEL: the model returned NaN or infinite values for every pixel, so there is no "
+                              "result; nothing was written. The model is broken (e.g. diverged training) or does "
+                              "not suit this input's values.", param="MODEL")
+        if self.bad:
+            return (f"The model returned NaN or infinite values for {self.bad} of {self.valid} pixels "
+                    f"({100 * self.bad / self.valid:.2g} %); they are nodata (255) in the output.")
+        return None
+
+
+@with_gdal_exceptions  # a pipeline thread: GDAL ≥ 3.7 keeps the exception mode per thread
 def _write_strips(outbox: Pipe, tiling: Tiling, width: int, values: np.ndarray, out_rows: PyramidWriter,
-                  prob_rows: PyramidWriter | None) -> None:
+                  prob_rows: PyramidWriter | None, finite: FiniteOutputs | None = None) -> None:
     """Writer stage: arg-max (and softmax) of each tile's kept span into its strip; whole strips
-    go to the output files (and their overviews) in order."""
+    go to the output files (and their overviews) in order. Non-finite outputs become nodata."""
+    finite = finite or FiniteOutputs()
     k = len(values)
     classes = probs = None
     while (item := outbox.get()) is not END:
@@ -314,11 +333,13 @@ def _write_strips(outbox: Pipe, tiling: Tiling, width: int, values: np.ndarray, 
         for j, (x, (x0, x1)) in enumerate(zip(xs, tiling.keep_x[b.first:b.first + len(xs)], strict=True)):
             tile = logits[j, :, y0 - oy:y1 - oy, x0 - x:x1 - x]
             invalid = ~b.valid[y0 - oy:y1 - oy, x0 - b.left:x1 - b.left]
+            invalid |= finite.mask(tile, invalid)
             cls = values[tile.argmax(axis=0)]
             cls[invalid] = MASK_NODATA
             classes[:, x0:x1] = cls
             if probs is not None:
-                pr = softmax(tile[None])[0]
+                with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf pixels: nodata just below
+                    pr = softmax(tile[None])[0]
                 pr[:, invalid] = PROB_NODATA
                 probs[:, :, x0:x1] = pr
         if b.last:
@@ -342,24 +363,25 @@ class _Inference:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         parts, i = [], 0
         while i < len(x):
-            n = min(self.batch_size, len(x) - i)
-            try:
-                check_budget(n * self.tile_bytes, self.budget_mb, f"A batch of {n} tiles")
-                parts.append(self.engine(x[i:i + n]))
-                i += n
-            except Exception as e:
-                if not is_out_of_memory(e):
-                    raise
-                release_cuda_cache()
-                self.batch_size = halve_batch(n, e, "segmentation")
+            out, n = retry_halving_batch(lambda n, i=i: self._run(x[i:i + n]), min(self.batch_size, len(x) - i),
+                                         "segmentation", self._smaller)
+            parts.append(out)
+            i += n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        check_budget(len(x) * self.tile_bytes, self.budget_mb, f"A batch of {len(x)} tiles")
+        return self.engine(x)
 
-def tile_memory_bytes(engine: Backend, card: dict, chip: int) -> float:
+    def _smaller(self, batch: int) -> None:
+        self.batch_size = batch
+
+
+def tile_memory_bytes(engine: Backend, card: ModelCard, chip: int) -> float:
     """Memory one tile of a batch needs during inference: its input, the network's activations
     (measured per pixel on a small probe, an upper bound: every intermediate counted) and logits."""
-    per_pixel = engine.activation_bytes_per_pixel(card["in_channels"])
-    return chip * chip * (4.0 * card["in_channels"] + per_pixel + 4.0 * len(card["classes"]))
+    per_pixel = engine.activation_bytes_per_pixel(card.in_channels)
+    return chip * chip * (4.0 * card.in_channels + per_pixel + 4.0 * card.num_classes)
 
 
 def default_budget_mb(engine: Backend) -> float:
@@ -384,7 +406,7 @@ def default_budget_mb(engine: Backend) -> float:
     return 0.25 * avail / 1e6
 
 
-def choose_batch_size(engine: Backend, card: dict, chip: int, requested: int, budget_mb: float
+def choose_batch_size(engine: Backend, card: ModelCard, chip: int, requested: int, budget_mb: float
                       ) -> tuple[int, float]:
     """(batch size, bytes per tile): `requested`, or with 0 the most tiles that fit the budget
     (at least 1, at most what still pays off on the device). Bytes are 0 when nothing needs them."""
@@ -401,34 +423,36 @@ def choose_batch_size(engine: Backend, card: dict, chip: int, requested: int, bu
     return batch, per_tile
 
 
-def _predict(ds: gdal.Dataset, info, tiling: Tiling, infer: _Inference, card: dict, out_path: str,
-             prob_path: str | None, batch_size: int, progress: Progress, cancelled: IsCancelled) -> None:
-    """Stream strips of tiles through the model into the (temporary) output files.
+def _predict(ds: gdal.Dataset, info, tiling: Tiling, infer: _Inference, card: ModelCard, out_path: str,
+             prob_path: str | None, batch_size: int, progress: Progress, cancelled: IsCancelled) -> str | None:
+    """Stream strips of tiles through the model into the (temporary) output files; returns the
+    warning about non-finite model outputs, if any (none finite at all: GeoSegError).
 
     Three stages overlap: a reader thread reads and normalises batch windows, this thread runs
     the model, a writer thread takes the arg-max and writes whole strips (GDAL, numpy and both
     backends release the GIL). Bounded queues keep at most a few batches in flight; an error in
     any stage stops the others and is raised here, and the caller removes the partial files.
     """
-    values = np.array([c["value"] for c in card["classes"]], dtype=np.uint8)
-    mean = np.asarray(card["normalization"]["mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(card["normalization"]["std"], dtype=np.float32)[:, None, None]
+    values = np.array([c.value for c in card.classes], dtype=np.uint8)
+    mean = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
     out = _create(out_path, info, 1, gdal.GDT_Byte, [])
     prob = _create(prob_path, info, len(values), gdal.GDT_Float32, ["PREDICTOR=3"]) if prob_path else None
     stop = threading.Event()
     inbox, outbox = Pipe(stop), Pipe(stop)
     stages: list[Stage] = []
     out_rows = prob_rows = None
+    finite = FiniteOutputs()
     try:
-        _style_classes(out.GetRasterBand(1), card["classes"])
-        for i, c in enumerate(card["classes"] if prob else []):
-            prob.GetRasterBand(i + 1).SetDescription(c["name"])
+        _style_classes(out.GetRasterBand(1), card.classes)
+        for i, c in enumerate(card.classes if prob else []):
+            prob.GetRasterBand(i + 1).SetDescription(c.name)
             prob.GetRasterBand(i + 1).SetNoDataValue(PROB_NODATA)
         out_rows, prob_rows = PyramidWriter(out), PyramidWriter(prob) if prob else None
 
         def write() -> None:
             try:
-                _write_strips(outbox, tiling, info.width, values, out_rows, prob_rows)
+                _write_strips(outbox, tiling, info.width, values, out_rows, prob_rows, finite)
             except (Stop, GeoSegError):
                 raise
             except Exception as e:  # noqa: BLE001  (GDAL write errors: disk full, permissions, …)
@@ -461,21 +485,25 @@ def _predict(ds: gdal.Dataset, info, tiling: Tiling, infer: _Inference, card: di
     for s in stages:
         if s.error is not None:
             raise s.error
+    warning = finite.verdict()
+    if warning:
+        log.warning(warning)
     progress(1.0)
+    return warning
 
 
-def _refuse_unusable_input(card: dict, ds: gdal.Dataset, info: RasterInfo) -> None:
+def _refuse_unusable_input(card: ModelCard, ds: gdal.Dataset, info: RasterInfo) -> None:
     """Inputs that would give a meaningless map: a degree raster for a model trained on a projected
     CRS (its pixels are not the ground size the model learnt), and a raster without a valid pixel."""
     from .raster import any_valid_pixel, is_geographic
 
-    trained = (card.get("crs") or {}).get("wkt")
+    trained = card.crs.wkt if card.crs else None
     if trained and is_geographic(info):
         srs = osr.SpatialReference()
         srs.ImportFromWkt(trained)
         if srs.IsProjected():
-            name = (card.get("crs") or {}).get("authid") or srs.GetName()
-            px = card.get("pixel_size")
+            name = card.crs.authid or srs.GetName()
+            px = card.pixel_size
             at, tr = (f" at {px[0]:g} × {px[1]:g} pixels", f" -tr {px[0]:g} {px[1]:g}") if px else ("", "")
             raise GeoSegError(
                 f"INPUT is in geographic coordinates (degrees), but the model was trained on the projected CRS "
@@ -486,27 +514,29 @@ def _refuse_unusable_input(card: dict, ds: gdal.Dataset, info: RasterInfo) -> No
                           "segment.")
 
 
-def preflight(p: SegmentParams) -> tuple[dict, gdal.Dataset, object, Tiling]:
+@with_gdal_exceptions
+def preflight(p: SegmentParams) -> tuple[ModelCard, gdal.Dataset, object, Tiling]:
     """Every check that needs no model run and no pixel: parameters, outputs, card, band count,
     tiling. The dialogs call it before starting a task; `segment` starts with it."""
     _validate(p)
     card = read_model_card(p.model_path)
     ds = open_raster(p.input_path)
     info = raster_info(ds, p.input_path)
-    if info.band_count != card["in_channels"]:
+    if info.band_count != card.in_channels:
         plural = "s" if info.band_count != 1 else ""
         raise GeoSegError(f"INPUT has {info.band_count} band{plural}, but the model was trained on "
-                          f"{card['in_channels']} (bands {card['bands']}); use a raster with the same bands.")
+                          f"{card.in_channels} (bands {list(card.bands)}); use a raster with the same bands.")
     _refuse_unusable_input(card, ds, info)
     chip, sx, sy, crop = _resolve(p, card)
     tiling = make_tiling(info.width, info.height, chip, sx, sy, crop)
-    radius = (card.get("recommended") or {}).get("receptive_field_radius")
+    radius = card.recommended.receptive_field_radius if card.recommended else None
     if radius is not None and crop < radius:
         log.info("CROP %d is below the model's receptive-field radius %d: tiles may differ slightly from "
                  "whole-image inference near their seams.", crop, radius)
     return card, ds, info, tiling
 
 
+@with_gdal_exceptions
 def segment(p: SegmentParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
             ) -> SegmentResult:
     """Segment `p.input_path` with `p.model_path`; raise GeoSegError (or Cancelled) on failure."""
@@ -525,8 +555,10 @@ def segment(p: SegmentParams, progress: Progress = lambda f: None, cancelled: Is
         out_tmp = stack.enter_context(staged_file(p.output_path, "OUTPUT"))
         prob_tmp = stack.enter_context(staged_file(p.probabilities_path, "OUTPUT_PROBABILITIES")) \
             if p.probabilities_path else None
-        _predict(ds, info, tiling, infer, card, out_tmp, prob_tmp, batch_size, progress, cancelled)
-    set_category_names(p.output_path, {c["value"]: c["name"] for c in card["classes"]})  # after the rename
+        nonfinite = _predict(ds, info, tiling, infer, card, out_tmp, prob_tmp, batch_size, progress, cancelled)
+    if nonfinite:
+        warnings.append(nonfinite)
+    set_category_names(p.output_path, card.class_names)  # after the rename
     seconds = time.perf_counter() - t0
     log.info("Segmented %d tiles (%d × %d px, chip %d, stride %d × %d, crop %d, batch %d) in %.1f s.", tiling.tiles,
              info.width, info.height, chip, sx, sy, crop, infer.batch_size, seconds)

@@ -12,10 +12,8 @@ import numpy as np
 from osgeo import gdal, osr
 
 from .errors import GeoSegError
+from .gdalx import with_gdal_exceptions
 from .grid import Window
-
-gdal.UseExceptions()
-osr.UseExceptions()
 
 MASK_NODATA = 255  # the ignore value of every mask GeoSeg writes
 
@@ -64,6 +62,7 @@ class RasterInfo:
         return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
+@with_gdal_exceptions
 def open_raster(path: str, what: str = "INPUT") -> gdal.Dataset:
     """Open read-only with a message naming the parameter when GDAL cannot."""
     if not path:
@@ -86,6 +85,7 @@ DTYPES = {
 }
 
 
+@with_gdal_exceptions
 def raster_info(ds: gdal.Dataset, path: str, what: str = "INPUT") -> RasterInfo:
     """Describe `ds`; refuse what chips cannot represent (rotated grids, complex types)."""
     gt = ds.GetGeoTransform(can_return_null=True)
@@ -214,6 +214,7 @@ def pam_enabled() -> Iterator[None]:
         gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
 
 
+@with_gdal_exceptions
 def category_names(path: str) -> dict[int, str]:
     """Class value → name from a class raster's category names (empty when it has none)."""
     with pam_enabled():
@@ -223,6 +224,7 @@ def category_names(path: str) -> dict[int, str]:
     return {i: n for i, n in enumerate(names) if n}
 
 
+@with_gdal_exceptions
 def set_category_names(path: str, names: dict[int, str]) -> None:
     """Store class names in the raster's .aux.xml (GeoTIFF has no place for them inside)."""
     table = [""] * (max(names) + 1)

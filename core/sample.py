@@ -34,9 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-gdal.UseExceptions()
-ogr.UseExceptions()
-osr.UseExceptions()
+from .gdalx import with_gdal_exceptions
 
 CLASSES = {1: "water", 2: "forest", 3: "grassland", 4: "built-up", 5: "cropland"}
 TRUTH_NODATA = 255
@@ -252,6 +250,7 @@ def _write_labels(path: str, truth: np.ndarray, gt: tuple, srs: osr.SpatialRefer
     out = None
 
 
+@with_gdal_exceptions
 def make_sample_scene(out_dir: str, seed: int = 0, width: int = 640, height: int = 480, bands: int = 4,
                       pixel_size: float = 2.0, epsg: int = 32633, labels_epsg: int = 4326,
                       nodata_hole: bool = True, label_fraction: float = 1.0) -> SampleScene:

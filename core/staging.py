@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO, Any
 
 from .errors import GeoSegError, first_line
 
@@ -75,66 +76,126 @@ def _remove_created(created: list[str]) -> None:
             pass
 
 
-@contextmanager
-def staged_dir(target: str, what: str) -> Iterator[str]:
-    """Yield a hidden sibling folder to fill; on success it becomes `target`.
-
-    `target` must not exist or be an empty folder. On any error (or cancel) the staging
-    folder and any parents created for it are removed.
-    """
-    target = os.path.abspath(target)
-    if os.path.exists(target):
-        if not os.path.isdir(target):
-            raise GeoSegError(f"{what}: {target} exists and is a file; choose a folder.")
-        if os.listdir(target):
-            raise GeoSegError(f"{what}: {target} is not empty. GeoSeg never overwrites existing "
-                              "output; choose a new or empty folder.")
-    parent, created = _writable_parent(target, what)
-    try:
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.partial-", dir=parent)
-    except OSError as e:
-        _remove_created(created)
-        raise GeoSegError(f"{what}: cannot write in {parent}: {e.strerror}.") from None
-    try:
-        yield staging
-        if os.path.isdir(target):
-            os.rmdir(target)  # empty, checked above
-        os.rename(staging, target)
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_created(created)
-        raise_if_disk_full(what, e)
-        raise
+PARTIAL = ".partial-"  # every partial output is ".NAME.partial-XXXX" beside NAME (+ NAME's extension for files)
 
 
-def check_new_file(path: str, what: str) -> None:
-    """Refuse to overwrite an existing file."""
+def partial_prefix(target: str) -> str:
+    """How the names of `target`'s partial files and folders begin (one convention, one cleanup)."""
+    return f".{os.path.basename(os.path.abspath(target))}{PARTIAL}"
+
+
+def check_new_file(path: str, what: str, param: str | None = None) -> None:
+    """Refuse to overwrite an existing file; `param`: the Processing name the error is about."""
     if os.path.exists(path):
         raise GeoSegError(f"{what}: {path} already exists. GeoSeg never overwrites existing "
-                          "output; choose a new file name or delete the old file first.")
+                          "output; choose a new file name or delete the old file first.", param=param)
+
+
+def check_new_dir(target: str, what: str, param: str | None = None) -> None:
+    """Refuse a folder output that exists as a file or holds anything (a new or empty folder is fine)."""
+    if os.path.exists(target):
+        if not os.path.isdir(target):
+            raise GeoSegError(f"{what}: {target} exists and is a file; choose a folder.", param=param)
+        if os.listdir(target):
+            raise GeoSegError(f"{what}: {target} is not empty. GeoSeg never overwrites existing "
+                              "output; choose a new or empty folder.", param=param)
 
 
 @contextmanager
-def staged_file(target: str, what: str) -> Iterator[str]:
-    """Yield a temporary path beside `target` (same extension); renamed on success."""
+def staged_path(target: str, what: str, *, folder: bool = False, replace: bool = False) -> Iterator[str]:
+    """Yield a hidden partial path beside `target` (missing parents are created) for a writer to
+    create; on success it is renamed to `target`. On any error (or cancel) the partial file or
+    folder, and the parents created for it, are removed, and a full disk gets its one message.
+
+    A file keeps `target`'s extension (GDAL, OGR and ONNX writers go by it). `folder`: a folder, and
+    `target` must not exist or be an empty folder. Otherwise `target` must not exist, unless
+    `replace`: then an existing file is replaced atomically (the old one stays whole until then).
+    """
     target = os.path.abspath(target)
-    check_new_file(target, what)
+    if folder:
+        check_new_dir(target, what)
+    elif not replace:
+        check_new_file(target, what)
     parent, created = _writable_parent(target, what)
-    stem, ext = os.path.splitext(os.path.basename(target))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.partial-", suffix=ext, dir=parent)
+        if folder:
+            tmp = tempfile.mkdtemp(prefix=partial_prefix(target), dir=parent)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=partial_prefix(target), suffix=os.path.splitext(target)[1], dir=parent)
+            os.close(fd)
+            os.remove(tmp)  # the name is reserved; writers (GDAL/OGR, torch, onnx) create the file themselves
     except OSError as e:
         _remove_created(created)
         raise GeoSegError(f"{what}: cannot write in {parent}: {e.strerror}.") from None
-    os.close(fd)
-    os.remove(tmp)  # writers (GDAL/OGR) want to create the file themselves
     try:
         yield tmp
-        check_new_file(target, what)
-        os.rename(tmp, target)
+        if folder:
+            if os.path.isdir(target):
+                os.rmdir(target)  # empty, checked above
+            os.rename(tmp, target)
+        elif replace:
+            os.replace(tmp, target)
+        else:
+            check_new_file(target, what)
+            os.rename(tmp, target)
     except BaseException as e:
-        if os.path.exists(tmp):
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
             os.remove(tmp)
         _remove_created(created)
         raise_if_disk_full(what, e)
         raise
+
+
+@contextmanager
+def staged_dir(target: str, what: str) -> Iterator[str]:
+    """Yield a hidden sibling folder to fill; on success it becomes `target` (see `staged_path`)."""
+    with staged_path(target, what, folder=True) as tmp:
+        yield tmp
+
+
+@contextmanager
+def staged_file(target: str, what: str) -> Iterator[str]:
+    """Yield a temporary path beside `target` (same extension); renamed on success, never overwriting."""
+    with staged_path(target, what) as tmp:
+        yield tmp
+
+
+@contextmanager
+def atomic_write(path: str, mode: str = "wb", what: str = "OUTPUT_MODEL", **kw: Any) -> Iterator[IO]:
+    """Open a partial file beside `path`; on success flush it to disk (fsync), rename it over `path`
+    and sync the folder. A crash or kill at any moment leaves either the old complete file or the
+    new complete one, never a truncated mix; an error removes the partial file."""
+    with staged_path(path, what, replace=True) as tmp:
+        with open(tmp, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    _sync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def _sync_folder(folder: str) -> None:
+    """Make a rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_partials(path: str) -> list[str]:
+    """Remove the partial files a killed writer of `path` left behind; return their names."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    prefix = partial_prefix(path)
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(prefix) and os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed

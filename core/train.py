@@ -7,21 +7,24 @@ every batch; the last completed epoch's checkpoint always stays usable.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, save_model
+from .checkpoint import load_checkpoint, save_model, save_onnx
 from .dataset import open_chips
+from .device import resolve_device  # also re-exported: it lived here
 from .errors import GeoSegError, IsCancelled, Progress
+from .gdalx import with_gdal_exceptions
+from .memory import require_memory, training_bytes
 from .metrics import metrics_from_confusion
-from .options import ARCHITECTURES, CLASS_WEIGHTS, DEVICES, LOSSES, SCHEDULES
+from .options import ARCHITECTURES, CLASS_WEIGHTS, LOSSES, SCHEDULES
+from .params import TrainParams  # defined once there, with its front-end metadata
+from .reports import BatchReport, EpochReport, TrainResult  # also re-exported: they lived here
 from .staging import check_new_file
 from .trainer import Run, nan_to_none, output_paths
 
@@ -29,122 +32,46 @@ log = logging.getLogger("geoseg")
 
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    """Everything training needs; built by the dialog, the algorithm and the CLI alike."""
-
-    chips_dir: str
-    output_model: str
-    architecture: str = "unet"
-    epochs: int = 20
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    loss: str = "dice_ce"
-    class_weights: str = "none"
-    ignore_background: bool = False
-    device: str = "auto"
-    seed: int = 0
-    schedule: str = "onecycle"
-    weight_decay: float = 1e-4
-    patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
-    augment: bool = True
-    resume: bool = False
-    num_workers: int | None = None  # None: chosen from the CPU count
-    memory_budget_mb: float = 0.0  # estimated memory of a training step; 0: $GEOSEG_MEMORY_BUDGET_MB or none
-    model_options: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BatchReport:
-    """Sent to the `report` callback after every training batch (live loss)."""
-
-    epoch: int
-    epochs: int
-    batch: int
-    batches: int
-    loss: float
-
-
-@dataclass(frozen=True)
-class EpochReport:
-    """Sent to the `report` callback after every epoch (the dialog plots these)."""
-
-    epoch: int
-    epochs: int
-    train_loss: float
-    val_loss: float
-    val_miou: float
-    val_oa: float
-    val_macro_f1: float
-    per_class_iou: list[float]
-    best_epoch: int
-    seconds: float
-    batch_size: int = 0  # the batch size this epoch ran at (smaller than asked after an out of memory)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    model_path: str
-    onnx_path: str
-    metrics_path: str
-    best_epoch: int
-    val_miou: float
-    epochs_run: int
-    stopped_early: bool
-    device: str
-    card: dict
-    history: list[dict]
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name not in DEVICES:
-        raise GeoSegError(f"DEVICE must be one of {', '.join(DEVICES)} (got '{name}').")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GeoSegError(f"DEVICE: CUDA was requested, but this torch ({torch.__version__}) sees no CUDA "
-                          "device. Choose auto or cpu, or install a CUDA build of torch.")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def validate(p: TrainParams) -> None:
     """Cheap checks before reading any chip."""
     if p.architecture not in ARCHITECTURES:
-        raise GeoSegError(f"ARCHITECTURE must be one of {', '.join(ARCHITECTURES)} (got '{p.architecture}').")
+        raise GeoSegError(f"ARCHITECTURE must be one of {', '.join(ARCHITECTURES)} (got '{p.architecture}').",
+                          param="ARCHITECTURE")
     if p.loss not in LOSSES:
-        raise GeoSegError(f"LOSS must be one of {', '.join(LOSSES)} (got '{p.loss}').")
+        raise GeoSegError(f"LOSS must be one of {', '.join(LOSSES)} (got '{p.loss}').", param="LOSS")
     if p.class_weights not in CLASS_WEIGHTS:
-        raise GeoSegError(f"CLASS_WEIGHTS must be one of {', '.join(CLASS_WEIGHTS)} (got '{p.class_weights}').")
+        raise GeoSegError(f"CLASS_WEIGHTS must be one of {', '.join(CLASS_WEIGHTS)} (got '{p.class_weights}').",
+                          param="CLASS_WEIGHTS")
     if p.schedule not in SCHEDULES:
-        raise GeoSegError(f"SCHEDULE must be one of {', '.join(SCHEDULES)} (got '{p.schedule}').")
+        raise GeoSegError(f"SCHEDULE must be one of {', '.join(SCHEDULES)} (got '{p.schedule}').", param="SCHEDULE")
     if p.epochs < 1:
-        raise GeoSegError(f"EPOCHS must be at least 1 (got {p.epochs}).")
+        raise GeoSegError(f"EPOCHS must be at least 1 (got {p.epochs}).", param="EPOCHS")
     if p.batch_size < 1:
-        raise GeoSegError(f"BATCH_SIZE must be at least 1 (got {p.batch_size}).")
+        raise GeoSegError(f"BATCH_SIZE must be at least 1 (got {p.batch_size}).", param="BATCH_SIZE")
     if not p.memory_budget_mb >= 0:
-        raise GeoSegError(f"MEMORY_BUDGET must be 0 (none) or a number of megabytes (got {p.memory_budget_mb}).")
+        raise GeoSegError(f"MEMORY_BUDGET must be 0 (none) or a number of megabytes (got {p.memory_budget_mb}).",
+                          param="MEMORY_BUDGET")
     if not 0 < p.learning_rate < 1:
-        raise GeoSegError(f"LEARNING_RATE must be between 0 and 1 (got {p.learning_rate}).")
+        raise GeoSegError(f"LEARNING_RATE must be between 0 and 1 (got {p.learning_rate}).", param="LEARNING_RATE")
     from ..models.registry import validate_options  # no torch import
 
     try:
         validate_options(p.architecture, **p.model_options)
     except ValueError as e:
-        raise GeoSegError(f"MODEL_OPTIONS: {e}.") from None
+        raise GeoSegError(f"MODEL_OPTIONS: {e}.", param="MODEL_OPTIONS") from None
     if not p.output_model:
-        raise GeoSegError("OUTPUT_MODEL: no output file given.")
+        raise GeoSegError("OUTPUT_MODEL: no output file given.", param="OUTPUT_MODEL")
     if not p.output_model.endswith(".pt"):
         raise GeoSegError(f"OUTPUT_MODEL must end in .pt (got {p.output_model}); the ONNX model is written "
-                          "beside it with the same name and .onnx.")
+                          "beside it with the same name and .onnx.", param="OUTPUT_MODEL")
     paths = output_paths(p.output_model)
     if p.resume:
         if not os.path.isfile(paths["last"]):
-            raise GeoSegError(f"RESUME: there is no training state to resume ({paths['last']} not found).")
+            raise GeoSegError(f"RESUME: there is no training state to resume ({paths['last']} not found).",
+                              param="RESUME")
     else:
         for key in ("model", "onnx", "metrics", "last"):
-            check_new_file(paths[key], "OUTPUT_MODEL")
+            check_new_file(paths[key], "OUTPUT_MODEL", param="OUTPUT_MODEL")
     folder = os.path.dirname(os.path.abspath(p.output_model))
     if not os.path.isdir(folder):  # created in train(), like every other GeoSeg output's folder
         parent = folder
@@ -152,16 +79,20 @@ def validate(p: TrainParams) -> None:
             parent = os.path.dirname(parent)
         folder = parent
     if not os.access(folder, os.W_OK) or folder.startswith(("/sys", "/proc")):
-        raise GeoSegError(f"OUTPUT_MODEL: cannot write in {folder}.")
+        raise GeoSegError(f"OUTPUT_MODEL: cannot write in {folder}.", param="OUTPUT_MODEL")
 
 
+@with_gdal_exceptions
 def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False,
           report: Callable[[BatchReport | EpochReport], None] | None = None) -> TrainResult:
     """Train as described by `p`; raise GeoSegError (or Cancelled) on failure."""
     validate(p)
     chips = open_chips(p.chips_dir, p.ignore_background)
     device = resolve_device(p.device)
-    from ..models.export import export_onnx  # torch and onnx only now that work starts
+    require_memory(training_bytes(p.architecture, chips.in_channels, len(chips.classes), p.model_options,
+                                  chips.chip_size),
+                   f"training this {p.architecture} on {chips.chip_size}-pixel chips, even at batch size 1,",
+                   "MODEL_OPTIONS", "Use a smaller model (base_width, depth) or smaller chips.", device=device)
 
     out_dir = os.path.dirname(os.path.abspath(p.output_model))
     new_dir = not os.path.isdir(out_dir)
@@ -205,9 +136,8 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
         best = load_checkpoint(run.paths["model"])
         run.model.load_state_dict(best["state_dict"])
         card = best["card"]
-        # export_onnx writes beside the target and renames only a checked model
-        export_onnx(run.model.to("cpu").eval(), chips.in_channels, run.paths["onnx"],
-                    metadata={"geoseg": json.dumps(card)})
+        # written beside the target, renamed only once checked
+        save_onnx(run.paths["onnx"], run.model.to("cpu").eval(), card)
         progress(1.0)
     except BaseException:
         if created:  # failed or cancelled before the first epoch finished: leave nothing behind
@@ -221,16 +151,15 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
                        run.best_miou, len(run.history), stopped_early, device, card, run.history)
 
 
+@with_gdal_exceptions
 def export_model_onnx(model_path: str, onnx_path: str) -> str:
     """`.pt` → `.onnx` with the same card (geoseg:exportonnx)."""
-    from ..models.export import export_onnx
     from .checkpoint import model_from_checkpoint
 
     if not onnx_path.endswith(".onnx"):
         raise GeoSegError(f"OUTPUT must end in .onnx (got {onnx_path}).")
-    check_new_file(onnx_path, "OUTPUT")
+    check_new_file(onnx_path, "OUTPUT", param="OUTPUT")
     state = load_checkpoint(model_path)
     model = model_from_checkpoint(state)
-    card = state["card"]
-    export_onnx(model.eval(), card["in_channels"], onnx_path, metadata={"geoseg": json.dumps(card)})
+    save_onnx(onnx_path, model.eval(), state["card"], "OUTPUT")
     return onnx_path

@@ -14,16 +14,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
-from .card import recommended_tiling
-from .checkpoint import atomic_write, load_checkpoint, remove_stale_partials, save_model
+from .card import ModelCard, recommended_tiling
+from .checkpoint import load_checkpoint, save_model
 from .dataset import ChipDataset, ChipsFolder, augment_batch
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress, first_line
-from .memory import check_budget, halve_batch, is_out_of_memory, memory_budget_mb, release_cuda_cache
+from .memory import check_budget, leaf_output_bytes, memory_budget_mb, release_cuda_cache, retry_halving_batch
 from .metrics import confusion_matrix
 from .options import IGNORE_INDEX
+from .reports import BatchReport
+from .staging import atomic_write, remove_stale_partials
 
 if TYPE_CHECKING:
-    from .train import TrainParams
+    from .params import TrainParams
 
 log = logging.getLogger("geoseg")
 
@@ -86,7 +88,6 @@ class Run:
         if device == "cuda":
             self.model.to(memory_format=torch.channels_last)
         weights = class_weight_tensor(p, chips)
-        self.weights = weights
         self.loss_fn = build_loss(p.loss, len(chips.classes),
                                   None if weights is None else weights.to(device), IGNORE_INDEX)
         self.workers = default_workers() if p.num_workers is None else p.num_workers
@@ -153,26 +154,16 @@ class Run:
         import torch
 
         chip, c = self.chips.chip_size, self.chips.in_channels
-        outputs = [0]
-
-        def hook(_module, _inputs, out) -> None:
-            for t in out if isinstance(out, list | tuple) else [out]:
-                if isinstance(t, torch.Tensor):
-                    outputs[0] += t.numel() * t.element_size()
-
-        leaves = [m for m in self.model.modules() if not any(True for _ in m.children())]
-        handles = [m.register_forward_hook(hook) for m in leaves]
         was_training = self.model.training
         try:
             self.model.eval()
             with torch.no_grad():
-                self.model(torch.zeros(1, c, chip, chip, device=self.device))
+                outputs = leaf_output_bytes(self.model,
+                                            lambda: self.model(torch.zeros(1, c, chip, chip, device=self.device)))
         finally:
-            for h in handles:
-                h.remove()
             self.model.train(was_training)
         params = sum(q.numel() * q.element_size() for q in self.model.parameters())
-        per_sample = ACTIVATION_FACTOR * outputs[0] + chip * chip * (4 * c + 8)  # + float input, int64 mask
+        per_sample = ACTIVATION_FACTOR * outputs + chip * chip * (4 * c + 8)  # + float input, int64 mask
         log.info("Memory budget %.0f MB: a training step needs about %.0f MB + %.1f MB per chip.", self.budget_mb,
                  4 * params / 1e6, per_sample / 1e6)
         return 4.0 * params, per_sample
@@ -182,12 +173,10 @@ class Run:
         fixed, per_sample = self.step_memory
         return fixed + batch * per_sample
 
-    def _oom(self, exc: BaseException, epoch: int) -> None:
-        """Out of memory in epoch `epoch`: halve the batch (or give up at 1, with a GeoSegError), and
-        restart the epoch from the state it started with, so the run stays the run it would have
-        been at the smaller batch."""
-        release_cuda_cache()
-        self.batch_size = self.val_batch_size = halve_batch(self.batch_size, exc, "training")
+    def _restart_epoch(self, batch: int, epoch: int) -> None:
+        """After an out of memory in epoch `epoch`, the batch halved to `batch`: restart the epoch from
+        the state it started with, so the run stays the run it would have been at the smaller batch."""
+        self.batch_size = self.val_batch_size = batch
         self._build_loaders()
         self._restore(self._epoch_start_state(epoch))
         self._build_scheduler(epoch)
@@ -228,11 +217,12 @@ class Run:
         torch.set_rng_state(state["torch_rng"])
 
     # ------------------------------------------------------------ state
-    def card(self) -> dict:
+    def card(self) -> ModelCard:
+        """The card of the model as it is now (validated: a checkpoint never carries a wrong one)."""
         ds = self.chips.dataset
         best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
         names = [c["name"] for c in self.chips.classes]
-        return {
+        return ModelCard.from_dict({
             "geoseg_version": __version__,
             "classes": self.chips.classes,
             "bands": ds["bands"],
@@ -256,7 +246,7 @@ class Run:
             "epochs_run": len(self.history),
             "split": ds.get("split"),
             "dataset_sha256": self.chips.sha256,
-        }
+        }, "OUTPUT_MODEL")
 
     def resume(self) -> None:
         for path in self.paths.values():  # temporary files of a killed run (the files themselves are whole)
@@ -318,23 +308,13 @@ class Run:
                     report: Callable[[object], None] | None = None) -> float:
         """One epoch; on out of memory (CUDA, CPU, or over the budget) the epoch restarts at half the batch."""
         self.remember_start()
-        while True:
-            try:
-                return self._train_epoch(epoch, progress, cancelled, report)
-            except GeoSegError:
-                raise
-            except Exception as e:  # an OOM comes as RuntimeError, MemoryError or a backend's error
-                if not is_out_of_memory(e):
-                    raise
-                oom = e.with_traceback(None)  # let the failed step's tensors go
-            log.info("%s", first_line(oom))
-            self._oom(oom, epoch)
+        loss, _ = retry_halving_batch(lambda _batch: self._train_epoch(epoch, progress, cancelled, report),
+                                      self.batch_size, "training", lambda batch: self._restart_epoch(batch, epoch))
+        return loss
 
     def _train_epoch(self, epoch: int, progress: Progress, cancelled: IsCancelled,
                      report: Callable[[object], None] | None = None) -> float:
         import torch
-
-        from .train import BatchReport
 
         self.model.train()
         total, n = 0.0, 0
@@ -372,18 +352,13 @@ class Run:
 
     def validate_epoch(self, cancelled: IsCancelled, epoch: int) -> tuple[float, np.ndarray]:
         """Validation changes no state, so after an out of memory it simply runs again at half the batch."""
-        while True:
-            try:
-                return self._validate_epoch(cancelled, epoch)
-            except GeoSegError:
-                raise
-            except Exception as e:  # as in train_epoch
-                if not is_out_of_memory(e):
-                    raise
-                oom = e.with_traceback(None)
-            release_cuda_cache()
-            self.val_batch_size = halve_batch(self.val_batch_size, oom, "validation")
+        def smaller(batch: int) -> None:
+            self.val_batch_size = batch
             self._build_loaders()
+
+        result, _ = retry_halving_batch(lambda _batch: self._validate_epoch(cancelled, epoch), self.val_batch_size,
+                                        "validation", smaller)
+        return result
 
     def _validate_epoch(self, cancelled: IsCancelled, epoch: int) -> tuple[float, np.ndarray]:
         import torch

@@ -14,13 +14,15 @@ Measured on 2 CPU cores, default options, 4 bands, 64×64 sample:
     fcn             0.3 s     8 s
 
 If a later torch drops the tracer, `export_onnx` falls back to the dynamo exporter (opset 18).
+
+`export_onnx` writes `path` itself; GeoSeg's own model files go through
+`core.checkpoint.save_onnx`, which hands it a hidden partial path and renames it only once the
+model is complete and checked (models/ does not import core).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 
 import onnx
@@ -57,8 +59,8 @@ def export_onnx(
     """Write `model` (in eval mode; its mode is restored) to `path` with `metadata` as metadata_props.
 
     The graph takes float32 `input` [N, in_channels, H, W] and returns `logits`
-    [N, K, H, W]; N, H and W are dynamic. The file is written beside `path` first and moved
-    into place only once `onnx.checker` accepts it, so a failure leaves no half-written model.
+    [N, K, H, W]; N, H and W are dynamic. `onnx.checker` must accept the model before it is saved
+    in its final form; write to a partial path (core.staging) when a failure must leave nothing.
     """
     metadata = dict(metadata or {})
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
@@ -69,15 +71,12 @@ def export_onnx(
     device = param.device if param is not None else torch.device("cpu")
     # batch 2: the dynamo fallback would specialise a batch of 1 to a constant
     sample = torch.randn(2, in_channels, sample_size, sample_size, device=device)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder)
-    os.close(fd)
     try:
         model.eval()
         with torch.no_grad():
             num_classes = int(model(sample).shape[1])
-            _export(model, sample, tmp)
-        proto = onnx.load(tmp)
+            _export(model, sample, path)
+        proto = onnx.load(path)
         # the tracer leaves the class axis symbolic after the crop; it is fixed, say so
         proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = num_classes
         kept = [p for p in proto.metadata_props if p.key not in metadata]
@@ -86,9 +85,6 @@ def export_onnx(
         for key, value in metadata.items():
             proto.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(proto)
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
+        onnx.save(proto, path)
     finally:
         model.train(was_training)
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.options import ARCHITECTURES
+from .names import ARCHITECTURES
 
 if TYPE_CHECKING:
     from torch import nn

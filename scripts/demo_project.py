@@ -20,8 +20,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QRectF, QSize, Qt
 from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter
 
+from geoseg.adapter.style import apply_class_style, render_layers, true_colour
 from geoseg.core.raster import category_names
-from geoseg.ui.style import apply_class_style, render_layers, true_colour
 
 PANEL = QSize(420, 350)
 

@@ -35,10 +35,10 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QSize
 from qgis.PyQt.QtGui import QColor, QGuiApplication, QImage, QPainter
 
+from geoseg.adapter.style import render_layers, true_colour
 from geoseg.core import deps
 from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.sample import make_sample_scene
-from geoseg.ui.style import render_layers, true_colour
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,7 +202,7 @@ def segment_step(shots: Shooter, raster: QgsRasterLayer, model: str, work: str) 
     run_dialog(dlg, "segment")
     check(dlg.last_layer is not None and dlg.last_layer.isValid(), "no class layer was added")
     shots.state["segment"] = {"output": os.path.exists(dlg.last_result.output_path), "card_classes":
-                              len(dlg.card["classes"]), "device_info": dlg.deviceInfo.text(),
+                              dlg.card.num_classes, "device_info": dlg.deviceInfo.text(),
                               "provider": dlg.last_result.provider, "tiles": dlg.last_result.tiles}
     half = QSize(384, 320)
     canvas = QImage(2 * half.width() + 8, half.height(), QImage.Format_ARGB32)

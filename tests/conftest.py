@@ -86,10 +86,11 @@ def model(tmp_path_factory, net) -> str:
 
     from segment_fixtures import card
 
+    from geoseg.core.card import CARD_KEY
     from geoseg.models.export import export_onnx
 
     path = str(tmp_path_factory.mktemp("model") / "tiny.onnx")
-    export_onnx(net, 3, path, sample_size=32, metadata={"geoseg": json.dumps(card())})
+    export_onnx(net, 3, path, sample_size=32, metadata={CARD_KEY: json.dumps(card())})
     return path
 
 

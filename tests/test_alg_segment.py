@@ -39,9 +39,9 @@ def test_qgis_process_segment(model, tmp_path, kind):
     ds, src = gdal.Open(out), gdal.Open(raster)
     assert (ds.RasterXSize, ds.RasterYSize) == (150, 110) and ds.GetGeoTransform() == src.GetGeoTransform()
     classes = ds.ReadAsArray()
-    assert set(np.unique(classes)) <= {c["value"] for c in card["classes"]} | {255}
+    assert set(np.unique(classes)) <= {c.value for c in card.classes} | {255}
     assert (classes[30:39, 40:52] == 255).all() and (classes != 255).sum() == 150 * 110 - 12 * 9
-    assert gdal.Open(str(tmp_path / "p.tif")).RasterCount == len(card["classes"])
+    assert gdal.Open(str(tmp_path / "p.tif")).RasterCount == card.num_classes
     assert tree_snapshot(os.path.dirname(raster)) == before
 
 
@@ -64,11 +64,12 @@ def test_result_is_styled_with_the_card(geoseg_provider, model, tmp_path):
     raster, _, onnx_path, card = model
     res = processing.run("geoseg:segment", {"INPUT": raster, "MODEL": onnx_path, "OUTPUT": str(tmp_path / "c.tif")})
     layer = QgsRasterLayer(res["OUTPUT"], "classes")
-    ClassStyler(card["classes"]).postProcessLayer(layer, QgsProcessingContext(), QgsProcessingFeedback())
+    styler = ClassStyler([c.to_dict() for c in card.classes])
+    styler.postProcessLayer(layer, QgsProcessingContext(), QgsProcessingFeedback())
     renderer = layer.renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     got = [(c.value, c.color.name(), c.label) for c in renderer.classes()]
-    assert got == [(c["value"], c["color"], c["name"]) for c in card["classes"]]
+    assert got == [(c.value, c.color, c.name) for c in card.classes]
 
 
 def test_memory_budget_halves_the_batch_and_says_so(geoseg_provider, model, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from qgis.core import QgsProcessingException
 
+from geoseg.core.card import CARD_KEY, ModelCard
 from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.options import ARCHITECTURES
 
@@ -49,10 +50,10 @@ def test_qgis_process_train_every_architecture(chips, tmp_path, index, arch):
     assert 0.0 <= float(out["VAL_MIOU"]) <= 1.0 and out["BEST_EPOCH"] in ("1", "2")
     for key in ("OUTPUT_MODEL", "OUTPUT_ONNX", "METRICS"):
         assert os.path.getsize(out[key]) > 0
-    card = json.loads(torch.load(model, weights_only=True)["card"])
-    assert card["architecture"] == arch
+    card = ModelCard.from_json(torch.load(model, weights_only=True)["card"])  # stored as plain JSON text
+    assert card.architecture == arch
     meta = {p.key: p.value for p in onnx.load(out["OUTPUT_ONNX"]).metadata_props}
-    assert json.loads(meta["geoseg"])["architecture"] == arch
+    assert ModelCard.from_json(meta[CARD_KEY]).architecture == arch
 
 
 def test_processing_exportonnx_and_refusals(geoseg_provider, chips, tmp_path):
@@ -63,7 +64,8 @@ def test_processing_exportonnx_and_refusals(geoseg_provider, chips, tmp_path):
     assert os.path.exists(res["OUTPUT_ONNX"])
     out = processing.run("geoseg:exportonnx", {"MODEL": res["OUTPUT_MODEL"], "OUTPUT": str(tmp_path / "again.onnx")})
     meta = {p.key: p.value for p in onnx.load(out["OUTPUT"]).metadata_props}
-    assert json.loads(meta["geoseg"])["classes"] == json.load(open(os.path.join(chips, "dataset.json")))["classes"]
+    classes = [c.to_dict() for c in ModelCard.from_json(meta[CARD_KEY]).classes]
+    assert classes == json.load(open(os.path.join(chips, "dataset.json")))["classes"]
     before = tree_snapshot(str(tmp_path))
     with pytest.raises(QgsProcessingException, match="already exists"):
         processing.run("geoseg:train", {"CHIPS": chips, "OUTPUT_MODEL": res["OUTPUT_MODEL"], "EPOCHS": 1,

@@ -19,6 +19,7 @@ from geoseg.core.assess import AssessParams
 from geoseg.core.errors import GeoSegError
 from geoseg.core.raster import set_category_names
 from geoseg.ui.assess_dialog import SETTINGS_PREFIX, TABLE_COLUMNS, AssessDialog
+from geoseg.ui.base_dialog import FIELD_ERROR_STYLE
 
 from helpers import fresh_settings, make_vector, open_dialog, run_and_wait, utm_box, wait_for, write_classes
 
@@ -123,15 +124,15 @@ def test_params_maps_widgets(dialog, layers, rasters, tmp_path):
                                            class_field="cls")
 
 
-@pytest.mark.parametrize(("case", "message"), [
-    ("no_reference", "Reference: choose"),
-    ("no_report", "Report: choose"),
-    ("bad_suffix", "Report: the file name must end in .html or .json"),
-    ("no_class_field", "Class field: choose the integer field"),
-    ("existing_html", "already exists"),
-    ("existing_json", "already exists"),
+@pytest.mark.parametrize(("case", "message", "marked"), [
+    ("no_reference", "Reference: choose", "referenceLayer"),  # the dialog's own: nothing chosen
+    ("no_report", "Report: choose", "reportFile"),
+    ("bad_suffix", "OUTPUT_REPORT must end in .json or .html", "reportFile"),  # core.assess.validate from here on
+    ("no_class_field", "CLASS_FIELD: give the integer field of REFERENCE_VECTOR", "classField"),
+    ("existing_html", "already exists", "reportFile"),
+    ("existing_json", "already exists", "reportFile"),
 ])
-def test_validation_refuses_before_starting(dialog, layers, tmp_path, case, message):
+def test_validation_refuses_before_starting(dialog, layers, tmp_path, case, message, marked):
     setup(dialog, layers["pred"], layers["ref"], tmp_path / "r.html")
     if case == "no_reference":
         dialog.referenceLayer.setLayer(None)
@@ -147,6 +148,7 @@ def test_validation_refuses_before_starting(dialog, layers, tmp_path, case, mess
         existing.write_text("keep me")
     before = sorted(os.listdir(tmp_path))
     assert_refused(dialog, message)
+    assert getattr(dialog, marked).styleSheet() == FIELD_ERROR_STYLE  # the field the error is about
     assert sorted(os.listdir(tmp_path)) == before
     if case.startswith("existing"):
         assert "never overwrites" in dialog.messageLabel.text()

@@ -79,6 +79,7 @@ def build_inputs(d: str) -> None:
     from segment_fixtures import card
     from torch import nn
 
+    from geoseg.core.card import CARD_KEY, ModelCard
     from geoseg.core.checkpoint import FORMAT, save_model
     from geoseg.core.chips import ExportParams, export_chips
     from geoseg.models.export import export_onnx
@@ -106,17 +107,18 @@ def build_inputs(d: str) -> None:
     torch.manual_seed(0)
     good = card()
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1)).eval()
-    export_onnx(net, 3, f"{d}/model.onnx", sample_size=32, metadata={"geoseg": json.dumps(good)})
+    export_onnx(net, 3, f"{d}/model.onnx", sample_size=32, metadata={CARD_KEY: json.dumps(good)})
     export_onnx(nn.Conv2d(3, 5, 1).eval(), 3, f"{d}/wrong_shape.onnx", sample_size=32,
-                metadata={"geoseg": json.dumps(good)})
+                metadata={CARD_KEY: json.dumps(good)})
     export_onnx(net, 3, f"{d}/no_card.onnx", sample_size=32)
-    export_onnx(net, 3, f"{d}/card_not_json.onnx", sample_size=32, metadata={"geoseg": "{classes: oops"})
+    export_onnx(net, 3, f"{d}/card_not_json.onnx", sample_size=32, metadata={CARD_KEY: "{classes: oops"})
     export_onnx(net, 3, f"{d}/card_wrong_types.onnx", sample_size=32,
-                metadata={"geoseg": json.dumps({**good, "in_channels": "3"})})
+                metadata={CARD_KEY: json.dumps({**good, "in_channels": "3"})})
     unet = build_model("unet", 3, 3, base_width=4, depth=2)
     pt_card = {**good, "architecture": "unet", "architecture_options": unet.options}
-    save_model(f"{d}/model.pt", unet.state_dict(), pt_card)
-    save_model(f"{d}/card_wrong_types.pt", unet.state_dict(), {**pt_card, "chip_size": "32"})
+    save_model(f"{d}/model.pt", unet.state_dict(), ModelCard.from_dict(pt_card))
+    torch.save({"format": FORMAT, "version": 1, "card": json.dumps({**pt_card, "chip_size": "32"}),
+                "state_dict": unet.state_dict()}, f"{d}/card_wrong_types.pt")  # a foreign writer's card
     torch.save({"format": FORMAT, "version": 1, "card": "{oops", "state_dict": unet.state_dict()},
                f"{d}/card_not_json.pt")
     torch.save({"format": FORMAT, "card": json.dumps(pt_card), "payload": Evil(os.path.join(d, MARKER))},
@@ -143,12 +145,123 @@ def build_inputs(d: str) -> None:
     write_classes(f"{d}/ref_crs.tif", ref, None, epsg=32634)
     make_vector(f"{d}/ref.gpkg", [(utm_box(0, 0, 25, 40), 1), (utm_box(25, 0, 50, 20), 3)])
 
+    build_issue13_inputs(d, net, good)
+
     spaced = SPACED.format(**{"in": d})
     os.makedirs(spaced)
     for src, dst in (("rgb.tif", "scène 1.tif"), ("labels.gpkg", "étiquettes 1.gpkg"), ("model.pt", "modèle 1.pt"),
                      ("pred.tif", "prédiction 1.tif"), ("ref.tif", "référence 1.tif")):
         shutil.copy(f"{d}/{src}", f"{spaced}/{dst}")
     shutil.copytree(f"{d}/chips", f"{spaced}/chips ø")
+
+
+def _chips_variant(d: str, name: str, dataset: Callable[[dict], object] | None = None,
+                   rows: Callable[[list[dict]], None] | None = None) -> str:
+    """A copy of {in}/chips with dataset.json and/or chips.csv rows changed."""
+    folder = f"{d}/{name}"
+    shutil.copytree(f"{d}/chips", folder)
+    if dataset is not None:
+        with open(f"{folder}/dataset.json", encoding="utf-8") as f:
+            data = json.load(f)
+        changed = dataset(data)
+        with open(f"{folder}/dataset.json", "w", encoding="utf-8") as f:
+            json.dump(data if changed is None else changed, f)
+    if rows is not None:
+        with open(f"{folder}/chips.csv", newline="", encoding="utf-8") as f:
+            table = list(csv.DictReader(f))
+        rows(table)
+        with open(f"{folder}/chips.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
+    return folder
+
+
+def _chip_file(path: str, bands: int, size: int, values: int | None = None) -> None:
+    """Replace a chip file by a Byte raster with `bands` bands of `size` px (all `values`, else random)."""
+    ds = gdal.GetDriverByName("GTiff").Create(path, size, size, bands, gdal.GDT_Byte)
+    ds.SetGeoTransform(CLASS_GT)
+    ds.SetProjection(srs(UTM).ExportToWkt())
+    rng = np.random.default_rng(0)
+    for b in range(bands):
+        ds.GetRasterBand(b + 1).WriteArray(np.full((size, size), values, np.uint8) if values is not None
+                                           else rng.integers(0, 255, (size, size), dtype=np.uint8))
+    ds = None
+
+
+def _edit_class(i: int, **changes: object) -> Callable[[dict], None]:
+    return lambda data: data["classes"][i].update(changes)
+
+
+def _norm(key: str, values: list) -> Callable[[dict], None]:
+    return lambda data: data["normalization"].update({key: values})
+
+
+def build_issue13_inputs(d: str, net, good: dict) -> None:
+    """Issue 13's inputs: broken chips folders, a NaN model, a multi-band reference, a UInt16 prediction."""
+    from torch import nn
+
+    from geoseg.core.card import CARD_KEY
+    from geoseg.models.export import export_onnx
+
+    first = sorted(os.listdir(f"{d}/chips/images"))[0]
+    _chips_variant(d, "chips_json_list", dataset=lambda data: [data])
+    _chips_variant(d, "chips_no_classes", dataset=lambda data: data.pop("classes") and None)
+    _chips_variant(d, "chips_class_300", dataset=_edit_class(1, value=300))
+    _chips_variant(d, "chips_dup_class", dataset=_edit_class(1, value=0))
+    _chips_variant(d, "chips_colour_red", dataset=_edit_class(1, color="red"))
+    _chips_variant(d, "chips_empty_name", dataset=_edit_class(1, name=""))
+    _chips_variant(d, "chips_in_channels", dataset=lambda data: data.update(
+        in_channels=4, bands=[1, 2, 3, 4], normalization={"mean": [100.0] * 4, "std": [30.0] * 4}))
+    _chips_variant(d, "chips_norm_length", dataset=_norm("mean", [100.0, 100.0]))
+    _chips_variant(d, "chips_std_zero", dataset=_norm("std", [30.0, 0.0, 30.0]))
+    _chips_variant(d, "chips_std_nan", dataset=_norm("std", [float("nan"), 30.0, 30.0]))
+    folder = _chips_variant(d, "chips_mixed_sizes")
+    _chip_file(f"{folder}/images/{first}", 3, 16)
+    _chip_file(f"{folder}/masks/{first}", 1, 16, 0)
+    folder = _chips_variant(d, "chips_not_raster")
+    with open(f"{folder}/images/{first}", "w") as f:
+        f.write("not a raster\n")
+    _chip_file(f"{_chips_variant(d, 'chips_two_bands')}/images/{first}", 2, 32)
+    _chip_file(f"{_chips_variant(d, 'chips_mask_bands')}/masks/{first}", 2, 32, 0)
+    _chip_file(f"{_chips_variant(d, 'chips_mask_value')}/masks/{first}", 1, 32, 9)
+
+    def escape(table: list[dict]) -> None:
+        table[0]["image"] = "../../../../etc/passwd"
+
+    def absolute(table: list[dict]) -> None:
+        table[1]["mask"] = os.path.abspath(f"{d}/chips/masks/{first}")
+
+    _chips_variant(d, "chips_escape", rows=escape)
+    _chips_variant(d, "chips_absolute", rows=absolute)
+    folder = _chips_variant(d, "chips_symlink")
+    os.remove(f"{folder}/images/{first}")
+    os.symlink(os.path.abspath(f"{d}/rgb.tif"), f"{folder}/images/{first}")
+
+    class NaNModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x) * float("nan")
+
+    export_onnx(NaNModel().eval(), 3, f"{d}/nan_model.onnx", sample_size=32, metadata={CARD_KEY: json.dumps(good)})
+
+    ds = gdal.GetDriverByName("GTiff").Create(f"{d}/ref_3bands.tif", 50, 40, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform(CLASS_GT)
+    ds.SetProjection(srs(UTM).ExportToWkt())
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(np.ones((40, 50), np.uint8))
+    ds = None
+    pred = np.ones((40, 50), np.uint16)
+    pred[:, 25:] = 3
+    pred[30:, :10] = 300  # 100 pixels of a value the reference never holds (reference class 1 there)
+    ds = gdal.GetDriverByName("GTiff").Create(f"{d}/pred_300.tif", 50, 40, 1, gdal.GDT_UInt16)
+    ds.SetGeoTransform(CLASS_GT)
+    ds.SetProjection(srs(UTM).ExportToWkt())
+    ds.GetRasterBand(1).WriteArray(pred)
+    ds = None
 
 
 @pytest.fixture(scope="module")
@@ -325,11 +438,23 @@ def check_assess_spaces(out: str, inputs: str) -> None:
 def check_exportonnx_spaces(out: str, inputs: str) -> None:
     import onnx
 
+    from geoseg.core.card import CARD_KEY, ModelCard
+
     meta = {p.key: p.value for p in onnx.load(os.path.join(out, "modèle ø 1.onnx")).metadata_props}
-    assert json.loads(meta["geoseg"])["architecture"] == "unet"
+    assert ModelCard.from_json(meta[CARD_KEY]).architecture == "unet"
+
+
+def check_assess_value_300(out: str, inputs: str) -> None:
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert report["values"] == [1, 3, 300]
+    assert report["predicted_values_not_in_reference"] == [{"value": 300, "pixels": 100}]
+    assert report["confusion_matrix"]["matrix"] == [[900, 0, 100], [0, 1000, 0], [0, 0, 0]]
+    assert report["overall_accuracy"] == pytest.approx(1900 / 2000)
+    assert "value 300: 100 pixels" in open(os.path.join(out, "report.html"), encoding="utf-8").read()
 
 
 CHECKS: dict[str, Callable[[str, str], None]] = {
+    "assess-value-300": check_assess_value_300,
     "export-nan-hole": check_export_nan_hole, "export-degree-raster": check_export_degree,
     "export-spaces": check_export_spaces, "train-spaces": check_train_spaces,
     "segment-nan-hole": check_segment_nan_hole, "segment-spaces": check_segment_spaces,
@@ -370,6 +495,15 @@ def test_table_covers_the_issue():
     bad = [c for c in CASES if not c.ok]
     assert len(bad) >= 28 and {c.alg for c in CASES} == {"exportchips", "train", "segment", "assess", "exportonnx"}
     assert set(CHECKS) == {c.id for c in CASES if c.ok}
+    # issue 13, families 1-3: the dataset validator, path containment, finite outputs, assess, memory
+    issue13 = {"train-dataset-json-list", "train-dataset-no-classes", "train-class-value-300",
+               "train-duplicate-class-values", "train-class-colour-red", "train-in-channels-mismatch",
+               "train-normalization-length", "train-constant-band", "train-mixed-chip-sizes", "train-chip-not-raster",
+               "train-chip-band-count", "train-mask-two-bands", "train-mask-unlisted-class", "train-path-escapes",
+               "train-path-absolute", "train-path-symlink", "train-huge-model", "export-chip-size-huge",
+               "segment-nan-model", "assess-multiband-reference", "assess-value-300"}
+    assert issue13 <= {c.id for c in CASES}
+    assert not [c for c in CASES if c.alg == "assess" and not c.ok and c.message.startswith(("INPUT", "LABELS"))]
 
 
 def test_docs_table_is_current():

@@ -187,7 +187,7 @@ def assert_complete_epochs(out, epochs: int) -> None:
     assert sorted(files) == ["last", "metrics", "model"]
     last = load_checkpoint(files["last"])
     assert last["epoch"] == epochs and len(last["history"]) == epochs
-    assert 1 <= load_checkpoint(files["model"])["card"]["metrics"]["epoch"] <= epochs
+    assert 1 <= load_checkpoint(files["model"])["card"].metrics.epoch <= epochs
     with open(files["metrics"], newline="") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, epochs + 1))
 

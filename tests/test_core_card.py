@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from geoseg.core.backends import read_model_card
-from geoseg.core.card import SCHEMA, card_errors, card_from_json, json_schema, validate_card
-from geoseg.core.checkpoint import load_checkpoint, save_model
+from geoseg.core.card import CARD_KEY, SCHEMA, ModelCard, card_errors, card_from_json, json_schema, validate_card
+from geoseg.core.checkpoint import FORMAT, load_checkpoint, save_model
 from geoseg.core.errors import GeoSegError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,11 +128,13 @@ def test_json_schema_agrees_with_the_validator_on_examples():
 
 
 def test_card_survives_a_checkpoint_round_trip_and_a_bad_one_is_refused(tmp_path):
-    save_model(str(tmp_path / "m.pt"), {}, good())
-    assert load_checkpoint(str(tmp_path / "m.pt"))["card"] == good()
+    import torch
+
+    save_model(str(tmp_path / "m.pt"), {}, ModelCard.from_dict(good()))
+    assert load_checkpoint(str(tmp_path / "m.pt"))["card"].to_dict() == {**good(), "schema_version": 1}
     bad = copy.deepcopy(good())
     bad["classes"][2]["value"] = "x"
-    save_model(str(tmp_path / "bad.pt"), {}, bad)
+    torch.save({"format": FORMAT, "card": json.dumps(bad), "state_dict": {}}, tmp_path / "bad.pt")  # a foreign writer
     with pytest.raises(GeoSegError, match=r"^MODEL: card field classes\[2\]\.value must be an integer 0–254"):
         load_checkpoint(str(tmp_path / "bad.pt"))
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []  # atomic writes leave no temp file
@@ -148,14 +150,14 @@ def onnx_with(card: dict | None, broken: bool = False) -> onnx.ModelProto:
                               opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if card is not None:
-        helper.set_model_props(model, {"geoseg": json.dumps(card)})
+        helper.set_model_props(model, {CARD_KEY: json.dumps(card)})
     return model
 
 
 def test_untrusted_onnx_is_checked_and_its_card_validated(tmp_path):
     ok = str(tmp_path / "ok.onnx")
     onnx.save(onnx_with(good()), ok)
-    assert read_model_card(ok) == good()
+    assert read_model_card(ok).to_dict() == {**good(), "schema_version": 1}
     broken = str(tmp_path / "broken.onnx")
     onnx.save(onnx_with(good(), broken=True), broken)
     with pytest.raises(onnx.checker.ValidationError):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from geoseg.core.card import CARD_KEY
 from geoseg.core.options import ARCHITECTURES
 from geoseg.models.export import export_onnx
 from geoseg.models.receptive import receptive_field_radius
@@ -125,11 +126,11 @@ def test_onnx_matches_torch_at_other_sizes_and_carries_metadata(name: str, tmp_p
     model = build_model(name, 4, 3, **options).train()
     path = str(tmp_path / f"{name}.onnx")
     card = json.dumps({"in_channels": 4, "architecture": name})
-    export_onnx(model, 4, path, sample_size=64, metadata={"geoseg": card, "note": "test"})
+    export_onnx(model, 4, path, sample_size=64, metadata={CARD_KEY: card, "note": "test"})
     assert model.training, "export must restore the training mode"
     proto = onnx.load(path)
     onnx.checker.check_model(proto)
-    assert {p.key: p.value for p in proto.metadata_props} == {"geoseg": card, "note": "test"}
+    assert {p.key: p.value for p in proto.metadata_props} == {CARD_KEY: card, "note": "test"}
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"]
     assert [o.name for o in session.get_outputs()] == ["logits"]

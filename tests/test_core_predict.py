@@ -15,6 +15,7 @@ from osgeo import gdal
 
 from geoseg.core import predict
 from geoseg.core.backends import open_backend
+from geoseg.core.card import CARD_KEY, ModelCard
 from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.errors import Cancelled, GeoSegError
 from geoseg.core.predict import SegmentParams, keep_spans, make_tiling, read_model_card, segment, tile_memory_bytes
@@ -55,14 +56,15 @@ def scene(tmp_path_factory):
     raster = str(root / "scene.tif")
     pixels = make_raster(raster, W, H, bands=3, hole=HOLE)
     model = str(root / "conv.onnx")
-    export_onnx(conv_stack(), 3, model, metadata={"geoseg": json.dumps(card())})
+    export_onnx(conv_stack(), 3, model, metadata={CARD_KEY: json.dumps(card())})
     return raster, model, pixels
 
 
 def whole_image(model: str, pixels: np.ndarray, c: dict) -> tuple[np.ndarray, np.ndarray]:
     """Reference: the model run once on the whole normalised raster."""
-    mean = np.array(c["normalization"]["mean"], np.float32)[:, None, None]
-    std = np.array(c["normalization"]["std"], np.float32)[:, None, None]
+    norm = ModelCard.from_dict(c).normalization
+    mean = np.array(norm.mean, np.float32)[:, None, None]
+    std = np.array(norm.std, np.float32)[:, None, None]
     valid = (pixels != 0).all(axis=0)
     x = (pixels.astype(np.float32) - mean) / std
     x[:, ~valid] = 0
@@ -128,7 +130,7 @@ def test_raster_smaller_than_chip(tmp_path):
     raster = str(tmp_path / "small.tif")
     pixels = make_raster(raster, 20, 25, bands=3)
     model = str(tmp_path / "m.onnx")
-    export_onnx(conv_stack(), 3, model, metadata={"geoseg": json.dumps(card())})
+    export_onnx(conv_stack(), 3, model, metadata={CARD_KEY: json.dumps(card())})
     out = str(tmp_path / "c.tif")
     segment(SegmentParams(raster, model, out))
     got = gdal.Open(out).ReadAsArray()
@@ -198,7 +200,7 @@ def test_bad_inputs(scene, trained, tmp_path):
     bare = str(tmp_path / "bare.onnx")
     export_onnx(conv_stack(), 3, bare)
     wrong = str(tmp_path / "wrong.onnx")
-    export_onnx(conv_stack(classes=5), 3, wrong, metadata={"geoseg": json.dumps(card())})
+    export_onnx(conv_stack(classes=5), 3, wrong, metadata={CARD_KEY: json.dumps(card())})
     existing = tmp_path / "exists.tif"
     existing.write_bytes(b"mine")
     cases = [
@@ -229,7 +231,7 @@ def test_overviews_are_written_while_streaming(tmp_path):
     raster = str(tmp_path / "big.tif")
     make_raster(raster, 1100, 530, bands=3, hole=(500, 200, 40, 30))
     model = str(tmp_path / "m.onnx")
-    export_onnx(conv_stack(), 3, model, metadata={"geoseg": json.dumps(card())})
+    export_onnx(conv_stack(), 3, model, metadata={CARD_KEY: json.dumps(card())})
     out = str(tmp_path / "c.tif")
     segment(SegmentParams(raster, model, out, str(tmp_path / "p.tif"), chip_size=64, crop=4, stride_x=56,
                           stride_y=56))

@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from geoseg.core.card import SCHEMA, card_errors, card_from_json, validate_card
+from geoseg.core.card import SCHEMA, ModelCard, card_errors, card_from_json, validate_card
 from geoseg.core.errors import GeoSegError
 from geoseg.core.grid import make_grid
 from geoseg.core.predict import make_tiling
@@ -209,6 +209,10 @@ def test_card_round_trips_through_json(card):
     text = json.dumps(card)
     assert json.dumps(card_from_json(text, "m.onnx")) == text  # compared as text: NaN != NaN in extras
     assert json.dumps(card_from_json(text.encode("utf-8"), "m.onnx")) == text
+    typed = ModelCard.from_json(text, "m.onnx")  # the typed card gives back the same JSON, plus its version
+    expected = json.dumps({**card, "schema_version": 1}, sort_keys=True)
+    assert json.dumps(typed.to_dict(), sort_keys=True) == expected
+    assert json.dumps(json.loads(typed.to_json()), sort_keys=True) == expected
 
 
 @FAST

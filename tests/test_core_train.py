@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from geoseg.core.card import CARD_KEY, ModelCard
 from geoseg.core.checkpoint import load_checkpoint
 from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.dataset import open_chips
@@ -56,24 +57,26 @@ def test_train_writes_model_onnx_metrics_and_card(chips, tmp_path):
     assert float(rows[r.best_epoch - 1]["val_miou"]) == pytest.approx(r.val_miou, abs=1e-6)
 
     state = torch.load(r.model_path, map_location="cpu", weights_only=True)  # plain weights: no pickle
-    card = json.loads(state["card"])
+    assert isinstance(state["card"], str)  # plain JSON text inside the checkpoint
+    card = ModelCard.from_json(state["card"])
     ds = json.load(open(os.path.join(chips, "dataset.json")))
-    assert card["classes"] == ds["classes"] and card["bands"] == [1, 2, 3] and card["in_channels"] == 3
-    assert card["chip_size"] == 32 and card["normalization"]["mean"] == ds["normalization"]["mean"]
-    assert card["architecture"] == "unet" and card["architecture_options"]["base_width"] == 4
-    assert card["crs"]["authid"] == "EPSG:32633" and card["pixel_size"] == [2.0, 2.0]
-    rec = card["recommended"]
-    assert rec["stride"] == 32 - 2 * rec["crop"] and 0 < rec["crop"] <= 8 and rec["receptive_field_radius"] > 0
-    assert card["metrics"]["epoch"] == r.best_epoch and card["training"]["seed"] == 0
-    assert card["split"]["validation"] == 3 and len(card["dataset_sha256"]) == 64
+    assert [c.to_dict() for c in card.classes] == ds["classes"] and card.bands == (1, 2, 3) and card.in_channels == 3
+    assert card.chip_size == 32 and list(card.normalization.mean) == ds["normalization"]["mean"]
+    assert card.architecture == "unet" and card.architecture_options["base_width"] == 4
+    assert card.crs.authid == "EPSG:32633" and card.pixel_size == (2.0, 2.0)
+    rec = card.recommended
+    assert rec.stride == 32 - 2 * rec.crop and 0 < rec.crop <= 8 and rec.receptive_field_radius > 0
+    assert card.metrics.epoch == r.best_epoch and card.training["seed"] == 0
+    assert card.split["validation"] == 3 and len(card.dataset_sha256) == 64
+    assert card.schema_version == 1 and r.card == card
 
     model = onnx.load(r.onnx_path)
     meta = {p.key: p.value for p in model.metadata_props}
-    assert json.loads(meta["geoseg"]) == card
+    assert json.loads(meta[CARD_KEY]) == json.loads(state["card"])
 
     from geoseg.models.registry import build_model
 
-    net = build_model("unet", 3, 4, **card["architecture_options"])
+    net = build_model("unet", 3, 4, **card.architecture_options)
     net.load_state_dict(state["state_dict"])
     net.eval()
     x = np.random.default_rng(0).normal(size=(2, 3, 48, 40)).astype(np.float32)  # not the chip size
@@ -151,7 +154,7 @@ def test_cancel_stops_within_a_batch_and_resume_matches_uninterrupted(chips, tmp
     paths = output_paths(p.output_model)
     assert os.path.exists(paths["model"]) and os.path.exists(paths["last"]) and not os.path.exists(paths["onnx"])
     assert load_checkpoint(paths["last"])["epoch"] == 1
-    assert load_checkpoint(paths["model"])["card"]["metrics"]["epoch"] == 1
+    assert load_checkpoint(paths["model"])["card"].metrics.epoch == 1
 
     resumed = train(TrainParams(**{**p.__dict__, "resume": True}))
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
@@ -218,7 +221,7 @@ def test_ignore_background_and_class_weights(chips, tmp_path):
     assert folder.lut[0] == 255 and list(folder.lut[1:4]) == [0, 1, 2] and folder.lut[255] == 255
     r = train(params(chips, tmp_path, epochs=1, ignore_background=True, class_weights="inverse_frequency",
                      loss="focal"))
-    assert [c["value"] for c in r.card["classes"]] == [1, 2, 3] and r.card["ignore_background"] is True
+    assert [c.value for c in r.card.classes] == [1, 2, 3] and r.card.ignore_background is True
 
 
 def test_bad_model_options_are_named(chips, tmp_path):
@@ -229,7 +232,7 @@ def test_bad_model_options_are_named(chips, tmp_path):
 
 
 def test_parse_model_options():
-    from geoseg.core.options import parse_model_options
+    from geoseg.core.params import parse_model_options
 
     assert parse_model_options("") == {} and parse_model_options('  {"depth": 3} ') == {"depth": 3}
     with pytest.raises(GeoSegError, match="MODEL_OPTIONS is not valid JSON"):

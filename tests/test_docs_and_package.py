@@ -26,7 +26,7 @@ def test_make_package(tmp_path):
     for required in ("geoseg/metadata.txt", "geoseg/__init__.py", "geoseg/plugin.py", "geoseg/resources.py",
                      "geoseg/core/chips.py", "geoseg/algorithms/exportchips.py", "geoseg/ui/export_dialog.py",
                      "geoseg/icons/geoseg.svg", "geoseg/LICENSE", "geoseg/core/deps.py", "geoseg/ui/deps_dialog.py",
-                     "geoseg/ui/settings.py"):
+                     "geoseg/ui/settings.py", "geoseg/adapter/layers.py", "geoseg/adapter/style.py"):
         assert required in names
     banned = ("tests/", ".venv", "__pycache__", ".git", ".build", "benchmarks/", ".pyc", "demo_output")
     assert not [n for n in names if any(b in n for b in banned)]

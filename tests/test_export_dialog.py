@@ -22,6 +22,7 @@ from qgis.core import (
 
 from geoseg.core.chips import ExportParams
 from geoseg.core.errors import GeoSegError
+from geoseg.ui.base_dialog import FIELD_ERROR_STYLE
 from geoseg.ui.export_dialog import SETTINGS_PREFIX, ExportChipsDialog, index_path_for
 
 from helpers import (
@@ -192,13 +193,15 @@ def test_params_reports_missing_inputs(layers, dialog, tmp_path):
     assert dialog.run() is None and dialog.task is None
     assert "Output folder" in dialog.messageLabel.text()
     assert "c00000" in dialog.messageLabel.styleSheet()
+    assert dialog.outputDir.styleSheet() == FIELD_ERROR_STYLE
 
     full = tmp_path / "full"
     full.mkdir()
     (full / "old.txt").write_text("keep me")
     dialog.outputDir.setFilePath(str(full))
     assert dialog.validate_inputs() is None
-    assert "not empty" in dialog.messageLabel.text()
+    assert "OUTPUT_DIR" in dialog.messageLabel.text() and "not empty" in dialog.messageLabel.text()  # core's check
+    assert dialog.outputDir.styleSheet() == FIELD_ERROR_STYLE  # the field the error is about
     assert (full / "old.txt").read_text() == "keep me"
 
 

@@ -20,6 +20,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QEvent
 from segment_fixtures import card, setup
 
+from geoseg.core.card import ModelCard
 from geoseg.ui.segment_dialog import SegmentDialog
 
 from helpers import make_raster, wait_for
@@ -79,7 +80,7 @@ def test_layer_action_runs_segmentation_and_styles_the_result(qgis_app, qgis_ifa
         layer = dlg.last_layer
         assert layer is not None and QgsProject.instance().mapLayer(layer.id()) is layer
         assert isinstance(layer.renderer(), QgsPalettedRasterRenderer)
-        assert [c.label for c in layer.renderer().classes()] == [c["name"] for c in card()["classes"]]
+        assert [c.label for c in layer.renderer().classes()] == [c.name for c in ModelCard.from_dict(card()).classes]
     finally:
         plugin.unload()
 

@@ -25,17 +25,20 @@ from qgis.PyQt.QtWidgets import QTextBrowser
 from segment_fixtures import CLASSES, MEAN, STD, card, setup
 from torch import nn
 
+from geoseg.adapter.style import apply_class_style, class_layer_name, style_probabilities
+from geoseg.core.card import CARD_KEY
 from geoseg.core.errors import GeoSegError
+from geoseg.core.options import BACKEND_LABELS, DEVICE_LABELS
 from geoseg.core.predict import SegmentParams
 from geoseg.models.export import export_onnx
-from geoseg.ui.segment_dialog import BACKEND_LABELS, DEVICE_LABELS, SegmentDialog
-from geoseg.ui.style import apply_class_style, class_layer_name, style_probabilities
+from geoseg.ui.base_dialog import FIELD_ERROR_STYLE
+from geoseg.ui.segment_dialog import SegmentDialog
 
 from helpers import UTM, make_raster, open_dialog, run_and_wait, set_widgets, srs, wait_for
 
 WIDGETS = ("inputLayer", "modelFile", "cardView", "warningLabel", "chipSize", "strideX", "strideY", "crop",
-           "recommendedButton", "batchSize", "backend", "device", "outputFile", "probabilitiesFile", "addToMap",
-           "messageLabel", "progress", "runButton", "cancelButton", "closeButton")
+           "recommendedButton", "batchSize", "memoryBudget", "backend", "device", "outputFile", "probabilitiesFile",
+           "addToMap", "messageLabel", "progress", "runButton", "cancelButton", "closeButton")
 def items(combo) -> list[str]:
     return [combo.itemText(i) for i in range(combo.count())]
 
@@ -73,6 +76,7 @@ def test_constructs_with_tooltips_and_defaults(dialog):
     assert items(dialog.device) == list(DEVICE_LABELS)
     assert (dialog.chipSize.value(), dialog.strideX.value(), dialog.strideY.value()) == (0, 0, 0)
     assert dialog.crop.value() == -1 and dialog.batchSize.value() == 8
+    assert dialog.memoryBudget.value() == 0 and dialog.memoryBudget.text() == "none"
     assert dialog.chipSize.text() == "from model" and "chip / 8" in dialog.crop.text()
     assert dialog.addToMap.isChecked()
     assert dialog.card is None and not dialog.recommendedButton.isEnabled()
@@ -149,31 +153,36 @@ def test_params_maps_widgets(dialog, model, layers, rasters, tmp_path):
 
     probs = str(tmp_path / "probs.tif")
     dialog.probabilitiesFile.setFilePath(probs)
-    set_widgets(dialog, chipSize=64, strideX=40, strideY=30, crop=0, batchSize=3, backend=2, device=1)
+    set_widgets(dialog, chipSize=64, strideX=40, strideY=30, crop=0, batchSize=0, memoryBudget=512, backend=2,
+                device=1)
     assert dialog.params() == dataclasses.replace(
-        defaults, probabilities_path=probs, chip_size=64, stride_x=40, stride_y=30, crop=0, batch_size=3,
-        backend="torch", device="cpu")
+        defaults, probabilities_path=probs, chip_size=64, stride_x=40, stride_y=30, crop=0, batch_size=0,
+        memory_budget_mb=512.0, backend="torch", device="cpu")
     set_widgets(dialog, crop=-1, backend=1, device=2)
     p = dialog.params()
     assert (p.crop, p.backend, p.device) == (None, "onnxruntime", "cuda")
 
 
-@pytest.mark.parametrize(("model_path", "output", "probabilities", "message"), [
-    (" ", "out.tif", "", "Model: choose"),
-    ("MODEL", " ", "", "Class raster: choose"),
-    ("MODEL", "out.png", "", r"Class raster: the file name must end in \.tif"),
-    ("MODEL", "out.tif", "probs.img", r"Probabilities: the file name must end in \.tif"),
-    ("MODEL", "out.tif", "out.tif", "Probabilities: choose a file other than the class raster"),
+@pytest.mark.parametrize(("model_path", "output", "probabilities", "message", "marked"), [
+    (" ", "out.tif", "", "Model: choose", "modelFile"),  # the dialog's own: nothing chosen
+    ("MODEL", " ", "", "Class raster: choose", "outputFile"),
+    # the rules about the values are core's (core.predict.preflight), worded by core
+    ("MODEL", "out.png", "", r"OUTPUT must be a GeoTIFF file name ending in \.tif", "outputFile"),
+    ("MODEL", "out.tif", "probs.img", r"OUTPUT_PROBABILITIES must be a GeoTIFF file name ending in \.tif",
+     "probabilitiesFile"),
+    ("MODEL", "out.tif", "out.tif", "OUTPUT_PROBABILITIES must differ from OUTPUT", "probabilitiesFile"),
 ])
 def test_params_reports_missing_or_bad_inputs(dialog, model, layers, tmp_path, model_path, output, probabilities,
-                                               message):
+                                               message, marked):
     dialog.set_input_layer(layers["match"])
     dialog.modelFile.setFilePath(model if model_path == "MODEL" else model_path)
     dialog.outputFile.setFilePath(str(tmp_path / output) if output.strip() else output)
     dialog.probabilitiesFile.setFilePath(str(tmp_path / probabilities) if probabilities else "")
-    with pytest.raises(GeoSegError, match=message):
-        dialog.params()
+    if message.endswith("choose"):
+        with pytest.raises(GeoSegError, match=message):
+            dialog.params()
     assert_refused(dialog, message.replace("\\", ""))
+    assert getattr(dialog, marked).styleSheet() == FIELD_ERROR_STYLE  # the field the error is about
 
 
 def test_params_without_a_raster(qgis_app, qgis_iface, model, tmp_path):
@@ -213,8 +222,8 @@ def test_validate_inputs_accepts(dialog, model, layers, tmp_path):
 def test_settings_round_trip(dialog, model, layers, tmp_path, qgis_iface):
     setup(dialog, layers["match"], model, tmp_path / "out.tif")
     dialog.probabilitiesFile.setFilePath(str(tmp_path / "p.tif"))
-    set_widgets(dialog, chipSize=48, strideX=20, strideY=22, crop=3, batchSize=5, backend=1, device=1,
-                addToMap=False)
+    set_widgets(dialog, chipSize=48, strideX=20, strideY=22, crop=3, batchSize=5, memoryBudget=768, backend=1,
+                device=1, addToMap=False)
     dialog.save_settings()
     other = SegmentDialog(qgis_iface)
     try:
@@ -223,7 +232,7 @@ def test_settings_round_trip(dialog, model, layers, tmp_path, qgis_iface):
         assert other.outputFile.filePath() == str(tmp_path / "out.tif")
         assert other.probabilitiesFile.filePath() == str(tmp_path / "p.tif")
         assert (other.chipSize.value(), other.strideX.value(), other.strideY.value(), other.crop.value(),
-                other.batchSize.value()) == (48, 20, 22, 3, 5)
+                other.batchSize.value(), other.memoryBudget.value()) == (48, 20, 22, 3, 5, 768)
         assert (other.backend.currentIndex(), other.device.currentIndex(), other.addToMap.isChecked()) == \
             (1, 1, False)
     finally:
@@ -316,7 +325,7 @@ def test_band_mismatch_is_refused_before_running(dialog, model, layers, tmp_path
 def test_core_error_is_reported(dialog, layers, tmp_path, qgis_app, qgis_iface):
     wrong = str(tmp_path / "wrong.onnx")  # the card lists 3 classes, the network returns 5
     torch.manual_seed(0)
-    export_onnx(torch.nn.Conv2d(3, 5, 3, padding=1), 3, wrong, sample_size=32, metadata={"geoseg": json.dumps(card())})
+    export_onnx(torch.nn.Conv2d(3, 5, 3, padding=1), 3, wrong, sample_size=32, metadata={CARD_KEY: json.dumps(card())})
     setup(dialog, layers["match"], wrong, tmp_path / "out.tif")
     n_critical = len(qgis_iface.messageBar().get_messages(Qgis.Critical))
     assert dialog.run() is not None
@@ -329,7 +338,7 @@ def test_core_error_is_reported(dialog, layers, tmp_path, qgis_app, qgis_iface):
 
 # ---------------------------------------------------------------- plugin
 def test_dialog_import_does_not_load_heavy_modules():
-    code = ("import sys, geoseg.ui.segment_dialog, geoseg.ui.style; "
+    code = ("import sys, geoseg.ui.segment_dialog, geoseg.adapter.style; "
             "print(','.join(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -1,1 +1,1 @@
-"""Qt dialogs, QgsTask wrappers and layer styling: thin over core/."""
+"""Qt dialogs and QgsTask wrappers: thin over core/ (QGIS layers reach core through adapter/)."""

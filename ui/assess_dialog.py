@@ -28,16 +28,14 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.assess import AssessParams, AssessResult, assess, report_paths
+from ..adapter.layers import raster_source, vector_source
+from ..core.assess import AssessParams, AssessResult, assess, validate
 from ..core.errors import GeoSegError
-from ..core.staging import check_new_file
 from .base_dialog import GeoSegDialog
-from .sources import raster_source, vector_source
 from .tasks import CoreTask
 
 SETTINGS_PREFIX = "geoseg/assess/"
 CLASS_FIELD_KEY = "class_field"  # remembered by name: a combo index means nothing for another layer
-REPORT_SUFFIXES = (".html", ".json")
 TABLE_COLUMNS = ("Class", "Value", "Precision %", "Recall %", "F1 %", "IoU %", "Reference pixels")
 
 
@@ -50,6 +48,7 @@ class AssessDialog(GeoSegDialog):
     """Non-modal dialog; the assessment runs in the task manager so QGIS stays responsive."""
 
     settings_prefix = SETTINGS_PREFIX
+    params_class = AssessParams
     last_result: AssessResult | None
 
     def __init__(self, iface: Any, parent: QWidget | None = None) -> None:
@@ -79,6 +78,9 @@ class AssessDialog(GeoSegDialog):
         self.classField.setFilters(QgsFieldProxyModel.Int | QgsFieldProxyModel.LongLong)
         self.classField.setAllowEmptyFieldName(True)
         self.classFieldLabel = inputs.labelForField(self.classField)
+        # one reference picker for both of core's reference parameters (a raster, or polygons)
+        self.fields.update(prediction_path=self.predictionLayer, reference_path=self.referenceLayer,
+                           reference_vector=self.referenceLayer, class_field=self.classField)
 
         output = self._group(root, "Output")
         self.reportFile = self._add(output, "Report (.html or .json)", QgsFileWidget(self), "reportFile",
@@ -87,6 +89,7 @@ class AssessDialog(GeoSegDialog):
         self.reportFile.setStorageMode(QgsFileWidget.SaveFile)
         self.reportFile.setFilter("HTML (*.html);;JSON (*.json)")
         self.reportFile.setDialogTitle("Accuracy report")
+        self.fields["report_path"] = self.reportFile
 
         result = self._group(root, "Result")
         self.summaryLabel = self._add(result, None, QLabel(self), "summaryLabel",
@@ -133,31 +136,30 @@ class AssessDialog(GeoSegDialog):
 
     # ---------------------------------------------------------------- params
     def params(self) -> AssessParams:
-        """Build core's AssessParams from the widgets; GeoSegError says what is missing."""
-        prediction = raster_source(self.predictionLayer.currentLayer(), "Class map (prediction)")
+        """Build core's AssessParams from the widgets; GeoSegError says what is missing (GUI-only checks:
+        a class map, a reference and a report must be chosen; every rule about them is core's `validate`)."""
+        prediction = self._about("PREDICTION", raster_source, self.predictionLayer.currentLayer(),
+                                 "Class map (prediction)")
         reference = self.referenceLayer.currentLayer()
         if reference is None:
-            raise GeoSegError("Reference: choose a class raster on the prediction's grid or a polygon layer.")
+            raise GeoSegError("Reference: choose a class raster on the prediction's grid or a polygon layer.",
+                              param="REFERENCE")
         report = self.reportFile.filePath().strip()
         if not report:
-            raise GeoSegError("Report: choose the .html or .json file to write (both are written).")
-        if not report.lower().endswith(REPORT_SUFFIXES):
-            raise GeoSegError(f"Report: the file name must end in .html or .json (got {report}); both are written.")
+            raise GeoSegError("Report: choose the .html or .json file to write (both are written).",
+                              param="OUTPUT_REPORT")
         if isinstance(reference, QgsVectorLayer):
-            field = self.classField.currentField()
-            if not field:
-                raise GeoSegError("Class field: choose the integer field of the reference polygons that holds "
-                                  "each polygon's class.")
             return AssessParams(prediction_path=prediction, report_path=report,
-                                reference_vector=vector_source(reference, self._temp_dirs), class_field=field)
+                                reference_vector=self._about("REFERENCE_VECTOR", vector_source, reference,
+                                                             self._temp_dirs),
+                                class_field=self.classField.currentField() or None)
         return AssessParams(prediction_path=prediction, report_path=report,
-                            reference_path=raster_source(reference, "Reference"))
+                            reference_path=self._about("REFERENCE", raster_source, reference, "Reference"))
 
     def _checked_params(self) -> AssessParams:
-        """`params()` plus the never-overwrite rule for both reports, before any work starts."""
+        """`params()` plus core's cheap checks (class field, report names, never overwrite), before any work."""
         p = self.params()
-        for path in report_paths(p.report_path):
-            check_new_file(path, "Report")
+        validate(p)
         return p
 
     # ---------------------------------------------------------------- running

@@ -6,11 +6,14 @@ manager (QGIS stays responsive), and reports the outcome in the message bar and 
 label. This base holds the form helpers, the message/progress/Run-Cancel-Close footer, one task at
 a time, success/error/cancel reporting and the remembered values (QgsSettings).
 
-A subclass (export, train; later segment, assess):
+A subclass (export, train, segment, assess):
 - calls `super().__init__(iface, title, object_name, parent)`, sets its own attributes, then `_setup()`;
 - implements `_build(root)`: its form, made with the helpers (passing `setting=` for the values worth
-  remembering), ending with `_add_run_controls`;
-- sets `settings_prefix` and implements `params()`, `_checked_params()`, `_create_task(p)` and
+  remembering): every value parameter through `_field` (from core's schema), its layer and file
+  widgets by hand but recorded in `self.fields`; ending with `_add_run_controls`;
+- sets `settings_prefix` and `params_class` and implements `params()` (`**self.field_values()` plus
+  the layers and files; only GUI checks such as "choose a layer"), `_checked_params()` (core's own
+  validate/preflight: its GeoSegError(param=...) marks the field), `_create_task(p)` and
   `_success_text(result)`; optionally `_show_result(result)` and `_can_run()`.
 """
 
@@ -43,9 +46,13 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.errors import GeoSegError
+from ..core.params import Spec, by_name, parse_json_object, spec
 from .tasks import CoreTask
 
 ERROR_STYLE = "color: #c00000;"
+FIELD_ERROR_STYLE = "border: 1px solid #c00000;"  # the widget of the parameter a GeoSegError names
+INT_MAX = 2147483647
+FLOAT_MAX = 1e9
 
 # (widget type, getter, setter) of the values a dialog can remember; the first matching type wins
 _ACCESSORS = ((QgsFileWidget, "filePath", "setFilePath"), (QComboBox, "currentIndex", "setCurrentIndex"),
@@ -70,6 +77,7 @@ class GeoSegDialog(QDialog):
     """Non-modal dialog running one core function at a time in the task manager (see the module doc)."""
 
     settings_prefix = ""  # e.g. "geoseg/export/": QgsSettings group of the remembered values
+    params_class: type | None = None  # the step's dataclass (core.params) whose widgets `_field` builds
 
     def __init__(self, iface: Any, title: str, object_name: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -77,8 +85,10 @@ class GeoSegDialog(QDialog):
         self.task: CoreTask | None = None  # the running task; the task manager does not keep it alive
         self.last_result: Any = None  # core's result of the last successful run
         self.last_error: str | None = None  # message of the last failed or cancelled run
-        self._temp_dirs: list[str] = []  # temporary copies of layers (ui.sources), removed after a run
+        self._temp_dirs: list[str] = []  # temporary copies of layers (adapter.layers), removed after a run
         self._remembered: dict[str, QWidget] = {}  # QgsSettings key → widget, filled by _add(setting=...)
+        self.fields: dict[str, QWidget] = {}  # params field name → its widget (_field, or the dialog's own)
+        self._marked: QWidget | None = None  # the widget marked by the last GeoSegError(param=...)
         self.setWindowTitle(title)
         self.setObjectName(object_name)
 
@@ -129,6 +139,93 @@ class GeoSegDialog(QDialog):
         combo = self._add(form, label, QComboBox(self), name, tip, setting)
         combo.addItems(list(items))
         return combo
+
+    def _field(self, form: QFormLayout, field_name: str, name: str, setting: str | None = None,
+               cls: type | None = None) -> Any:
+        """The widget of one parameter, built from core's schema (core.params): label, tooltip, range,
+        default, choices and special value text; `name` is its object name (tests and scripts use it)."""
+        s = spec(cls or self.params_class, field_name)
+        widget = self._schema_widget(s)
+        widget.setProperty("geosegField", field_name)
+        self._add(form, "" if s.kind == "bool" else s.label, widget, name, s.meta.help, setting)
+        self.fields[field_name] = widget
+        return widget
+
+    def _schema_widget(self, s: Spec) -> QWidget:
+        m = s.meta
+        default = None if s.required else s.default
+        if s.kind == "int":
+            lo = m.unset if m.unset is not None else int(m.minimum if m.minimum is not None else -INT_MAX)
+            hi = INT_MAX if m.maximum is None else int(m.maximum)
+            widget = self._spin(lo, hi, lo if default is None else default)
+        elif s.kind == "float":
+            lo = -FLOAT_MAX if m.minimum is None else m.minimum
+            widget = self._double(lo, FLOAT_MAX if m.maximum is None else m.maximum, default, m.decimals or 2,
+                                  m.step or 0.05)
+        elif s.kind == "bool":
+            widget = QCheckBox(s.label, self)
+            widget.setChecked(bool(default))
+        elif s.kind == "enum":
+            widget = QComboBox(self)
+            widget.addItems(list(s.labels))
+            widget.setCurrentIndex(s.values.index(default))
+        elif s.kind in ("string", "json"):
+            widget = QLineEdit(self)
+            widget.setPlaceholderText(m.placeholder)
+        else:
+            raise ValueError(f"{m.name}: the dialog builds {s.kind!r} widgets itself")
+        if m.special and isinstance(widget, QAbstractSpinBox):
+            widget.setSpecialValueText(m.special)
+        return widget
+
+    def field_value(self, field_name: str) -> Any:
+        """The dataclass value of a widget built by `_field` (None for an unset optional number)."""
+        s = spec(self.params_class, field_name)
+        widget = self.fields[field_name]
+        if s.kind == "int":
+            value = widget.value()
+            return None if s.meta.unset is not None and value == s.meta.unset else value
+        if s.kind == "float":
+            return widget.value()
+        if s.kind == "bool":
+            return widget.isChecked()
+        if s.kind == "enum":
+            return s.values[widget.currentIndex()]
+        if s.kind == "json":
+            return parse_json_object(widget.text(), s.name, s.meta.placeholder)
+        return widget.text().strip() or None
+
+    def field_values(self) -> dict[str, Any]:
+        """`field_value` of every widget built by `_field`: the value part of the step's dataclass."""
+        return {f: self.field_value(f) for f, w in self.fields.items() if w.property("geosegField") == f}
+
+    @staticmethod
+    def _about(param: str, call: Any, *args: Any) -> Any:
+        """`call(*args)`, its GeoSegError (e.g. adapter.layers' "choose a raster layer") said to be about
+        the parameter `param` when it names none, so that `mark_field` finds the widget."""
+        try:
+            return call(*args)
+        except GeoSegError as e:
+            if e.param is None:
+                e.param = param
+            raise
+
+    def mark_field(self, param: str | None) -> QWidget | None:
+        """Mark the widget of the parameter a GeoSegError names (red border, focus); unmark the last one."""
+        if self._marked is not None and not sip.isdeleted(self._marked):
+            self._marked.setStyleSheet("")
+        self._marked = None
+        if not param or self.params_class is None:
+            return None
+        try:
+            widget = self.fields.get(by_name(self.params_class, param).field)
+        except KeyError:
+            return None
+        if widget is not None:
+            widget.setStyleSheet(FIELD_ERROR_STYLE)
+            widget.setFocus()
+            self._marked = widget
+        return widget
 
     def _spin(self, lo: int, hi: int, value: int) -> QSpinBox:
         spin = QSpinBox(self)
@@ -221,8 +318,10 @@ class GeoSegDialog(QDialog):
         except GeoSegError as e:
             self._remove_temp_dirs()
             self._show_message(str(e), error=True)
+            self.mark_field(e.param)
             return None
         self._show_message("", error=False)
+        self.mark_field(None)
         return p
 
     def run(self) -> CoreTask | None:

@@ -12,18 +12,15 @@ from typing import Any
 
 from qgis.core import QgsFieldProxyModel, QgsMapLayerProxyModel, QgsProject, QgsVectorLayer
 from qgis.gui import QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtWidgets import QCheckBox, QSpinBox, QVBoxLayout, QWidget
+from qgis.PyQt.QtWidgets import QCheckBox, QVBoxLayout, QWidget
 
-from ..core.chips import MODES, ExportParams, ExportResult, export_chips, validate
+from ..adapter.layers import raster_source, vector_source
+from ..core.chips import ExportParams, ExportResult, export_chips, validate
 from ..core.errors import GeoSegError
-from ..core.split import SPLIT_METHODS
 from .base_dialog import GeoSegDialog
-from .sources import raster_source, vector_source
 from .tasks import CoreTask
 
 SETTINGS_PREFIX = "geoseg/export/"
-MODE_LABELS = ("All", "Positive", "Divided")
-SPLIT_LABELS = ("Random", "Spatial blocks")
 INDEX_SUFFIX = "_index.gpkg"
 
 
@@ -36,6 +33,7 @@ class ExportChipsDialog(GeoSegDialog):
     """Non-modal dialog; the export runs in the task manager so QGIS stays responsive."""
 
     settings_prefix = SETTINGS_PREFIX
+    params_class = ExportParams
     last_result: ExportResult | None
 
     def __init__(self, iface: Any, parent: QWidget | None = None) -> None:
@@ -63,42 +61,29 @@ class ExportChipsDialog(GeoSegDialog):
                                    "Optional text field naming each class, written to dataset.json.")
         self.nameField.setFilters(QgsFieldProxyModel.String)
         self.nameField.setAllowEmptyFieldName(True)
+        self.fields.update(input_path=self.inputLayer, labels_path=self.labelsLayer, class_field=self.classField,
+                           name_field=self.nameField)
         self.labelsLayer.layerChanged.connect(self._labels_changed)
         self._labels_changed(self.labelsLayer.currentLayer())
 
-        # layers are per project: only the other values are remembered (setting=...)
+        # layers are per project: only the other values are remembered (setting=...); the widgets, labels,
+        # tooltips, ranges, defaults and choices come from core/params.py (ExportParams)
         chips = self._group(root, "Chips")
-        self.chipSize = self._add(chips, "Chip size (pixels)", self._spin(8, 8192, 256), "chipSize",
-                                  "Width and height of each chip in raster pixels.", "chip_size")
-        self.strideX = self._add(chips, "Stride X (pixels)", self._stride(), "strideX",
-                                 "Horizontal step between chip origins; smaller than the chip size "
-                                 "gives overlapping chips.", "stride_x")
-        self.strideY = self._add(chips, "Stride Y (pixels)", self._stride(), "strideY",
-                                 "Vertical step between chip origins; smaller than the chip size "
-                                 "gives overlapping chips.", "stride_y")
-        self.mode = self._combo(chips, "Mode", MODE_LABELS, "mode",
-                                "All: keep every chip. Positive: only chips holding a label. "
-                                "Divided: write positive/ and background/ sub-folders.", "mode")
-        self.background = self._add(chips, "Background value", self._spin(0, 254, 0), "background",
-                                    "Mask value outside the polygons (255 marks ignored pixels).", "background")
-        self.maxNodata = self._add(chips, "Maximum nodata fraction", self._double(0.01, 1.0, 1.0), "maxNodata",
-                                   "Chips with a larger share of nodata pixels are skipped.", "max_nodata_fraction")
+        self.chipSize = self._field(chips, "chip_size", "chipSize", "chip_size")
+        self.strideX = self._field(chips, "stride_x", "strideX", "stride_x")
+        self.strideY = self._field(chips, "stride_y", "strideY", "stride_y")
+        self.mode = self._field(chips, "mode", "mode", "mode")
+        self.background = self._field(chips, "background", "background", "background")
+        self.maxNodata = self._field(chips, "max_nodata_fraction", "maxNodata", "max_nodata_fraction")
 
         split = self._group(root, "Train / validation split")
-        self.validationFraction = self._add(split, "Validation fraction", self._double(0.0, 0.99, 0.2),
-                                            "validationFraction",
-                                            "Share of the exported chips marked 'validation' in chips.csv.",
-                                            "validation_fraction")
-        self.splitMethod = self._combo(split, "Split method", SPLIT_LABELS, "splitMethod",
-                                       "Random: chips drawn at random. Spatial blocks: whole square blocks "
-                                       "go to validation, keeping neighbouring chips on one side.", "split_method")
+        self.validationFraction = self._field(split, "validation_fraction", "validationFraction",
+                                              "validation_fraction")
+        self.splitMethod = self._field(split, "split_method", "splitMethod", "split_method")
         self.splitMethod.currentIndexChanged.connect(self._update_block_size)  # restoring the split fires it too
-        self.blockSize = self._add(split, "Block size (pixels)", self._spin(0, 100000, 0), "blockSize",
-                                   "Side of the spatial blocks in pixels; 0: four chips.", "block_size")
-        self.blockSize.setSpecialValueText("default (4 chips)")
+        self.blockSize = self._field(split, "block_size", "blockSize", "block_size")
         self._update_block_size()
-        self.seed = self._add(split, "Random seed", self._spin(0, 2147483647, 0), "seed",
-                              "The same seed gives the same split.", "seed")
+        self.seed = self._field(split, "seed", "seed", "seed")
 
         output = self._group(root, "Output")
         self.outputDir = self._add(output, "Output folder", QgsFileWidget(self), "outputDir",
@@ -111,60 +96,44 @@ class ExportChipsDialog(GeoSegDialog):
                                     f"Writes the chip footprints to <output folder>{INDEX_SUFFIX}, "
                                     "next to the output folder.", "write_index")
         self.indexCheck.setChecked(True)
+        self.fields.update(output_dir=self.outputDir, index_path=self.indexCheck)  # the index: beside the folder
 
         self._add_run_controls(root, "export", "Problems with the inputs and the outcome of the last run.",
                                "Export the chips in the background.",
                                "Stop the running export; nothing is left behind.")
-
-    def _stride(self) -> QSpinBox:
-        spin = self._spin(0, 8192, 0)
-        spin.setSpecialValueText("= chip size")
-        return spin
 
     def _labels_changed(self, layer: Any) -> None:
         self.classField.setLayer(layer)
         self.nameField.setLayer(layer)
 
     def _update_block_size(self, *_: Any) -> None:
-        self.blockSize.setEnabled(SPLIT_METHODS[self.splitMethod.currentIndex()] == "blocks")
+        self.blockSize.setEnabled(self.field_value("split_method") == "blocks")
 
     # ---------------------------------------------------------------- params
     def params(self) -> ExportParams:
-        """Build core's parameters from the widgets; GeoSegError says what is missing."""
-        input_path = raster_source(self.inputLayer.currentLayer())
+        """Build core's parameters from the widgets; GeoSegError says what is missing (GUI-only checks:
+        a layer or folder must be chosen; every rule about the values is core's `validate`)."""
+        input_path = self._about("INPUT", raster_source, self.inputLayer.currentLayer())
         labels = self.labelsLayer.currentLayer()
         if labels is None:
-            raise GeoSegError("Label polygons: choose a polygon layer.")
+            raise GeoSegError("Label polygons: choose a polygon layer.", param="LABELS")
         output_dir = self.outputDir.filePath().strip()
         if not output_dir:
-            raise GeoSegError("Output folder: choose a new or empty folder for the chips.")
-        labels_path = vector_source(labels, self._temp_dirs)
+            raise GeoSegError("Output folder: choose a new or empty folder for the chips.", param="OUTPUT_DIR")
+        labels_path = self._about("LABELS", vector_source, labels, self._temp_dirs)
         return ExportParams(
             input_path=input_path,
             labels_path=labels_path,
             output_dir=output_dir,
             class_field=self.classField.currentField() or None,
             name_field=self.nameField.currentField() or None,
-            chip_size=self.chipSize.value(),
-            stride_x=self.strideX.value() or None,
-            stride_y=self.strideY.value() or None,
-            mode=MODES[self.mode.currentIndex()],
-            background=self.background.value(),
-            max_nodata_fraction=self.maxNodata.value(),
-            validation_fraction=self.validationFraction.value(),
-            split_method=SPLIT_METHODS[self.splitMethod.currentIndex()],
-            block_size=self.blockSize.value() or None,
-            seed=self.seed.value(),
             index_path=index_path_for(output_dir) if self.indexCheck.isChecked() else None,
+            **self.field_values(),
         )
 
     def _checked_params(self) -> ExportParams:
         p = self.params()
-        validate(p)
-        out = os.path.abspath(p.output_dir)
-        if os.path.isdir(out) and os.listdir(out):
-            raise GeoSegError(f"Output folder: {out} is not empty. GeoSeg never overwrites existing "
-                              "output; choose a new or empty folder.")
+        validate(p)  # core's checks: ranges, names, a new or empty output folder, a new index file
         return p
 
     # ---------------------------------------------------------------- running

@@ -11,26 +11,27 @@ from __future__ import annotations
 
 import html
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
-from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QTextBrowser, QVBoxLayout, QWidget
+from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QTextBrowser, QVBoxLayout, QWidget
 
+from ..adapter.layers import raster_source
+from ..adapter.style import apply_class_style, class_layer_name, probabilities_layer_name, style_probabilities
 from ..core import deps
 from ..core.errors import GeoSegError
-from ..core.options import ARCHITECTURE_LABELS, ARCHITECTURES, BACKENDS, DEVICES
+from ..core.options import ARCHITECTURE_LABELS, ARCHITECTURES
+from ..core.params import SegmentParams
 from .base_dialog import ERROR_STYLE, GeoSegDialog
 from .settings import apply_defaults
-from .sources import raster_source
-from .style import apply_class_style, class_layer_name, probabilities_layer_name, style_probabilities
 from .tasks import CoreTask
 
+if TYPE_CHECKING:
+    from ..core.card import ModelCard
+
 SETTINGS_PREFIX = "geoseg/segment/"
-BACKEND_LABELS = ("Auto", "onnxruntime", "torch")
-DEVICE_LABELS = ("Auto (GPU when available)", "CPU", "CUDA GPU")
-TIF_SUFFIXES = (".tif", ".tiff")
 WARNING_STYLE = "color: #b35900;"
 
 
@@ -38,29 +39,29 @@ def architecture_label(name: str | None) -> str:
     return ARCHITECTURE_LABELS[ARCHITECTURES.index(name)] if name in ARCHITECTURES else str(name or "unknown")
 
 
-def card_html(card: dict) -> str:
+def card_html(card: ModelCard) -> str:
     """The model card as a short HTML summary: architecture, classes with colour swatches, inputs, tiling."""
     e = html.escape
-    rows = "".join(f'<tr><td bgcolor="{e(c["color"])}" width="18">&nbsp;</td><td>{e(str(c["name"]))}</td>'
-                   f'<td align="right">{c["value"]}</td></tr>' for c in card["classes"])
-    pixel = card.get("pixel_size")
-    crs = card.get("crs") or {}
-    rec = card.get("recommended") or {}
-    miou = (card.get("metrics") or {}).get("val_miou")
+    rows = "".join(f'<tr><td bgcolor="{e(c.color)}" width="18">&nbsp;</td><td>{e(str(c.name))}</td>'
+                   f'<td align="right">{c.value}</td></tr>' for c in card.classes)
+    pixel = card.pixel_size
+    crs = card.crs
+    rec = card.recommended
+    miou = card.metrics.val_miou if card.metrics else None
     facts = [
-        ("Bands", ", ".join(str(b) for b in card["bands"]) + f" ({card['in_channels']} input channels)"),
-        ("Chip size", f"{card['chip_size']} px"),
+        ("Bands", ", ".join(str(b) for b in card.bands) + f" ({card.in_channels} input channels)"),
+        ("Chip size", f"{card.chip_size} px"),
         ("Training pixel size", f"{pixel[0]:g} × {pixel[1]:g}" if pixel else "unknown"),
-        ("Training CRS", crs.get("authid") or ("custom" if crs.get("wkt") else "unknown")),
-        ("Recommended tiling", f"stride {rec['stride']} px, crop {rec['crop']} px" if rec else "none"),
+        ("Training CRS", (crs and crs.authid) or ("custom" if crs and crs.wkt else "unknown")),
+        ("Recommended tiling", f"stride {rec.stride} px, crop {rec.crop} px" if rec else "none"),
         ("Validation mIoU", f"{miou:.4f}" if isinstance(miou, int | float) else "unknown"),
     ]
     facts_html = "".join(f"<tr><td><i>{e(k)}</i></td><td>{e(v)}</td></tr>" for k, v in facts)
-    return (f"<b>{e(architecture_label(card.get('architecture')))}</b> — {len(card['classes'])} classes"
+    return (f"<b>{e(architecture_label(card.architecture))}</b> — {card.num_classes} classes"
             f'<table cellspacing="2">{rows}</table><table cellspacing="2">{facts_html}</table>')
 
 
-def read_card(path: str) -> dict:
+def read_card(path: str) -> ModelCard:
     """core.predict.read_model_card, with any unexpected failure turned into a GeoSegError for the form."""
     from ..core.predict import read_model_card
 
@@ -76,10 +77,11 @@ class SegmentDialog(GeoSegDialog):
     """Non-modal dialog; segmentation runs in the task manager so QGIS stays responsive."""
 
     settings_prefix = SETTINGS_PREFIX
+    params_class = SegmentParams
 
     def __init__(self, iface: Any, parent: QWidget | None = None) -> None:
         super().__init__(iface, "GeoSeg — Segment raster", "GeoSegSegmentDialog", parent)
-        self.card: dict | None = None  # card of the chosen model, None when none or unreadable
+        self.card: ModelCard | None = None  # card of the chosen model, None when none or unreadable
         self.card_error: str | None = None
         self.last_layer: QgsRasterLayer | None = None  # class layer added by the last run
         self.last_probabilities_layer: QgsRasterLayer | None = None
@@ -107,6 +109,7 @@ class SegmentDialog(GeoSegDialog):
         self.modelFile.setStorageMode(QgsFileWidget.GetFile)
         self.modelFile.setFilter("GeoSeg models (*.onnx *.pt)")
         self.modelFile.setDialogTitle("GeoSeg model")
+        self.fields.update(input_path=self.inputLayer, model_path=self.modelFile)
         # below the form, in the column itself: a form row would not grow with the wrapped warnings
         self.cardView = self._below(left, QTextBrowser(self), "cardView", "The chosen model's card: classes, input "
                                     "bands, chip size, training data and validation mIoU.")
@@ -117,16 +120,11 @@ class SegmentDialog(GeoSegDialog):
         self.warningLabel.setStyleSheet(WARNING_STYLE)
 
         tiling = self._group(right, "Tiling and inference", QgsCollapsibleGroupBox)
-        self.chipSize = self._add(tiling, "Chip size (pixels)", self._tile_spin(0, "from model"), "chipSize",
-                                  "Width and height of the tiles fed to the model; 0: the model's chip size.",
-                                  "chip_size")
-        self.strideX = self._add(tiling, "Stride X (pixels)", self._tile_spin(0, "default (chip / 2)"), "strideX",
-                                 "Horizontal step between tiles; 0: half the chip.", "stride_x")
-        self.strideY = self._add(tiling, "Stride Y (pixels)", self._tile_spin(0, "default (chip / 2)"), "strideY",
-                                 "Vertical step between tiles; 0: half the chip.", "stride_y")
-        self.crop = self._add(tiling, "Crop (pixels)", self._tile_spin(-1, "default (chip / 8)"), "crop",
-                              "Margin of each tile's prediction that is discarded (tile edges see less "
-                              "context); -1: an eighth of the chip.", "crop")
+        # widgets, labels, tooltips, ranges, defaults and choices from core/params.py (SegmentParams)
+        self.chipSize = self._field(tiling, "chip_size", "chipSize", "chip_size")
+        self.strideX = self._field(tiling, "stride_x", "strideX", "stride_x")
+        self.strideY = self._field(tiling, "stride_y", "strideY", "stride_y")
+        self.crop = self._field(tiling, "crop", "crop", "crop")
         row = QHBoxLayout()
         self.recommendedButton = self._button(row, "Use recommended tiling", "recommendedButton",
                                               "Fill chip size, strides and crop with the model's recommendation "
@@ -134,16 +132,11 @@ class SegmentDialog(GeoSegDialog):
         row.addStretch(1)
         tiling.addRow(row)
         self.recommendedButton.clicked.connect(self.use_recommended_tiling)
-        self.batchSize = self._add(tiling, "Batch size", self._spin(0, 1024, 8), "batchSize",
-                                   "Tiles per inference step; auto (0) picks the most that fit the memory. An "
-                                   "out-of-memory error halves it and retries.", "batch_size")
-        self.batchSize.setSpecialValueText("auto")
-        self.backend = self._combo(tiling, "Backend", BACKEND_LABELS, "backend",
-                                   "Inference engine: Auto prefers onnxruntime for .onnx models and torch for .pt.",
-                                   "backend")
-        self.device = self._combo(tiling, "Device", DEVICE_LABELS, "device",
-                                  "Where to run: Auto uses a CUDA GPU when the backend sees one, else the CPU.",
-                                  "device")
+        self.batchSize = self._field(tiling, "batch_size", "batchSize", "batch_size")
+        # auto batch size (0) fills this budget (0: $GEOSEG_MEMORY_BUDGET_MB, else a share of the free memory)
+        self.memoryBudget = self._field(tiling, "memory_budget_mb", "memoryBudget", "memory_budget_mb")
+        self.backend = self._field(tiling, "backend", "backend", "backend")
+        self.device = self._field(tiling, "device", "device", "device")
         apply_defaults(self.device, self.batchSize)  # GeoSeg ▸ Settings; remembered values override them
         self.deviceInfo = self._add(tiling, None, QLabel(self), "deviceInfo", "The device torch would use and the "
                                     "onnxruntime execution providers available on this machine.")
@@ -161,6 +154,7 @@ class SegmentDialog(GeoSegDialog):
             widget.setStorageMode(QgsFileWidget.SaveFile)
             widget.setFilter("GeoTIFF (*.tif)")
             widget.setDialogTitle(title)
+        self.fields.update(output_path=self.outputFile, probabilities_path=self.probabilitiesFile)
         self.addToMap = self._add(output, None, QCheckBox("Add the result to the map", self), "addToMap",
                                   "Add the class raster, styled with the model's colours and names (and the "
                                   "probabilities), to the project.", "add_to_map")
@@ -180,11 +174,6 @@ class SegmentDialog(GeoSegDialog):
         column.addWidget(widget)
         return widget
 
-    def _tile_spin(self, special: int, text: str) -> QSpinBox:
-        spin = self._spin(special, 8192, special)
-        spin.setSpecialValueText(text)
-        return spin
-
     # ---------------------------------------------------------------- card and warnings
     def set_input_layer(self, layer: QgsRasterLayer | None) -> None:
         """Preselect the raster to segment (the layer tree's "Segment layer…" action)."""
@@ -203,7 +192,7 @@ class SegmentDialog(GeoSegDialog):
             except GeoSegError as e:
                 self.card_error = str(e)
                 self.cardView.setHtml(f'<span style="{ERROR_STYLE}">{html.escape(self.card_error)}</span>')
-        self.recommendedButton.setEnabled(bool(self.card and self.card.get("recommended")))
+        self.recommendedButton.setEnabled(bool(self.card and self.card.recommended))
         self._update_warnings()
 
     def _update_warnings(self, *_: Any) -> None:
@@ -221,49 +210,36 @@ class SegmentDialog(GeoSegDialog):
 
     def use_recommended_tiling(self) -> None:
         """Chip size, strides and crop from the card's `recommended` (crop covers the receptive field)."""
-        rec = (self.card or {}).get("recommended")
+        rec = self.card.recommended if self.card else None
         if not rec:
             return
-        self.chipSize.setValue(int(self.card["chip_size"]))
-        self.strideX.setValue(int(rec["stride"]))
-        self.strideY.setValue(int(rec["stride"]))
-        self.crop.setValue(int(rec["crop"]))
+        self.chipSize.setValue(self.card.chip_size)
+        self.strideX.setValue(rec.stride)
+        self.strideY.setValue(rec.stride)
+        self.crop.setValue(rec.crop)
 
     # ---------------------------------------------------------------- params
-    def params(self) -> Any:
-        """Build core's SegmentParams from the widgets; GeoSegError says what is missing."""
-        from ..core.predict import SegmentParams
-
-        input_path = raster_source(self.inputLayer.currentLayer())
+    def params(self) -> SegmentParams:
+        """Build core's SegmentParams from the widgets; GeoSegError says what is missing (GUI-only checks:
+        a layer, a model and an output must be chosen; every rule about the values is core's)."""
+        input_path = self._about("INPUT", raster_source, self.inputLayer.currentLayer())
         model = self.modelFile.filePath().strip()
         if not model:
-            raise GeoSegError("Model: choose a GeoSeg model (.onnx or .pt) written by Train model.")
+            raise GeoSegError("Model: choose a GeoSeg model (.onnx or .pt) written by Train model.", param="MODEL")
         output = self.outputFile.filePath().strip()
         if not output:
-            raise GeoSegError("Class raster: choose the GeoTIFF (.tif) to write.")
-        probabilities = self.probabilitiesFile.filePath().strip() or None
-        for what, path in (("Class raster", output), ("Probabilities", probabilities)):
-            if path is not None and not path.lower().endswith(TIF_SUFFIXES):
-                raise GeoSegError(f"{what}: the file name must end in .tif (got {path}); GeoSeg writes GeoTIFF.")
-        if probabilities is not None and os.path.abspath(probabilities) == os.path.abspath(output):
-            raise GeoSegError("Probabilities: choose a file other than the class raster.")
-        crop = self.crop.value()
+            raise GeoSegError("Class raster: choose the GeoTIFF (.tif) to write.", param="OUTPUT")
         return SegmentParams(
             input_path=input_path,
             model_path=model,
             output_path=output,
-            probabilities_path=probabilities,
-            chip_size=self.chipSize.value() or None,
-            stride_x=self.strideX.value() or None,
-            stride_y=self.strideY.value() or None,
-            crop=None if crop < 0 else crop,
-            batch_size=self.batchSize.value(),
-            backend=BACKENDS[self.backend.currentIndex()],
-            device=DEVICES[self.device.currentIndex()],
+            probabilities_path=self.probabilitiesFile.filePath().strip() or None,
+            **self.field_values(),
         )
 
-    def _checked_params(self) -> Any:
-        """Core's preflight: outputs, card, band count and tiling, before any work starts."""
+    def _checked_params(self) -> SegmentParams:
+        """Core's preflight: values, outputs (.tif, new, distinct), card, band count and tiling, before any
+        work starts."""
         from ..core.predict import preflight
 
         p = self.params()
@@ -280,7 +256,7 @@ class SegmentDialog(GeoSegDialog):
                         segment, p, self._on_success, self._on_error)
 
     def _success_text(self, result: Any) -> str:
-        text = (f"Segmented {self._input_name} with {architecture_label(result.card.get('architecture'))}: "
+        text = (f"Segmented {self._input_name} with {architecture_label(result.card.architecture)}: "
                 f"{result.output_path} ({result.tiles} tiles, {result.seconds:.1f} s, "
                 f"{result.backend}/{result.provider}, batch size {result.final_batch_size})")
         if result.final_batch_size < result.batch_size:
@@ -304,5 +280,5 @@ class SegmentDialog(GeoSegDialog):
                 self.last_probabilities_layer = project.addMapLayer(layer)
         layer = QgsRasterLayer(result.output_path, class_layer_name(result.output_path, self._input_name), "gdal")
         if layer.isValid():
-            apply_class_style(layer, result.card["classes"])
+            apply_class_style(layer, [c.to_dict() for c in result.card.classes])
             self.last_layer = project.addMapLayer(layer)

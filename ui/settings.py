@@ -29,13 +29,12 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import deps
-from ..core.options import DEVICES
+from ..core.options import DEVICE_LABELS, DEVICES
 
 PREFIX = "geoseg/settings/"
 KEY_DEVICE = PREFIX + "device"
 KEY_BATCH_SIZE = PREFIX + "batch_size"
 KEY_DEPS_DIR = PREFIX + "deps_dir"
-DEVICE_LABELS = ("Auto (GPU when available)", "CPU", "CUDA GPU")
 DEFAULT_BATCH_SIZE = 8
 # the dialogs' remembered values that a new default replaces (QgsSettings keys)
 DIALOG_KEYS = ("geoseg/train/device", "geoseg/train/batch_size", "geoseg/segment/device",

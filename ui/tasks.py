@@ -39,9 +39,7 @@ class CoreTask(QgsTask):
             self.result = self.func(self.params, progress=lambda f: self.setProgress(100.0 * f),
                                     cancelled=self.isCanceled, **self.kwargs)
             return True
-        except Cancelled as e:
-            self.error = str(e)
-        except GeoSegError as e:
+        except GeoSegError as e:  # Cancelled included: its message says nothing was written
             self.error = str(e)
         except Exception as e:  # noqa: BLE001  (a worker must never raise into QGIS)
             self.error = f"Unexpected error: {e}"

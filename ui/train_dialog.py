@@ -17,37 +17,31 @@ from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 from qgis.PyQt.QtWidgets import (
-    QCheckBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from ..core import options
+from ..core.device import resolve_device
 from ..core.errors import GeoSegError
 from ..core.options import (
     ARCHITECTURE_LABELS,
     ARCHITECTURES,
-    CLASS_WEIGHTS,
-    DEVICES,
-    LOSS_LABELS,
-    LOSSES,
-    SCHEDULES,
-    parse_model_options,
 )
-from ..core.train import BatchReport, EpochReport, TrainParams, TrainResult, resolve_device, train, validate
+from ..core.reports import BatchReport, EpochReport, TrainResult
+from ..core.train import TrainParams, train, validate
 from .base_dialog import ERROR_STYLE, GeoSegDialog
 from .settings import apply_defaults
 from .tasks import CoreTask
 
 SETTINGS_PREFIX = "geoseg/train/"
-DEVICE_LABELS = ("Auto (GPU when available)", "CPU", "CUDA GPU")
-CLASS_WEIGHT_LABELS = ("None", "Inverse class frequency")
-SCHEDULE_LABELS = ("One-cycle", "Cosine")
+DEVICE_LABELS, CLASS_WEIGHT_LABELS, SCHEDULE_LABELS = options.DEVICE_LABELS, options.CLASS_WEIGHT_LABELS, \
+    options.SCHEDULE_LABELS  # the names are core/options.py's
 TORCH_MISSING = "torch is not installed: training is unavailable (install torch into QGIS's Python)."
 
 
@@ -70,6 +64,7 @@ class TrainDialog(GeoSegDialog):
 
     settings_prefix = SETTINGS_PREFIX
     last_result: TrainResult | None
+    params_class = TrainParams
 
     def __init__(self, iface: Any, parent: QWidget | None = None) -> None:
         super().__init__(iface, "GeoSeg — Train model", "GeoSegTrainDialog", parent)
@@ -94,53 +89,37 @@ class TrainDialog(GeoSegDialog):
                                   "chips_dir")
         self.chipsDir.setStorageMode(QgsFileWidget.GetDirectory)
         self.chipsDir.setDialogTitle("Chips folder")
-        self.architecture = self._combo(data, "Architecture", ARCHITECTURE_LABELS, "architecture",
-                                        "Network to train: UNet, UNet++, DeepLabv3+ or FCN.", "architecture")
-        self.epochs = self._add(data, "Epochs", self._spin(1, 10000, 20), "epochs",
-                                "Passes over the training chips; validation runs after each.", "epochs")
-        self.batchSize = self._add(data, "Batch size", self._spin(1, 1024, 8), "batchSize",
-                                   "Chips per optimisation step; lower it when memory runs out.", "batch_size")
-        self.learningRate = self._add(data, "Learning rate", self._double(1e-5, 0.9, 0.001, 5, 0.0005),
-                                      "learningRate", "Maximum learning rate of the schedule (AdamW).", "learning_rate")
-        self.loss = self._combo(data, "Loss", LOSS_LABELS, "loss", "Training loss; Dice + cross-entropy "
-                                "suits most datasets, focal/Tversky help with rare classes.", "loss")
-        self.loss.setCurrentIndex(2)
-        self.device = self._combo(data, "Device", DEVICE_LABELS, "device",
-                                  "Where to train: Auto uses the CUDA GPU when torch sees one, else the CPU.", "device")
+        self.fields["chips_dir"] = self.chipsDir
+        # widgets, labels, tooltips, ranges, defaults and choices from core/params.py (TrainParams)
+        self.architecture = self._field(data, "architecture", "architecture", "architecture")
+        self.epochs = self._field(data, "epochs", "epochs", "epochs")
+        self.batchSize = self._field(data, "batch_size", "batchSize", "batch_size")
+        self.learningRate = self._field(data, "learning_rate", "learningRate", "learning_rate")
+        self.loss = self._field(data, "loss", "loss", "loss")
+        self.device = self._field(data, "device", "device", "device")
         apply_defaults(self.device, self.batchSize)  # GeoSeg ▸ Settings; remembered values override them
         self.deviceLabel = self._add(data, "", QLabel(self), "deviceLabel", "What Auto resolves to on this machine.")
         self.deviceLabel.setWordWrap(True)
-        self.seed = self._add(data, "Random seed", self._spin(0, 2147483647, 0), "seed",
-                              "The same seed and data give the same initial weights, batches and augmentation.", "seed")
+        self.seed = self._field(data, "seed", "seed", "seed")
         self.outputModel = self._add(data, "Output model (.pt)", QgsFileWidget(self), "outputModel",
                                      "Best checkpoint (.pt); the .onnx model, .metrics.csv and .last.pt (resumable "
                                      "state) are written beside it. GeoSeg never overwrites.", "output_model")
         self.outputModel.setStorageMode(QgsFileWidget.SaveFile)
         self.outputModel.setFilter("*.pt")
         self.outputModel.setDialogTitle("Output model")
+        self.fields["output_model"] = self.outputModel
 
         adv = self._group(left, "Advanced", QgsCollapsibleGroupBox)
-        self.classWeights = self._combo(adv, "Class weights", CLASS_WEIGHT_LABELS, "classWeights",
-                                        "Inverse class frequency weighs rare classes up in the loss.", "class_weights")
-        self.ignoreBackground = self._add(adv, "", QCheckBox("Ignore the background class", self),
-                                          "ignoreBackground", "For incomplete labels: learn only the labelled classes.",
-                                          "ignore_background")
-        self.schedule = self._combo(adv, "Learning-rate schedule", SCHEDULE_LABELS, "schedule",
-                                    "One-cycle: warm up then anneal. Cosine: anneal from the start.", "schedule")
-        self.patience = self._add(adv, "Early stopping patience", self._spin(0, 10000, 0), "patience",
-                                  "Stop after this many epochs without a better validation mIoU; 0 = off.", "patience")
-        self.patience.setSpecialValueText("off")
-        self.augment = self._add(adv, "", QCheckBox("Augment (flips, rotations, brightness, contrast, gamma)", self),
-                                 "augment", "Random flips, 90° rotations and photometric changes per training batch.",
-                                 "augment")
-        self.augment.setChecked(True)
-        self.resume = self._add(adv, "", QCheckBox("Resume the interrupted run of the output model", self), "resume",
-                                "Continue from the .last.pt state beside the output model (same chips).")
+        self.classWeights = self._field(adv, "class_weights", "classWeights", "class_weights")
+        self.ignoreBackground = self._field(adv, "ignore_background", "ignoreBackground", "ignore_background")
+        self.schedule = self._field(adv, "schedule", "schedule", "schedule")
+        self.weightDecay = self._field(adv, "weight_decay", "weightDecay", "weight_decay")
+        self.patience = self._field(adv, "patience", "patience", "patience")
+        self.augment = self._field(adv, "augment", "augment", "augment")
         # resume is deliberately not remembered: it only makes sense right after an interrupted run
-        self.modelOptions = self._add(adv, "Model options (JSON)", QLineEdit(self), "modelOptions",
-                                      'Architecture options as a JSON object, e.g. {"base_width": 16, "depth": 3}.',
-                                      "model_options")
-        self.modelOptions.setPlaceholderText('{"base_width": 16}')
+        self.resume = self._field(adv, "resume", "resume")
+        self.memoryBudget = self._field(adv, "memory_budget_mb", "memoryBudget", "memory_budget_mb")
+        self.modelOptions = self._field(adv, "model_options", "modelOptions", "model_options")
         left.addStretch(1)
 
         right = QVBoxLayout()
@@ -197,32 +176,14 @@ class TrainDialog(GeoSegDialog):
         """Build core's parameters from the widgets; GeoSegError says what is missing."""
         chips_dir = self.chipsDir.filePath().strip()
         if not chips_dir:
-            raise GeoSegError("Chips folder: choose the folder written by Export training chips.")
+            raise GeoSegError("Chips folder: choose the folder written by Export training chips.", param="CHIPS")
         output = self.outputModel.filePath().strip()
         if not output:
-            raise GeoSegError("Output model: choose the .pt file to write.")
-        if not output.endswith(".pt"):
+            raise GeoSegError("Output model: choose the .pt file to write.", param="OUTPUT_MODEL")
+        if not output.endswith(".pt"):  # core says it too; the dialog words it for its own label
             raise GeoSegError(f"Output model: the file name must end in .pt (got {output}); the ONNX model is "
-                              "written beside it with .onnx.")
-        options = parse_model_options(self.modelOptions.text())
-        return TrainParams(
-            chips_dir=chips_dir,
-            output_model=output,
-            architecture=ARCHITECTURES[self.architecture.currentIndex()],
-            epochs=self.epochs.value(),
-            batch_size=self.batchSize.value(),
-            learning_rate=self.learningRate.value(),
-            loss=LOSSES[self.loss.currentIndex()],
-            class_weights=CLASS_WEIGHTS[self.classWeights.currentIndex()],
-            ignore_background=self.ignoreBackground.isChecked(),
-            device=DEVICES[self.device.currentIndex()],
-            seed=self.seed.value(),
-            schedule=SCHEDULES[self.schedule.currentIndex()],
-            patience=self.patience.value(),
-            augment=self.augment.isChecked(),
-            resume=self.resume.isChecked(),
-            model_options=options,
-        )
+                              "written beside it with .onnx.", param="OUTPUT_MODEL")
+        return TrainParams(chips_dir=chips_dir, output_model=output, **self.field_values())
 
     def _checked_params(self) -> TrainParams:
         if not self.torch_ok:
@@ -284,7 +245,7 @@ class TrainDialog(GeoSegDialog):
             self.classTable.setItem(row, 1, QTableWidgetItem("—" if iou is None else f"{iou:.4f}"))
 
     def _success_text(self, result: TrainResult) -> str:
-        arch = ARCHITECTURE_LABELS[ARCHITECTURES.index(result.card["architecture"])]
+        arch = ARCHITECTURE_LABELS[ARCHITECTURES.index(result.card.architecture)]
         text = (f"Trained {arch}: best validation mIoU {result.val_miou:.4f} at epoch {result.best_epoch}; "
                 f"model saved to {result.model_path} (and {os.path.basename(result.onnx_path)})")
         if result.stopped_early:
@@ -293,4 +254,4 @@ class TrainDialog(GeoSegDialog):
 
     def _show_result(self, result: TrainResult) -> None:
         if not sip.isdeleted(self):
-            self._fill_class_table((result.card.get("metrics") or {}).get("per_class_iou") or {})
+            self._fill_class_table((result.card.metrics.per_class_iou if result.card.metrics else None) or {})
