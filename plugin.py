@@ -76,8 +76,7 @@ class GeoSegPlugin:
         self._add_action("Export training chips…", "export_chips.svg", self.open_export_dialog)
         self._add_action("Train model…", "train.svg", self.open_train_dialog)
         self._add_action("Segment raster…", "segment.svg", self.open_segment_dialog)
-        self._add_action("Assess accuracy…", "geoseg.svg", self.open_assess_dialog).setObjectName(
-            "mGeoSegAssessAction")
+        self._add_action("Assess accuracy…", "geoseg.svg", self.open_assess_dialog).setObjectName("mGeoSegAssessAction")
         self.menu.addSeparator()
         self.settings_action = QAction(icon("geoseg.svg"), "Settings…", window)
         self.settings_action.setObjectName("mGeoSegSettingsAction")
@@ -149,8 +148,12 @@ class GeoSegPlugin:
             dlg.installed.connect(self._installed)
             dlg._geoseg_connected = True
         self.iface.messageBar().pushMessage(
-            "GeoSeg", f"{STEP_TITLES.get(step, step)} needs {', '.join(missing)}: install them from the window "
-            "that opened (GeoSeg ▸ Install dependencies…).", Qgis.Warning, 10)
+            "GeoSeg",
+            f"{STEP_TITLES.get(step, step)} needs {', '.join(missing)}: install them from the window "
+            "that opened (GeoSeg ▸ Install dependencies…).",
+            Qgis.Warning,
+            10,
+        )
         return True
 
     def _installed(self) -> None:
@@ -164,8 +167,9 @@ class GeoSegPlugin:
         if self.offer_installer("segment", self.segment_active_layer):
             return
         if not isinstance(layer, QgsRasterLayer):
-            self.iface.messageBar().pushMessage("GeoSeg", "Segment layer: select a raster layer first.",
-                                                Qgis.Warning, 5)
+            self.iface.messageBar().pushMessage(
+                "GeoSeg", "Segment layer: select a raster layer first.", Qgis.Warning, 5
+            )
             return
         self._show("segment", "segment_dialog", "SegmentDialog").set_input_layer(layer)
 

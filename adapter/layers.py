@@ -28,7 +28,8 @@ def gdal_raster_source(layer: QgsRasterLayer | None, what: str) -> str:
     if layer.providerType() != "gdal":
         raise GeoSegError(
             f"{what}: '{layer.name()}' is served by the {layer.providerType()} provider; GeoSeg reads "
-            "rasters through GDAL, so save it as a GeoTIFF first.")
+            "rasters through GDAL, so save it as a GeoTIFF first."
+        )
     return layer.source()
 
 
@@ -49,7 +50,8 @@ def vector_uri(alg, parameters, name: str, context, feedback) -> str:
     only" source.
     """
     path, layer_name = alg.parameterAsCompatibleSourceLayerPathAndLayerName(
-        parameters, name, context, ["gpkg", "shp", "geojson", "fgb"], "gpkg", feedback)
+        parameters, name, context, ["gpkg", "shp", "geojson", "fgb"], "gpkg", feedback
+    )
     if not path:
         raise QgsProcessingException(f"{name}: no vector layer given, or it could not be opened.")
     return f"{path}|layername={layer_name}" if layer_name else path
@@ -88,8 +90,10 @@ def _write_temp_geopackage(layer: QgsVectorLayer, temp_dirs: list[str]) -> str:
     options.layerName = "labels"
     options.fileEncoding = "UTF-8"
     error, message, new_file, new_layer = QgsVectorFileWriter.writeAsVectorFormatV3(
-        layer, os.path.join(folder, "labels.gpkg"), QgsProject.instance().transformContext(), options)
+        layer, os.path.join(folder, "labels.gpkg"), QgsProject.instance().transformContext(), options
+    )
     if error != QgsVectorFileWriter.NoError:
-        raise GeoSegError(f"Label polygons: could not copy '{layer.name()}' to a temporary GeoPackage "
-                          f"({message or error}).")
+        raise GeoSegError(
+            f"Label polygons: could not copy '{layer.name()}' to a temporary GeoPackage " f"({message or error})."
+        )
     return f"{new_file}|layername={new_layer}" if new_layer else new_file

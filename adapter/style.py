@@ -32,8 +32,7 @@ def apply_class_style(layer: QgsRasterLayer, classes: list[dict]) -> None:
     """Paletted renderer on band 1: one entry per card class (value, colour, name), in card order.
 
     Pixels of other values (255 = nodata) stay transparent."""
-    entries = [QgsPalettedRasterRenderer.Class(float(c["value"]), QColor(c["color"]), str(c["name"]))
-               for c in classes]
+    entries = [QgsPalettedRasterRenderer.Class(float(c["value"]), QColor(c["color"]), str(c["name"])) for c in classes]
     layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries))
     layer.triggerRepaint()
 

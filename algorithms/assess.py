@@ -29,8 +29,14 @@ class AssessAlgorithm(GeoSegAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):
         params = params_from_parameters(self, AssessParams, parameters, context, feedback)
         r = self.run_core(assess, params, feedback)
-        feedback.pushInfo(f"Overall accuracy {r.overall_accuracy:.4f}, mean IoU {r.mean_iou:.4f}, macro F1 "
-                          f"{r.macro_f1:.4f} over {r.pixels} pixels. Report: {r.html_path}")
-        return {"OUTPUT_REPORT": r.html_path if params.report_path.lower().endswith(".html") else r.report_path,
-                "REPORT_JSON": r.report_path, "OVERALL_ACCURACY": r.overall_accuracy, "MEAN_IOU": r.mean_iou,
-                "MACRO_F1": r.macro_f1}
+        feedback.pushInfo(
+            f"Overall accuracy {r.overall_accuracy:.4f}, mean IoU {r.mean_iou:.4f}, macro F1 "
+            f"{r.macro_f1:.4f} over {r.pixels} pixels. Report: {r.html_path}"
+        )
+        return {
+            "OUTPUT_REPORT": r.html_path if params.report_path.lower().endswith(".html") else r.report_path,
+            "REPORT_JSON": r.report_path,
+            "OVERALL_ACCURACY": r.overall_accuracy,
+            "MEAN_IOU": r.mean_iou,
+            "MACRO_F1": r.macro_f1,
+        }

@@ -77,7 +77,8 @@ def require_torch() -> None:
             f"GeoSeg needs {deps.describe_missing(missing)} for this step, and QGIS's Python cannot import "
             f"{'it' if len(missing) == 1 else 'them'}. Install with GeoSeg ▸ Install dependencies… (or the "
             f"button in GeoSeg ▸ Settings…) in the QGIS window, or run `python3 -m pip install {packages}` "
-            "with QGIS's Python.")
+            "with QGIS's Python."
+        )
 
 
 def advanced(alg: QgsProcessingAlgorithm, params: list) -> None:
@@ -123,8 +124,9 @@ def parameter_from_spec(s: Spec, tr: Callable[[str], str] = str) -> QgsProcessin
     elif s.kind == "raster_out":  # an optional output is written only when asked for
         p = QgsProcessingParameterRasterDestination(m.name, label, None, optional, not optional)
     elif s.kind == "vector_out":
-        p = QgsProcessingParameterVectorDestination(m.name, label, QgsProcessing.TypeVectorPolygon, None, optional,
-                                                    not optional)
+        p = QgsProcessingParameterVectorDestination(
+            m.name, label, QgsProcessing.TypeVectorPolygon, None, optional, not optional
+        )
     else:
         raise ValueError(f"{m.name}: no Processing parameter for kind {s.kind!r}")
     if m.advanced:
@@ -138,8 +140,11 @@ def add_parameters(alg: QgsProcessingAlgorithm, cls: type) -> None:
     """Add the parameters of a step's dataclass (core.params): the plain ones, then the advanced
     ones (the dialog's fold), then the outputs, each group in field order."""
     specs = schema(cls)
-    groups = ([s for s in specs if not s.meta.advanced and not s.is_output],
-              [s for s in specs if s.meta.advanced and not s.is_output], [s for s in specs if s.is_output])
+    groups = (
+        [s for s in specs if not s.meta.advanced and not s.is_output],
+        [s for s in specs if s.meta.advanced and not s.is_output],
+        [s for s in specs if s.is_output],
+    )
     for group in groups:
         for s in group:
             alg.addParameter(parameter_from_spec(s, alg.tr))
@@ -166,8 +171,9 @@ _GETTERS: dict[str, Callable[..., Any]] = {
     "file_out": lambda a, s, p, c, f: a.parameterAsFileOutput(p, s.name, c),
     "raster_out": lambda a, s, p, c, f: a.parameterAsOutputLayer(p, s.name, c) or (None if s.optional else ""),
 }
-_GETTERS.update(field=_GETTERS["string"], folder_out=_GETTERS["string"], folder=_GETTERS["file"],
-                vector_out=_GETTERS["raster_out"])
+_GETTERS.update(
+    field=_GETTERS["string"], folder_out=_GETTERS["string"], folder=_GETTERS["file"], vector_out=_GETTERS["raster_out"]
+)
 
 
 def _value(alg: QgsProcessingAlgorithm, s: Spec, parameters: dict, context, feedback) -> Any:
@@ -218,8 +224,11 @@ class GeoSegAlgorithm(QgsProcessingAlgorithm):
             return ok, message
         for p in self.parameterDefinitions():
             value = parameters.get(p.name())
-            if not isinstance(p, QgsProcessingParameterNumber) or value in (None, "") \
-                    or p.checkValueIsAcceptable(value, context):
+            if (
+                not isinstance(p, QgsProcessingParameterNumber)
+                or value in (None, "")
+                or p.checkValueIsAcceptable(value, context)
+            ):
                 continue
             spec = "g" if p.dataType() == QgsProcessingParameterNumber.Double else ".0f"
             lo, hi = format(p.minimum(), spec), format(p.maximum(), spec)
@@ -232,8 +241,7 @@ class GeoSegAlgorithm(QgsProcessingAlgorithm):
         """Call a core entry point; GeoSegError becomes a QgsProcessingException (one line)."""
         with engine_log_to(feedback):
             try:
-                return func(params, progress=lambda f: feedback.setProgress(100.0 * f),
-                            cancelled=feedback.isCanceled)
+                return func(params, progress=lambda f: feedback.setProgress(100.0 * f), cancelled=feedback.isCanceled)
             except GeoSegError as e:
                 raise QgsProcessingException(str(e)) from None
             except Exception as e:

@@ -27,21 +27,30 @@ class ExportChipsAlgorithm(GeoSegAlgorithm):
 
     def initAlgorithm(self, config=None) -> None:
         add_parameters(self, ExportParams)  # core/params.py defines them
-        for name, title in (("N_CHIPS", "Chips exported"), ("N_TRAIN", "Training chips"),
-                            ("N_VALIDATION", "Validation chips")):
+        for name, title in (
+            ("N_CHIPS", "Chips exported"),
+            ("N_TRAIN", "Training chips"),
+            ("N_VALIDATION", "Validation chips"),
+        ):
             self.addOutput(QgsProcessingOutputNumber(name, self.tr(title)))
 
     def processAlgorithm(self, parameters, context, feedback):
         params = params_from_parameters(self, ExportParams, parameters, context, feedback)
         if params.index_path is not None and not params.index_path.lower().endswith(".gpkg"):
-            raise QgsProcessingException("INDEX: the chip index is written as a GeoPackage; "
-                                         "give a file name ending in .gpkg.")
+            raise QgsProcessingException(
+                "INDEX: the chip index is written as a GeoPackage; " "give a file name ending in .gpkg."
+            )
         result = self.run_core(export_chips, params, feedback)
         feedback.pushInfo(
             f"Exported {result.n_chips} of {result.n_grid} grid chips ({result.n_train} train, "
-            f"{result.n_validation} validation) to {result.output_dir} in {result.seconds:.1f} s.")
-        out = {"OUTPUT_DIR": result.output_dir, "N_CHIPS": result.n_chips, "N_TRAIN": result.n_train,
-               "N_VALIDATION": result.n_validation}
+            f"{result.n_validation} validation) to {result.output_dir} in {result.seconds:.1f} s."
+        )
+        out = {
+            "OUTPUT_DIR": result.output_dir,
+            "N_CHIPS": result.n_chips,
+            "N_TRAIN": result.n_train,
+            "N_VALIDATION": result.n_validation,
+        }
         if result.index_path:
             out["INDEX"] = result.index_path
         return out

@@ -9,9 +9,11 @@ from .base import GeoSegAlgorithm, add_parameters, params_from_parameters, requi
 class ExportOnnxAlgorithm(GeoSegAlgorithm):
     _name = "exportonnx"
     _display = "Export model to ONNX"
-    _help = ("Converts a GeoSeg .pt checkpoint into an ONNX model (dynamic batch, height and width) carrying "
-             "the same model card, for segmentation with onnxruntime on any machine. The checkpoint is loaded "
-             "without unpickling (weights only).")
+    _help = (
+        "Converts a GeoSeg .pt checkpoint into an ONNX model (dynamic batch, height and width) carrying "
+        "the same model card, for segmentation with onnxruntime on any machine. The checkpoint is loaded "
+        "without unpickling (weights only)."
+    )
 
     def initAlgorithm(self, config=None) -> None:
         add_parameters(self, ExportOnnxParams)  # core/params.py defines them

@@ -48,8 +48,10 @@ class SegmentAlgorithm(GeoSegAlgorithm):
 
         params = params_from_parameters(self, SegmentParams, parameters, context, feedback)
         r = self.run_core(segment, params, feedback)
-        feedback.pushInfo(f"Segmented {r.tiles} tiles in {r.seconds:.1f} s with {r.backend} ({r.provider}), "
-                          f"batch size {r.final_batch_size}.")
+        feedback.pushInfo(
+            f"Segmented {r.tiles} tiles in {r.seconds:.1f} s with {r.backend} ({r.provider}), "
+            f"batch size {r.final_batch_size}."
+        )
         if context.willLoadLayerOnCompletion(r.output_path):
             self._styler = ClassStyler([c.to_dict() for c in r.card.classes])  # must outlive this call
             context.layerToLoadOnCompletionDetails(r.output_path).setPostProcessor(self._styler)

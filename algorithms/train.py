@@ -36,7 +36,14 @@ class TrainAlgorithm(GeoSegAlgorithm):
 
         params = params_from_parameters(self, TrainParams, parameters, context, feedback)
         r = self.run_core(train, params, feedback)
-        feedback.pushInfo(f"Best validation mIoU {r.val_miou:.4f} at epoch {r.best_epoch} of {r.epochs_run} "
-                          f"(device {r.device}). Model: {r.model_path}; ONNX: {r.onnx_path}.")
-        return {"OUTPUT_MODEL": r.model_path, "OUTPUT_ONNX": r.onnx_path, "METRICS": r.metrics_path,
-                "VAL_MIOU": r.val_miou, "BEST_EPOCH": r.best_epoch}
+        feedback.pushInfo(
+            f"Best validation mIoU {r.val_miou:.4f} at epoch {r.best_epoch} of {r.epochs_run} "
+            f"(device {r.device}). Model: {r.model_path}; ONNX: {r.onnx_path}."
+        )
+        return {
+            "OUTPUT_MODEL": r.model_path,
+            "OUTPUT_ONNX": r.onnx_path,
+            "METRICS": r.metrics_path,
+            "VAL_MIOU": r.val_miou,
+            "BEST_EPOCH": r.best_epoch,
+        }

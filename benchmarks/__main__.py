@@ -18,10 +18,20 @@ from . import export_memory, export_speed, segment_memory, segment_speed, train_
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-FULL = {"export_memory": (2048, 8192), "export_speed": 8192, "segment_memory": (4096, 16384),
-        "segment_speed": 4096, "train": {"size": 2048, "epochs": 3, "steps": 3}}
-QUICK = {"export_memory": (512, 1024), "export_speed": 1024, "segment_memory": (512, 1024),
-         "segment_speed": 768, "train": {"size": 768, "epochs": 1, "steps": 1}}
+FULL = {
+    "export_memory": (2048, 8192),
+    "export_speed": 8192,
+    "segment_memory": (4096, 16384),
+    "segment_speed": 4096,
+    "train": {"size": 2048, "epochs": 3, "steps": 3},
+}
+QUICK = {
+    "export_memory": (512, 1024),
+    "export_speed": 1024,
+    "segment_memory": (512, 1024),
+    "segment_speed": 768,
+    "train": {"size": 768, "epochs": 1, "steps": 1},
+}
 
 
 def machine() -> str:
@@ -46,21 +56,37 @@ def targets(seg: dict, mem: dict, exp: dict, train: dict) -> list[str]:
     to_gdal = (e["chips"] / e["seconds"]) / (g["chips"] / g["seconds"])
     lo, st = train["loader"], train["step"]
     feed = (lo["samples"] / lo["seconds"]) / (st["samples"] / st["seconds"])
-    rows = [("segment end to end / bare model throughput", f"{to_bare:.2f}", "≥ 0.85", to_bare >= 0.85),
-            ("segment / naive geoInfer loop", f"{to_naive:.2f}× (bare model: {segment_speed.naive_ceiling(seg):.2f}×)",
-             "≥ 3", to_naive >= 3),
-            (f"segment peak RSS growth {sizes[0]}² → {sizes[-1]}²", f"{growth:+.0f} MB", "≤ 300 MB", growth <= 300),
-            ("chip export / bare GDAL read + write", f"{to_gdal:.2f}", "≥ 0.8", to_gdal >= 0.8),
-            ("loader (with augmentation) / training step", f"{feed:.0f}×", "≥ 3", feed >= 3)]
+    rows = [
+        ("segment end to end / bare model throughput", f"{to_bare:.2f}", "≥ 0.85", to_bare >= 0.85),
+        (
+            "segment / naive geoInfer loop",
+            f"{to_naive:.2f}× (bare model: {segment_speed.naive_ceiling(seg):.2f}×)",
+            "≥ 3",
+            to_naive >= 3,
+        ),
+        (f"segment peak RSS growth {sizes[0]}² → {sizes[-1]}²", f"{growth:+.0f} MB", "≤ 300 MB", growth <= 300),
+        ("chip export / bare GDAL read + write", f"{to_gdal:.2f}", "≥ 0.8", to_gdal >= 0.8),
+        ("loader (with augmentation) / training step", f"{feed:.0f}×", "≥ 3", feed >= 3),
+    ]
     notes = []
     ceiling = segment_speed.naive_ceiling(seg)
     if ceiling < 3:
-        notes = [f"The bare model itself is only {ceiling:.2f}× the naive loop on this machine, so segment / naive "
-                 "cannot reach 3× here whatever the pipeline around the model does: the naive loop's "
-                 "inefficiencies (batch 1, duplicate edge tiles, reading twice) cost little next to the "
-                 "network's arithmetic on a CPU.", ""]
-    return ["## Targets", "", "| measure | this run | target | met |", "|---|---|---|---|",
-            *[f"| {a} | {v} | {t} | {'yes' if ok else '**no**'} |" for a, v, t, ok in rows], "", *notes]
+        notes = [
+            f"The bare model itself is only {ceiling:.2f}× the naive loop on this machine, so segment / naive "
+            "cannot reach 3× here whatever the pipeline around the model does: the naive loop's "
+            "inefficiencies (batch 1, duplicate edge tiles, reading twice) cost little next to the "
+            "network's arithmetic on a CPU.",
+            "",
+        ]
+    return [
+        "## Targets",
+        "",
+        "| measure | this run | target | met |",
+        "|---|---|---|---|",
+        *[f"| {a} | {v} | {t} | {'yes' if ok else '**no**'} |" for a, v, t, ok in rows],
+        "",
+        *notes,
+    ]
 
 
 def main() -> None:
@@ -82,11 +108,16 @@ def main() -> None:
     seg = step("segment speed", segment_speed.run, sizes["segment_speed"])
     train = step("training input", train_speed.run, **sizes["train"])
     minutes = (time.perf_counter() - t0) / 60
-    lines = ["# GeoSeg benchmarks", "", f"- date: {datetime.date.today().isoformat()}",
-             f"- machine: {machine()}", f"- command: `make bench` ({minutes:.1f} min"
-             f"{', --quick sizes' if args.quick else ''})",
-             "- every figure comes from a fresh child process; ratios compare runs made within this one "
-             "benchmark, on this machine", ""]
+    lines = [
+        "# GeoSeg benchmarks",
+        "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {machine()}",
+        f"- command: `make bench` ({minutes:.1f} min" f"{', --quick sizes' if args.quick else ''})",
+        "- every figure comes from a fresh child process; ratios compare runs made within this one "
+        "benchmark, on this machine",
+        "",
+    ]
     lines += targets(seg, seg_mem, exp, train)
     lines += segment_speed.report(seg)
     lines += segment_memory.report(seg_mem)

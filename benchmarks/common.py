@@ -7,16 +7,17 @@ import subprocess
 import sys
 
 # VmHWM, not ru_maxrss: the latter is inherited from the parent across fork/exec.
-HWM = '''
+HWM = """
 def hwm():
     return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
-'''
+"""
 
 
 def run_child(code: str, *args: str, env: dict | None = None) -> dict:
     """Run `code` (which prints one JSON line last) in a fresh Python; return that JSON."""
-    out = subprocess.run([sys.executable, "-c", HWM + code, *args], capture_output=True, text=True, env=env,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", HWM + code, *args], capture_output=True, text=True, env=env, check=False
+    )
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -25,5 +26,7 @@ def run_child(code: str, *args: str, env: dict | None = None) -> dict:
 def growth_line(results: dict, note: str = "") -> str:
     sizes = sorted(results)
     growth = (results[sizes[-1]]["peak_kb"] - results[sizes[0]]["peak_kb"]) / 1024
-    return (f"Peak RSS growth from {sizes[0]}² to {sizes[-1]}² ({(sizes[-1] / sizes[0]) ** 2:.0f}× the pixels"
-            f"{note}): {growth:+.0f} MB.")
+    return (
+        f"Peak RSS growth from {sizes[0]}² to {sizes[-1]}² ({(sizes[-1] / sizes[0]) ** 2:.0f}× the pixels"
+        f"{note}): {growth:+.0f} MB."
+    )

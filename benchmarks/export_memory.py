@@ -28,8 +28,9 @@ print(json.dumps({"chips": r.n_chips, "seconds": r.seconds, "peak_kb": hwm(), "i
 
 def write_raster(path: str, size: int, bands: int = 4) -> None:
     """A UInt16 raster written in strips, so generating it needs little memory too."""
-    ds = gdal.GetDriverByName("GTiff").Create(path, size, size, bands, gdal.GDT_UInt16,
-                                              ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256"])
+    ds = gdal.GetDriverByName("GTiff").Create(
+        path, size, size, bands, gdal.GDT_UInt16, ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256"]
+    )
     ds.SetGeoTransform((500000, 1, 0, 5300000, 0, -1))
     s = osr.SpatialReference()
     s.ImportFromEPSG(32633)
@@ -59,8 +60,9 @@ def write_labels(path: str, size: int, n: int = 400) -> None:
         x0, y0 = 500000 + x, 5300000 - y
         f = ogr.Feature(lyr.GetLayerDefn())
         f.SetField("cls", int(rng.integers(1, 5)))
-        f.SetGeometry(ogr.CreateGeometryFromWkt(
-            f"POLYGON(({x0} {y0},{x0 + w} {y0},{x0 + w} {y0 - h},{x0} {y0 - h},{x0} {y0}))"))
+        f.SetGeometry(
+            ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x0 + w} {y0},{x0 + w} {y0 - h},{x0} {y0 - h},{x0} {y0}))")
+        )
         lyr.CreateFeature(f)
     lyr.CommitTransaction()
     ds = None
@@ -82,11 +84,18 @@ def run(sizes: tuple[int, ...] = (2048, 8192), cache_mb: int | None = None) -> d
 
 
 def report(results: dict) -> list[str]:
-    lines = ["## Chip export memory", "",
-             "Peak RSS of a fresh process exporting 256-px chips (no overlap) of a 4-band UInt16 raster "
-             "with 400 label polygons.", "",
-             "| raster | chips | seconds | chips/s | peak RSS | RSS at start |", "|---|---|---|---|---|---|"]
+    lines = [
+        "## Chip export memory",
+        "",
+        "Peak RSS of a fresh process exporting 256-px chips (no overlap) of a 4-band UInt16 raster "
+        "with 400 label polygons.",
+        "",
+        "| raster | chips | seconds | chips/s | peak RSS | RSS at start |",
+        "|---|---|---|---|---|---|",
+    ]
     for size, r in results.items():
-        lines.append(f"| {size}² | {r['chips']} | {r['seconds']:.1f} | {r['chips'] / r['seconds']:.0f} | "
-                     f"{r['peak_kb'] / 1024:.0f} MB | {r['import_kb'] / 1024:.0f} MB |")
+        lines.append(
+            f"| {size}² | {r['chips']} | {r['seconds']:.1f} | {r['chips'] / r['seconds']:.0f} | "
+            f"{r['peak_kb'] / 1024:.0f} MB | {r['import_kb'] / 1024:.0f} MB |"
+        )
     return [*lines, "", growth_line(results), ""]

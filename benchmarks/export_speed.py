@@ -82,12 +82,17 @@ def report(r: dict) -> list[str]:
     runs = ", ".join(f"{x['chips'] / x['seconds']:.0f}" for x in r["runs"]["export"])
     runs_b = ", ".join(f"{x['chips'] / x['seconds']:.0f}" for x in r["runs"]["bare"])
     return [
-        "## Chip export speed", "",
+        "## Chip export speed",
+        "",
         f"{CHIP}-px chips (no overlap) of a {r['size']}² 4-band UInt16 raster with 400 label polygons; the bare "
         "loop reads the same windows with GDAL and writes an image and a mask GeoTIFF per window, nothing else. "
-        f"Best of {len(r['runs']['export'])} fresh processes each.", "",
-        "| run | chips | seconds | chips/s | all runs, chips/s |", "|---|---|---|---|---|",
+        f"Best of {len(r['runs']['export'])} fresh processes each.",
+        "",
+        "| run | chips | seconds | chips/s | all runs, chips/s |",
+        "|---|---|---|---|---|",
         f"| export_chips | {e['chips']} | {e['seconds']:.1f} | {rate_e:.0f} | {runs} |",
-        f"| bare GDAL read + 2 writes | {b['chips']} | {b['seconds']:.1f} | {rate_b:.0f} | {runs_b} |", "",
-        f"- export / bare GDAL: **{rate_e / rate_b:.2f}** (target ≥ 0.8)", "",
+        f"| bare GDAL read + 2 writes | {b['chips']} | {b['seconds']:.1f} | {rate_b:.0f} | {runs_b} |",
+        "",
+        f"- export / bare GDAL: **{rate_e / rate_b:.2f}** (target ≥ 0.8)",
+        "",
     ]

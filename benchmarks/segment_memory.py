@@ -30,12 +30,18 @@ def tiny_model(path: str, bands: int = 4, classes: int = 4) -> None:
     from geoseg.core.checkpoint import save_onnx
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(bands, 8, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.Conv2d(8, classes, 3, padding=1)).eval()
-    card = ModelCard.from_dict({
-        "classes": [{"value": i, "name": f"class {i}", "color": "#336699"} for i in range(classes)],
-        "bands": list(range(1, bands + 1)), "in_channels": bands, "chip_size": 256,
-        "normalization": {"mean": [2000.0] * bands, "std": [1000.0] * bands}})
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(bands, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, classes, 3, padding=1)
+    ).eval()
+    card = ModelCard.from_dict(
+        {
+            "classes": [{"value": i, "name": f"class {i}", "color": "#336699"} for i in range(classes)],
+            "bands": list(range(1, bands + 1)),
+            "in_channels": bands,
+            "chip_size": 256,
+            "normalization": {"mean": [2000.0] * bands, "std": [1000.0] * bands},
+        }
+    )
     save_onnx(path, net, card)
 
 
@@ -53,11 +59,18 @@ def run(sizes: tuple[int, ...] = (4096, 16384)) -> dict:
 
 
 def report(results: dict) -> list[str]:
-    lines = ["## Segment memory", "",
-             "Peak RSS of a fresh process segmenting a 4-band UInt16 raster with a tiny ONNX model (chip 256, "
-             "stride 248, crop 4, batch 8, onnxruntime CPU), class map only.", "",
-             "| raster | tiles | seconds | peak RSS | RSS at start |", "|---|---|---|---|---|"]
+    lines = [
+        "## Segment memory",
+        "",
+        "Peak RSS of a fresh process segmenting a 4-band UInt16 raster with a tiny ONNX model (chip 256, "
+        "stride 248, crop 4, batch 8, onnxruntime CPU), class map only.",
+        "",
+        "| raster | tiles | seconds | peak RSS | RSS at start |",
+        "|---|---|---|---|---|",
+    ]
     for size, r in results.items():
-        lines.append(f"| {size}² | {r['tiles']} | {r['seconds']:.1f} | {r['peak_kb'] / 1024:.0f} MB | "
-                     f"{r['import_kb'] / 1024:.0f} MB |")
+        lines.append(
+            f"| {size}² | {r['tiles']} | {r['seconds']:.1f} | {r['peak_kb'] / 1024:.0f} MB | "
+            f"{r['import_kb'] / 1024:.0f} MB |"
+        )
     return [*lines, "", growth_line(results, ", 4× the strip width"), ""]

@@ -119,10 +119,15 @@ def unet_model(folder: str) -> tuple[str, str, str]:
 
     torch.manual_seed(0)
     net = build_model("unet", BANDS, CLASSES, base_width=16).eval()
-    card = ModelCard.from_dict({
-        "classes": [{"value": i, "name": f"class {i}", "color": "#336699"} for i in range(CLASSES)],
-        "bands": list(range(1, BANDS + 1)), "in_channels": BANDS, "chip_size": CHIP,
-        "normalization": {"mean": [2000.0] * BANDS, "std": [1000.0] * BANDS}})
+    card = ModelCard.from_dict(
+        {
+            "classes": [{"value": i, "name": f"class {i}", "color": "#336699"} for i in range(CLASSES)],
+            "bands": list(range(1, BANDS + 1)),
+            "in_channels": BANDS,
+            "chip_size": CHIP,
+            "normalization": {"mean": [2000.0] * BANDS, "std": [1000.0] * BANDS},
+        }
+    )
     onnx_path, weights, card_path = (os.path.join(folder, n) for n in ("unet.onnx", "unet.weights.pt", "card.json"))
     save_onnx(onnx_path, net, card)
     torch.save(net.state_dict(), weights)
@@ -165,22 +170,27 @@ def report(r: dict) -> list[str]:
     to_naive = naive["seconds"] / seg["seconds"]
     ceiling = naive_ceiling(r)
     return [
-        "## Segment speed", "",
+        "## Segment speed",
+        "",
         f"A {size}² 4-band UInt16 raster, UNet (base width 16, 4 levels, random weights) exported to ONNX, "
         f"chip {CHIP}, stride {STRIDE}, crop {CROP} (segment's defaults), class map only; segment's batch size "
         f"{seg['batch']} ({'chosen automatically' if r['auto'] else 'explicit'}), {seg['provider']}. "
-        "Each run is a fresh process.", "",
-        "| run | tiles | seconds | tiles/s | Mpx/s | peak RSS |", "|---|---|---|---|---|---|",
+        "Each run is a fresh process.",
+        "",
+        "| run | tiles | seconds | tiles/s | Mpx/s | peak RSS |",
+        "|---|---|---|---|---|---|",
         f"| segment, end to end | {seg['tiles']} | {seg['seconds']:.1f} | {tps(seg):.1f} | "
         f"{mpx / seg['seconds']:.2f} | {seg['peak_kb'] / 1024:.0f} MB |",
         f"| bare model, batch {seg['batch']}, tiles in memory | {bare['tiles']} | {bare['seconds']:.1f} | "
         f"{tps(bare):.1f} | – | – |",
         f"| naive geoInfer loop (torch, batch 1) | {naive['tiles']} | {naive['seconds']:.1f} | {tps(naive):.1f} | "
-        f"{mpx / naive['seconds']:.2f} | {naive['peak_kb'] / 1024:.0f} MB |", "",
+        f"{mpx / naive['seconds']:.2f} | {naive['peak_kb'] / 1024:.0f} MB |",
+        "",
         f"- segment / bare model throughput (tiles/s): **{to_bare:.2f}** (target ≥ 0.85)",
         f"- segment / naive (time for the same map): **{to_naive:.2f}×** (target ≥ 3)",
         f"- bare model / naive: {ceiling:.2f}× (the time the bare model needs for segment's tiles against the naive "
         "loop's time: the most any pipeline around this model can reach against the naive loop on this machine)",
         f"- class maps of segment and the naive loop agree on {100 * r['agree']:.2f} % of pixels "
-        "(the naive loop has no nodata handling and runs torch rather than onnxruntime)", "",
+        "(the naive loop has no nodata handling and runs torch rather than onnxruntime)",
+        "",
     ]

@@ -92,14 +92,19 @@ def report(r: dict) -> list[str]:
     feed = lo["samples"] / lo["seconds"]
     train = st["samples"] / st["seconds"]
     return [
-        "## Training input speed", "",
+        "## Training input speed",
+        "",
         f"{r['chips']} training chips of {CHIP} px (4-band UInt16 GeoTIFFs written by export), batch {BATCH}; "
         f"loader: DataLoader with {lo['workers']} worker processes (train's default on this machine), "
         f"steps: UNet base width 16, Dice+CE, AdamW, forward + backward + update on the CPU "
-        f"({st['threads']} threads).", "",
-        "| stage | samples | seconds | samples/s |", "|---|---|---|---|",
+        f"({st['threads']} threads).",
+        "",
+        "| stage | samples | seconds | samples/s |",
+        "|---|---|---|---|",
         f"| loader (read + normalise) | {lo['samples']} | {lo['load_seconds']:.2f} | {load_only:.0f} |",
         f"| loader + batch augmentation | {lo['samples']} | {lo['seconds']:.2f} | {feed:.0f} |",
-        f"| training step | {st['samples']} | {st['seconds']:.1f} | {train:.1f} |", "",
-        f"- loader (with augmentation) / training step: **{feed / train:.0f}×** (target ≥ 3)", "",
+        f"| training step | {st['samples']} | {st['seconds']:.1f} | {train:.1f} |",
+        "",
+        f"- loader (with augmentation) / training step: **{feed / train:.0f}×** (target ≥ 3)",
+        "",
     ]

@@ -28,16 +28,20 @@ def _run_export(p: ExportParams) -> str:
     from .chips import export_chips
 
     r = export_chips(p, progress=_progress_arg())
-    return (f"Exported {r.n_chips} of {r.n_grid} grid chips ({r.n_train} train, {r.n_validation} "
-            f"validation) to {r.output_dir} in {r.seconds:.1f} s.")
+    return (
+        f"Exported {r.n_chips} of {r.n_grid} grid chips ({r.n_train} train, {r.n_validation} "
+        f"validation) to {r.output_dir} in {r.seconds:.1f} s."
+    )
 
 
 def _run_train(p: TrainParams) -> str:
     from .train import train
 
     r = train(p, progress=_progress_arg())
-    return (f"Best validation mIoU {r.val_miou:.4f} at epoch {r.best_epoch} of {r.epochs_run} on {r.device}; "
-            f"wrote {r.model_path}, {r.onnx_path}, {r.metrics_path}.")
+    return (
+        f"Best validation mIoU {r.val_miou:.4f} at epoch {r.best_epoch} of {r.epochs_run} on {r.device}; "
+        f"wrote {r.model_path}, {r.onnx_path}, {r.metrics_path}."
+    )
 
 
 def _run_segment(p: SegmentParams) -> str:
@@ -51,8 +55,10 @@ def _run_assess(p: AssessParams) -> str:
     from .assess import assess
 
     r = assess(p, progress=_progress_arg())
-    return (f"Overall accuracy {r.overall_accuracy:.4f}, mean IoU {r.mean_iou:.4f}, macro F1 {r.macro_f1:.4f} "
-            f"over {r.pixels} pixels; wrote {r.report_path} and {r.html_path}.")
+    return (
+        f"Overall accuracy {r.overall_accuracy:.4f}, mean IoU {r.mean_iou:.4f}, macro F1 {r.macro_f1:.4f} "
+        f"over {r.pixels} pixels; wrote {r.report_path} and {r.html_path}."
+    )
 
 
 def _run_exportonnx(p: ExportOnnxParams) -> str:

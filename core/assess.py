@@ -49,22 +49,30 @@ def report_paths(path: str) -> tuple[str, str]:
     """(json, html): the report is written in both formats, beside each other."""
     stem, ext = os.path.splitext(path)
     if ext.lower() not in (".json", ".html"):
-        raise GeoSegError(f"OUTPUT_REPORT must end in .json or .html (got {path}); both are written.",
-                          param="OUTPUT_REPORT")
+        raise GeoSegError(
+            f"OUTPUT_REPORT must end in .json or .html (got {path}); both are written.", param="OUTPUT_REPORT"
+        )
     return stem + ".json", stem + ".html"
 
 
 def _same_grid(a: RasterInfo, b: RasterInfo) -> None:
     if (a.width, a.height) != (b.width, b.height):
-        raise GeoSegError(f"REFERENCE is {b.width} × {b.height} pixels but PREDICTION is {a.width} × {a.height}; "
-                          "they must share one grid (resample the reference onto the prediction).", param="REFERENCE")
+        raise GeoSegError(
+            f"REFERENCE is {b.width} × {b.height} pixels but PREDICTION is {a.width} × {a.height}; "
+            "they must share one grid (resample the reference onto the prediction).",
+            param="REFERENCE",
+        )
     tol = 1e-6 * max(abs(a.geotransform[1]), abs(a.geotransform[5]))
     if any(abs(x - y) > tol for x, y in zip(a.geotransform, b.geotransform, strict=True)):
-        raise GeoSegError("REFERENCE and PREDICTION have the same size but a different geotransform (origin or "
-                          "pixel size); they must share one grid.", param="REFERENCE")
+        raise GeoSegError(
+            "REFERENCE and PREDICTION have the same size but a different geotransform (origin or "
+            "pixel size); they must share one grid.",
+            param="REFERENCE",
+        )
     if a.srs is not None and b.srs is not None and not a.srs.IsSame(b.srs):
-        raise GeoSegError("REFERENCE and PREDICTION are in different CRSs; they must share one grid.",
-                          param="REFERENCE")
+        raise GeoSegError(
+            "REFERENCE and PREDICTION are in different CRSs; they must share one grid.", param="REFERENCE"
+        )
 
 
 class PairCounts:
@@ -85,8 +93,10 @@ class PairCounts:
             for (r, q), n in zip(pairs.T.tolist(), counts.tolist(), strict=True):
                 self.sparse[(r, q)] = self.sparse.get((r, q), 0) + n
             if len({v for pair in self.sparse for v in pair}) > self.MAX_VALUES:
-                raise GeoSegError(f"PREDICTION and REFERENCE hold more than {self.MAX_VALUES} distinct values; "
-                                  "both must be class rasters.")
+                raise GeoSegError(
+                    f"PREDICTION and REFERENCE hold more than {self.MAX_VALUES} distinct values; "
+                    "both must be class rasters."
+                )
 
     def matrix(self) -> tuple[list[int], np.ndarray]:
         """(sorted values occurring in either raster, confusion matrix [reference, prediction])."""
@@ -121,18 +131,23 @@ def validate(p: AssessParams) -> None:
     """Cheap checks before any file is opened: one reference (with its class field), report names that
     end in .json or .html, neither report existing. The dialog calls it before starting a task."""
     if bool(p.reference_path) == bool(p.reference_vector):
-        raise GeoSegError("Give exactly one reference: REFERENCE (a raster) or REFERENCE_VECTOR (polygons).",
-                          param="REFERENCE" if not p.reference_vector else "REFERENCE_VECTOR")
+        raise GeoSegError(
+            "Give exactly one reference: REFERENCE (a raster) or REFERENCE_VECTOR (polygons).",
+            param="REFERENCE" if not p.reference_vector else "REFERENCE_VECTOR",
+        )
     if p.reference_vector and not p.class_field:
-        raise GeoSegError("CLASS_FIELD: give the integer field of REFERENCE_VECTOR that holds each polygon's class.",
-                          param="CLASS_FIELD")
+        raise GeoSegError(
+            "CLASS_FIELD: give the integer field of REFERENCE_VECTOR that holds each polygon's class.",
+            param="CLASS_FIELD",
+        )
     for path in report_paths(p.report_path):
         check_new_file(path, "OUTPUT_REPORT", param="OUTPUT_REPORT")
 
 
 @with_gdal_exceptions
-def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
-           ) -> AssessResult:
+def assess(
+    p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
+) -> AssessResult:
     """Compare `p.prediction_path` with the reference; write the reports; return the figures."""
     t0 = time.perf_counter()
     validate(p)
@@ -140,8 +155,9 @@ def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCa
     pred_ds = open_raster(p.prediction_path, "PREDICTION")
     pred = raster_info(pred_ds, p.prediction_path, "PREDICTION")
     if pred.band_count != 1 or pred.is_float:
-        raise GeoSegError("PREDICTION must be a single-band integer class raster (as written by Segment).",
-                          param="PREDICTION")
+        raise GeoSegError(
+            "PREDICTION must be a single-band integer class raster (as written by Segment).", param="PREDICTION"
+        )
     ref_ds = labels = None
     ref_nodata = None
     if p.reference_path:
@@ -149,8 +165,11 @@ def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCa
         ref = raster_info(ref_ds, p.reference_path, "REFERENCE")
         if ref.band_count != 1 or ref.is_float:
             bands = f"has {ref.band_count} bands" if ref.band_count != 1 else "is a floating-point raster"
-            raise GeoSegError(f"REFERENCE {bands}; it must be a single-band integer class raster (extract the "
-                              "band that holds the classes first).", param="REFERENCE")
+            raise GeoSegError(
+                f"REFERENCE {bands}; it must be a single-band integer class raster (extract the "
+                "band that holds the classes first).",
+                param="REFERENCE",
+            )
         _same_grid(pred, ref)
         ref_nodata = ref.nodata[0]
     else:
@@ -174,15 +193,22 @@ def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCa
         progress(0.95 * (y + h) / pred.height)
     values, matrix = pairs.matrix()
     if not values:
-        raise GeoSegError("No pixel has both a prediction and a reference (check nodata and the reference's "
-                          "extent).")
+        raise GeoSegError(
+            "No pixel has both a prediction and a reference (check nodata and the reference's " "extent)."
+        )
     # a predicted value the reference never holds is a wrong prediction of whatever the reference says there:
     # it stays in the matrix (lowering OA and those classes' recall) and is named in the report
-    absent = [{"value": v, "pixels": int(matrix[:, i].sum())} for i, v in enumerate(values)
-              if matrix[i].sum() == 0 and matrix[:, i].sum() > 0]
+    absent = [
+        {"value": v, "pixels": int(matrix[:, i].sum())}
+        for i, v in enumerate(values)
+        if matrix[i].sum() == 0 and matrix[:, i].sum() > 0
+    ]
     for x in absent:
-        log.warning("PREDICTION holds %d pixels of value %d, which the reference never holds; they count as "
-                    "errors.", x["pixels"], x["value"])
+        log.warning(
+            "PREDICTION holds %d pixels of value %d, which the reference never holds; they count as " "errors.",
+            x["pixels"],
+            x["value"],
+        )
     m = metrics_from_confusion(matrix)
     names = {**(category_names(p.reference_path) if ref_ds is not None else {}), **category_names(p.prediction_path)}
     class_names = [names.get(v, f"class {v}") for v in values]
@@ -206,8 +232,17 @@ def assess(p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCa
             if cancelled():  # last chance: both reports are still temporary files, removed on the way out
                 raise Cancelled()
     progress(1.0)
-    return AssessResult(json_path, html_path, values, matrix.tolist(), float(m.overall_accuracy),
-                        float(m.mean_iou), float(m.macro_f1), int(m.total), time.perf_counter() - t0)
+    return AssessResult(
+        json_path,
+        html_path,
+        values,
+        matrix.tolist(),
+        float(m.overall_accuracy),
+        float(m.mean_iou),
+        float(m.macro_f1),
+        int(m.total),
+        time.perf_counter() - t0,
+    )
 
 
 def _pct(v: float | None) -> str:
@@ -229,18 +264,28 @@ def render_html(report: dict, values: list[int], names: list[str], matrix: np.nd
         x = 40 + i * (3 * bar_w + gap)
         for k, (key, colour) in enumerate((("precision", "#0072b2"), ("recall", "#e69f00"), ("iou", "#009e73"))):
             val = c[key] or 0.0
-            bars.append(f'<rect x="{x + k * bar_w}" y="{20 + h * (1 - val):.1f}" width="{bar_w - 2}" '
-                        f'height="{h * val:.1f}" fill="{colour}"><title>{e(c["name"])} {key} {_pct(c[key])} %'
-                        "</title></rect>")
+            bars.append(
+                f'<rect x="{x + k * bar_w}" y="{20 + h * (1 - val):.1f}" width="{bar_w - 2}" '
+                f'height="{h * val:.1f}" fill="{colour}"><title>{e(c["name"])} {key} {_pct(c[key])} %'
+                "</title></rect>"
+            )
         bars.append(f'<text x="{x}" y="{h + 38}" font-size="11">{e(c["name"])}</text>')
     width = 60 + len(per) * (3 * bar_w + gap)
     absent = report.get("predicted_values_not_in_reference") or []
-    warning = "" if not absent else (
-        '<p class="w"><b>Predicted values the reference never holds</b> (counted as errors): '
-        + ", ".join(f"value {x['value']}: {x['pixels']} pixels" for x in absent) + ".</p>")
+    warning = (
+        ""
+        if not absent
+        else (
+            '<p class="w"><b>Predicted values the reference never holds</b> (counted as errors): '
+            + ", ".join(f"value {x['value']}: {x['pixels']} pixels" for x in absent)
+            + ".</p>"
+        )
+    )
     table = "".join(
         f"<tr><td>{e(c['name'])}</td><td>{values[i]}</td><td>{_pct(c['precision'])}</td><td>{_pct(c['recall'])}</td>"
-        f"<td>{_pct(c['f1'])}</td><td>{_pct(c['iou'])}</td><td>{c['support']}</td></tr>" for i, c in enumerate(per))
+        f"<td>{_pct(c['f1'])}</td><td>{_pct(c['iou'])}</td><td>{c['support']}</td></tr>"
+        for i, c in enumerate(per)
+    )
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>GeoSeg accuracy report</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}

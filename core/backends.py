@@ -58,8 +58,10 @@ def read_model_card(model_path: str, what: str = "MODEL") -> ModelCard:
         raise GeoSegError(f"{what}: {model_path} is not a valid ONNX model ({first_line(e)}).") from None
     meta = {p.key: p.value for p in model.metadata_props}
     if CARD_KEY not in meta:
-        raise GeoSegError(f"{what}: {model_path} carries no GeoSeg model card (ONNX metadata_props key "
-                          f"'{CARD_KEY}'); write one as described in the README.")
+        raise GeoSegError(
+            f"{what}: {model_path} carries no GeoSeg model card (ONNX metadata_props key "
+            f"'{CARD_KEY}'); write one as described in the README."
+        )
     return ModelCard.from_json(meta[CARD_KEY], model_path, what)
 
 
@@ -80,8 +82,10 @@ class OnnxBackend:
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
         if device == "cuda" and not want_cuda:
-            raise GeoSegError("DEVICE: CUDA was requested, but this onnxruntime has no CUDA execution provider "
-                              f"(available: {', '.join(available)}). Install onnxruntime-gpu, or choose auto/cpu.")
+            raise GeoSegError(
+                "DEVICE: CUDA was requested, but this onnxruntime has no CUDA execution provider "
+                f"(available: {', '.join(available)}). Install onnxruntime-gpu, or choose auto/cpu."
+            )
         if want_cuda and hasattr(ort, "preload_dlls"):
             try:  # use the CUDA/cuDNN libraries of an installed torch when the system has none
                 ort.preload_dlls()
@@ -102,8 +106,10 @@ class OnnxBackend:
             raise GeoSegError(f"MODEL: onnxruntime cannot load {path} ({first_line(e)}).") from None
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
-            raise GeoSegError("DEVICE: CUDA was requested, but onnxruntime's CUDA provider failed to start "
-                              "(missing CUDA/cuDNN libraries?); choose auto or cpu.")
+            raise GeoSegError(
+                "DEVICE: CUDA was requested, but onnxruntime's CUDA provider failed to start "
+                "(missing CUDA/cuDNN libraries?); choose auto or cpu."
+            )
         self.on_cuda = self.provider == "CUDAExecutionProvider"
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
@@ -139,10 +145,13 @@ class OnnxBackend:
             probe = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
             outs = probe.run(None, {self.input: np.zeros((1, channels, PROBE_SIZE, PROBE_SIZE), np.float32)})
         except Exception as e:  # noqa: BLE001  (models with a fixed input size, unusual graphs)
-            log.info("Could not measure the model's activation memory (%s); assuming %.0f bytes per pixel.",
-                     first_line(e), FALLBACK_BYTES_PER_PIXEL)
+            log.info(
+                "Could not measure the model's activation memory (%s); assuming %.0f bytes per pixel.",
+                first_line(e),
+                FALLBACK_BYTES_PER_PIXEL,
+            )
             return FALLBACK_BYTES_PER_PIXEL
-        return sum(o.nbytes for o in outs if isinstance(o, np.ndarray)) / PROBE_SIZE ** 2
+        return sum(o.nbytes for o in outs if isinstance(o, np.ndarray)) / PROBE_SIZE**2
 
 
 class TorchBackend:
@@ -181,7 +190,7 @@ class TorchBackend:
     def activation_bytes_per_pixel(self, channels: int) -> float:
         """Sum of every module's output on a small probe tile, per pixel (an upper bound)."""
         probe = np.zeros((1, channels, PROBE_SIZE, PROBE_SIZE), np.float32)
-        return leaf_output_bytes(self.model, lambda: self(probe)) / PROBE_SIZE ** 2
+        return leaf_output_bytes(self.model, lambda: self(probe)) / PROBE_SIZE**2
 
 
 def open_backend(model_path: str, card: ModelCard, backend: str, device: str, chip: int) -> Backend:
@@ -196,8 +205,10 @@ def open_backend(model_path: str, card: ModelCard, backend: str, device: str, ch
     if backend == "torch" and is_onnx:
         raise GeoSegError("BACKEND torch needs a GeoSeg .pt model; use onnxruntime (or auto) for an .onnx file.")
     if backend == "onnxruntime" and not is_onnx:
-        raise GeoSegError("BACKEND onnxruntime needs an .onnx model; export the .pt with geoseg:exportonnx, "
-                          "or use the torch backend (or auto).")
+        raise GeoSegError(
+            "BACKEND onnxruntime needs an .onnx model; export the .pt with geoseg:exportonnx, "
+            "or use the torch backend (or auto)."
+        )
     engine: Backend = OnnxBackend(model_path, device) if backend == "onnxruntime" else TorchBackend(model_path, device)
     n, k = card.in_channels, card.num_classes
     try:
@@ -205,10 +216,13 @@ def open_backend(model_path: str, card: ModelCard, backend: str, device: str, ch
     except GeoSegError:
         raise
     except Exception as e:  # noqa: BLE001  (whatever the model raises for the card's input)
-        raise GeoSegError(f"MODEL: the model fails on a [1, {n}, {chip}, {chip}] input as its card describes "
-                          f"({first_line(e)}).") from None
+        raise GeoSegError(
+            f"MODEL: the model fails on a [1, {n}, {chip}, {chip}] input as its card describes " f"({first_line(e)})."
+        ) from None
     if tuple(out.shape) != (1, k, chip, chip):
-        raise GeoSegError(f"MODEL: the model returns shape {list(out.shape)} for a [1, {n}, {chip}, {chip}] input, "
-                          f"but its card lists {k} classes, so [1, {k}, {chip}, {chip}] is expected.")
+        raise GeoSegError(
+            f"MODEL: the model returns shape {list(out.shape)} for a [1, {n}, {chip}, {chip}] input, "
+            f"but its card lists {k} classes, so [1, {k}, {chip}, {chip}] is expected."
+        )
     log.info("Segmenting with %s (%s).", engine.name, engine.provider)
     return engine

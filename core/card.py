@@ -63,53 +63,114 @@ def _per_band(description: str, **kw: Any) -> Spec:
     return Spec("array", required=True, length_of="in_channels", items=Spec("number", **kw), description=description)
 
 
-CLASS = Spec("object", fields={
-    "value": _int(0, 254, required=True, description="class value written in the class map (255 is nodata)"),
-    "name": Spec("string", required=True, min_length=1, description="class name shown in the legend"),
-    "color": Spec("string", required=True, pattern=r"^#[0-9a-fA-F]{6}$", hint="a colour like #1a2b3c",
-                  description="legend colour, #rrggbb"),
-})
+CLASS = Spec(
+    "object",
+    fields={
+        "value": _int(0, 254, required=True, description="class value written in the class map (255 is nodata)"),
+        "name": Spec("string", required=True, min_length=1, description="class name shown in the legend"),
+        "color": Spec(
+            "string",
+            required=True,
+            pattern=r"^#[0-9a-fA-F]{6}$",
+            hint="a colour like #1a2b3c",
+            description="legend colour, #rrggbb",
+        ),
+    },
+)
 
-SCHEMA = Spec("object", description="GeoSeg model card", fields={
-    # the contract: a model cannot be used without these
-    "classes": Spec("array", required=True, min_items=2, max_items=255, unique="value", items=CLASS,
-                    description="one entry per model output channel, in output order"),
-    "bands": Spec("array", required=True, length_of="in_channels", items=_int(1),
-                  description="1-based raster band numbers, one per input channel"),
-    "in_channels": _int(1, required=True, description="number of input channels"),
-    "chip_size": _int(8, required=True, description="chip size the model was trained on (pixels)"),
-    "normalization": Spec("object", required=True, description="input = (pixel - mean) / std per band", fields={
-        "mean": _per_band("per-band mean"),
-        "std": _per_band("per-band standard deviation", exclusive_minimum=0),
-    }),
-    # written by GeoSeg's training; optional for other writers
-    "recommended": Spec("object", nullable=True, description="tiling for seam-free prediction", fields={
-        "crop": _int(0, required=True), "stride": _int(1, required=True), "receptive_field_radius": _int(0),
-    }),
-    "architecture": Spec("string", description="GeoSeg architecture name (a .pt must name a known one)"),
-    "architecture_options": Spec("object", description="options the architecture was built with"),
-    "crs": Spec("object", nullable=True, description="CRS of the training raster", fields={
-        "wkt": Spec("string", nullable=True), "authid": Spec("string", nullable=True)}),
-    "pixel_size": Spec("array", nullable=True, min_items=2, max_items=2, items=Spec("number", exclusive_minimum=0),
-                       description="training pixel size (x, y) in CRS units"),
-    "data_type": Spec("string", nullable=True, description="GDAL data type of the training raster"),
-    "nodata": Spec("array", nullable=True, items=Spec("number", nullable=True, finite=False),
-                   description="per-band nodata of the training raster"),
-    "background": _int(0, 254, nullable=True, description="background class value of the labels"),
-    "ignore_background": Spec("boolean", description="trained without the background class"),
-    "metrics": Spec("object", nullable=True, description="validation metrics of the saved epoch", fields={
-        "epoch": _int(1), "val_miou": Spec("number", nullable=True, minimum=0, maximum=1),
-        "val_oa": Spec("number", nullable=True, minimum=0, maximum=1),
-        "val_macro_f1": Spec("number", nullable=True, minimum=0, maximum=1),
-        "per_class_iou": Spec("object")}),
-    "training": Spec("object", description="training parameters"),
-    "epochs_run": _int(0),
-    "split": Spec("object", nullable=True, description="train/validation split of the chips"),
-    "dataset_sha256": Spec("string", pattern=r"^[0-9a-f]{64}$", hint="64 lower-case hex digits",
-                           description="hash of chips.csv and dataset.json"),
-    "geoseg_version": Spec("string"),
-    "schema_version": _int(1, description="card layout version (missing: 1)"),
-})
+SCHEMA = Spec(
+    "object",
+    description="GeoSeg model card",
+    fields={
+        # the contract: a model cannot be used without these
+        "classes": Spec(
+            "array",
+            required=True,
+            min_items=2,
+            max_items=255,
+            unique="value",
+            items=CLASS,
+            description="one entry per model output channel, in output order",
+        ),
+        "bands": Spec(
+            "array",
+            required=True,
+            length_of="in_channels",
+            items=_int(1),
+            description="1-based raster band numbers, one per input channel",
+        ),
+        "in_channels": _int(1, required=True, description="number of input channels"),
+        "chip_size": _int(8, required=True, description="chip size the model was trained on (pixels)"),
+        "normalization": Spec(
+            "object",
+            required=True,
+            description="input = (pixel - mean) / std per band",
+            fields={
+                "mean": _per_band("per-band mean"),
+                "std": _per_band("per-band standard deviation", exclusive_minimum=0),
+            },
+        ),
+        # written by GeoSeg's training; optional for other writers
+        "recommended": Spec(
+            "object",
+            nullable=True,
+            description="tiling for seam-free prediction",
+            fields={
+                "crop": _int(0, required=True),
+                "stride": _int(1, required=True),
+                "receptive_field_radius": _int(0),
+            },
+        ),
+        "architecture": Spec("string", description="GeoSeg architecture name (a .pt must name a known one)"),
+        "architecture_options": Spec("object", description="options the architecture was built with"),
+        "crs": Spec(
+            "object",
+            nullable=True,
+            description="CRS of the training raster",
+            fields={"wkt": Spec("string", nullable=True), "authid": Spec("string", nullable=True)},
+        ),
+        "pixel_size": Spec(
+            "array",
+            nullable=True,
+            min_items=2,
+            max_items=2,
+            items=Spec("number", exclusive_minimum=0),
+            description="training pixel size (x, y) in CRS units",
+        ),
+        "data_type": Spec("string", nullable=True, description="GDAL data type of the training raster"),
+        "nodata": Spec(
+            "array",
+            nullable=True,
+            items=Spec("number", nullable=True, finite=False),
+            description="per-band nodata of the training raster",
+        ),
+        "background": _int(0, 254, nullable=True, description="background class value of the labels"),
+        "ignore_background": Spec("boolean", description="trained without the background class"),
+        "metrics": Spec(
+            "object",
+            nullable=True,
+            description="validation metrics of the saved epoch",
+            fields={
+                "epoch": _int(1),
+                "val_miou": Spec("number", nullable=True, minimum=0, maximum=1),
+                "val_oa": Spec("number", nullable=True, minimum=0, maximum=1),
+                "val_macro_f1": Spec("number", nullable=True, minimum=0, maximum=1),
+                "per_class_iou": Spec("object"),
+            },
+        ),
+        "training": Spec("object", description="training parameters"),
+        "epochs_run": _int(0),
+        "split": Spec("object", nullable=True, description="train/validation split of the chips"),
+        "dataset_sha256": Spec(
+            "string",
+            pattern=r"^[0-9a-f]{64}$",
+            hint="64 lower-case hex digits",
+            description="hash of chips.csv and dataset.json",
+        ),
+        "geoseg_version": Spec("string"),
+        "schema_version": _int(1, description="card layout version (missing: 1)"),
+    },
+)
 
 
 # ---------------------------------------------------------------- validation
@@ -146,8 +207,14 @@ def _describe(s: Spec) -> str:
 
 
 def _plural(s: Spec) -> str:
-    return {"integer": "integers", "number": "numbers", "string": "strings", "boolean": "booleans",
-            "array": "lists", "object": "objects"}[s.kind]
+    return {
+        "integer": "integers",
+        "number": "numbers",
+        "string": "strings",
+        "boolean": "booleans",
+        "array": "lists",
+        "object": "objects",
+    }[s.kind]
 
 
 def _got(value: Any) -> str:
@@ -172,8 +239,11 @@ def _check(s: Spec, v: Any, path: str, root: dict, errors: list[str]) -> None:
         errors.append(wrong)
         return
     if s.kind in ("integer", "number"):
-        if (s.minimum is not None and v < s.minimum) or (s.maximum is not None and v > s.maximum) or \
-                (s.exclusive_minimum is not None and v <= s.exclusive_minimum):
+        if (
+            (s.minimum is not None and v < s.minimum)
+            or (s.maximum is not None and v > s.maximum)
+            or (s.exclusive_minimum is not None and v <= s.exclusive_minimum)
+        ):
             errors.append(wrong)
     elif s.kind == "string":
         if (s.min_length and len(v) < s.min_length) or (s.pattern and not re.fullmatch(s.pattern, v)):
@@ -181,8 +251,9 @@ def _check(s: Spec, v: Any, path: str, root: dict, errors: list[str]) -> None:
     elif s.kind == "array":
         n = root.get(s.length_of) if s.length_of else None
         if s.length_of and _type_ok(SCHEMA.fields[s.length_of], n) and n >= 1 and len(v) != n:
-            errors.append(f"card field {path} must list {n} items, one per input channel ({s.length_of} is {n}; "
-                          f"got {len(v)})")
+            errors.append(
+                f"card field {path} must list {n} items, one per input channel ({s.length_of} is {n}; " f"got {len(v)})"
+            )
         elif (s.min_items is not None and len(v) < s.min_items) or (s.max_items is not None and len(v) > s.max_items):
             errors.append(f"card field {path} must be {_describe(s)} (got {len(v)} item{'s' if len(v) != 1 else ''})")
         seen: set = set()
@@ -193,8 +264,9 @@ def _check(s: Spec, v: Any, path: str, root: dict, errors: list[str]) -> None:
             if s.unique and len(errors) == before and isinstance(item, dict):
                 key = item.get(s.unique)
                 if key in seen:
-                    errors.append(f"card field {path}[{i}].{s.unique} repeats {_got(key)}, already used by an "
-                                  "earlier item")
+                    errors.append(
+                        f"card field {path}[{i}].{s.unique} repeats {_got(key)}, already used by an " "earlier item"
+                    )
                 seen.add(key)
     elif s.kind == "object" and s.fields:
         for name, sub in s.fields.items():
@@ -253,13 +325,17 @@ def migrate(card: Any, what: str = "MODEL") -> Any:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         return card  # validation names it
     if version > SCHEMA_VERSION:
-        raise GeoSegError(f"{what}: the model card has schema_version {version}, but this GeoSeg reads cards up to "
-                          f"version {SCHEMA_VERSION}; update GeoSeg to use this model.")
+        raise GeoSegError(
+            f"{what}: the model card has schema_version {version}, but this GeoSeg reads cards up to "
+            f"version {SCHEMA_VERSION}; update GeoSeg to use this model."
+        )
     while version < SCHEMA_VERSION:
         step = MIGRATIONS.get(version)
         if step is None:
-            raise GeoSegError(f"{what}: the model card has schema_version {version}, and this GeoSeg has no "
-                              f"migration from it to version {SCHEMA_VERSION}.")
+            raise GeoSegError(
+                f"{what}: the model card has schema_version {version}, and this GeoSeg has no "
+                f"migration from it to version {SCHEMA_VERSION}."
+            )
         card = step(copy.deepcopy(card))
         version += 1
         card["schema_version"] = version
@@ -288,8 +364,11 @@ class _Record:
     def _build(cls, d: Mapping[str, Any]) -> Any:
         keys = cls._keys()
         kw = {k: cls._typed(k, d[k]) for k in keys if d.get(k) is not None}
-        return cls(**kw, extra={k: copy.deepcopy(v) for k, v in d.items() if k not in keys},
-                   nulls=frozenset(k for k in keys if k in d and d[k] is None))
+        return cls(
+            **kw,
+            extra={k: copy.deepcopy(v) for k, v in d.items() if k not in keys},
+            nulls=frozenset(k for k in keys if k in d and d[k] is None),
+        )
 
     @classmethod
     def _typed(cls, key: str, value: Any) -> Any:
@@ -392,8 +471,12 @@ class ModelCard(_Record):
     schema_version: int = SCHEMA_VERSION
 
     _NESTED: ClassVar[dict[str, tuple[type, bool]]] = {
-        "classes": (CardClass, True), "normalization": (Normalization, False),
-        "recommended": (RecommendedTiling, False), "crs": (CardCrs, False), "metrics": (CardMetrics, False)}
+        "classes": (CardClass, True),
+        "normalization": (Normalization, False),
+        "recommended": (RecommendedTiling, False),
+        "crs": (CardCrs, False),
+        "metrics": (CardMetrics, False),
+    }
 
     @classmethod
     def from_dict(cls, card: Any, what: str = "MODEL") -> ModelCard:
@@ -428,9 +511,15 @@ def _json_schema(s: Spec) -> dict:
     if s.description:
         out["description"] = s.description
     out["type"] = [s.kind, "null"] if s.nullable else s.kind
-    for key, value in (("minimum", s.minimum), ("maximum", s.maximum), ("exclusiveMinimum", s.exclusive_minimum),
-                       ("pattern", s.pattern), ("minLength", s.min_length), ("minItems", s.min_items),
-                       ("maxItems", s.max_items)):
+    for key, value in (
+        ("minimum", s.minimum),
+        ("maximum", s.maximum),
+        ("exclusiveMinimum", s.exclusive_minimum),
+        ("pattern", s.pattern),
+        ("minLength", s.min_length),
+        ("minItems", s.min_items),
+        ("maxItems", s.max_items),
+    ):
         if value is not None:
             out[key] = value
     if s.length_of:  # JSON Schema cannot compare two fields: an annotation, checked by GeoSeg
@@ -450,13 +539,16 @@ def _json_schema(s: Spec) -> dict:
 def json_schema() -> dict:
     """SCHEMA as JSON Schema (draft 2020-12); written to docs/model_card.schema.json."""
     body = _json_schema(SCHEMA)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-            "title": "GeoSeg model card",
-            **body,
-            "$comment": "Generated from geoseg.core.card.SCHEMA. Writers may add keys. Not expressible here, and "
-                        "checked by GeoSeg: x-geoseg-length-equals (the list has as many items as that integer "
-                        "field), x-geoseg-unique-key (that key differs between the list's objects), and numbers "
-                        "being finite."}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "GeoSeg model card",
+        **body,
+        "$comment": "Generated from geoseg.core.card.SCHEMA. Writers may add keys. Not expressible here, and "
+        "checked by GeoSeg: x-geoseg-length-equals (the list has as many items as that integer "
+        "field), x-geoseg-unique-key (that key differs between the list's objects), and numbers "
+        "being finite.",
+    }
 
 
 def recommended_tiling(chip: int, radius: int) -> dict[str, int]:

@@ -51,12 +51,16 @@ def load_checkpoint(path: str, what: str = "MODEL") -> dict:
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
             bad = f"({e})"
         if bad is not None:
-            raise GeoSegError(f"{what}: {path} is damaged (checksum mismatch in {bad}); it cannot be used. "
-                              "Restore it from a backup, or start a new run.")
+            raise GeoSegError(
+                f"{what}: {path} is damaged (checksum mismatch in {bad}); it cannot be used. "
+                "Restore it from a backup, or start a new run."
+            )
     elif head[:1] != b"\x80":  # neither torch's zip format nor a raw pickle
         if head[:2] == b"PK":
-            raise GeoSegError(f"{what}: {path} is truncated or damaged (its zip directory is missing); it "
-                              "cannot be used. Restore it from a backup, or start a new run.")
+            raise GeoSegError(
+                f"{what}: {path} is truncated or damaged (its zip directory is missing); it "
+                "cannot be used. Restore it from a backup, or start a new run."
+            )
         raise GeoSegError(f"{what}: {path} is not a readable PyTorch checkpoint (not a torch.save file).")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -65,13 +69,18 @@ def load_checkpoint(path: str, what: str = "MODEL") -> dict:
         reason = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else "")
         raise GeoSegError(
             f"{what}: {path} holds Python objects other than plain weights, which could run code when "
-            f"loaded; GeoSeg refuses to load it ({reason[:160]}).") from None
+            f"loaded; GeoSeg refuses to load it ({reason[:160]})."
+        ) from None
     except Exception as e:  # noqa: BLE001  (zip/format errors of every kind)
-        raise GeoSegError(f"{what}: {path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160] if str(e) else ''}).") from None
+        raise GeoSegError(
+            f"{what}: {path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160] if str(e) else ''})."
+        ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise GeoSegError(f"{what}: {path} is not a GeoSeg checkpoint (no '{FORMAT}' marker); use a .pt "
-                          "written by GeoSeg's training, or an ONNX model with a GeoSeg card.")
+        raise GeoSegError(
+            f"{what}: {path} is not a GeoSeg checkpoint (no '{FORMAT}' marker); use a .pt "
+            "written by GeoSeg's training, or an ONNX model with a GeoSeg card."
+        )
     try:
         card = json.loads(obj["card"])
     except (KeyError, TypeError, ValueError):

@@ -42,7 +42,6 @@ WORKERS = 2  # threads checking, describing and writing chips while the main thr
 MAX_PENDING = 4  # chips in flight: enough to keep the workers busy, memory stays flat
 
 
-
 @dataclass(frozen=True)
 class ExportResult:
     output_dir: str
@@ -68,17 +67,23 @@ def validate(p: ExportParams) -> None:
     if p.mode not in MODES:
         raise GeoSegError(f"MODE must be one of {', '.join(MODES)} (got '{p.mode}').", param="MODE")
     if not 0 <= p.background < MASK_NODATA:
-        raise GeoSegError(f"BACKGROUND must be 0-254; 255 marks ignored pixels (got {p.background}).",
-                          param="BACKGROUND")
+        raise GeoSegError(
+            f"BACKGROUND must be 0-254; 255 marks ignored pixels (got {p.background}).", param="BACKGROUND"
+        )
     if not 0 < p.max_nodata_fraction <= 1:
-        raise GeoSegError(f"MAX_NODATA_FRACTION must be above 0 and at most 1 (got {p.max_nodata_fraction}).",
-                          param="MAX_NODATA_FRACTION")
+        raise GeoSegError(
+            f"MAX_NODATA_FRACTION must be above 0 and at most 1 (got {p.max_nodata_fraction}).",
+            param="MAX_NODATA_FRACTION",
+        )
     if not 0 <= p.validation_fraction < 1:
-        raise GeoSegError(f"VALIDATION_FRACTION must be at least 0 and below 1 (got {p.validation_fraction}).",
-                          param="VALIDATION_FRACTION")
+        raise GeoSegError(
+            f"VALIDATION_FRACTION must be at least 0 and below 1 (got {p.validation_fraction}).",
+            param="VALIDATION_FRACTION",
+        )
     if p.split_method not in SPLIT_METHODS:
-        raise GeoSegError(f"SPLIT_METHOD must be one of {', '.join(SPLIT_METHODS)} (got '{p.split_method}').",
-                          param="SPLIT_METHOD")
+        raise GeoSegError(
+            f"SPLIT_METHOD must be one of {', '.join(SPLIT_METHODS)} (got '{p.split_method}').", param="SPLIT_METHOD"
+        )
     if not p.output_dir:
         raise GeoSegError("OUTPUT_DIR: no output folder given.", param="OUTPUT_DIR")
     check_new_dir(os.path.abspath(p.output_dir), "OUTPUT_DIR", param="OUTPUT_DIR")
@@ -91,23 +96,33 @@ def chip_name(win: Window) -> str:
 
 
 @with_gdal_exceptions
-def export_chips(p: ExportParams, progress: Progress = lambda f: None,
-                 cancelled: IsCancelled = lambda: False) -> ExportResult:
+def export_chips(
+    p: ExportParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
+) -> ExportResult:
     """Export chips as described by `p`; raise GeoSegError (or Cancelled) on failure."""
     t0 = time.perf_counter()
     validate(p)
     ds = open_raster(p.input_path)
     info = raster_info(ds, p.input_path)
-    require_memory(export_bytes(p.chip_size, info.band_count, info.dtype.itemsize, info.width, MAX_PENDING + 2),
-                   f"exporting chips of {p.chip_size} × {p.chip_size} pixels ({info.band_count} bands)", "CHIP_SIZE",
-                   "Use a smaller CHIP_SIZE.")
+    require_memory(
+        export_bytes(p.chip_size, info.band_count, info.dtype.itemsize, info.width, MAX_PENDING + 2),
+        f"exporting chips of {p.chip_size} × {p.chip_size} pixels ({info.band_count} bands)",
+        "CHIP_SIZE",
+        "Use a smaller CHIP_SIZE.",
+    )
     labels = load_labels(p.labels_path, info, p.class_field, p.name_field)
     if labels.skipped_null:
         log.warning("%d label polygons have no class value and were ignored.", labels.skipped_null)
     grid = make_grid(info.width, info.height, p.chip_size, p.stride_x, p.stride_y)
     if grid.pad_x or grid.pad_y:
-        log.warning("The raster (%d x %d) is smaller than one chip; chips are padded by %d x %d "
-                    "pixels (image: nodata, mask: 255).", info.width, info.height, grid.pad_x, grid.pad_y)
+        log.warning(
+            "The raster (%d x %d) is smaller than one chip; chips are padded by %d x %d "
+            "pixels (image: nodata, mask: 255).",
+            info.width,
+            info.height,
+            grid.pad_x,
+            grid.pad_y,
+        )
     values = sorted(set(labels.class_values) | {p.background})
     img_nodata = info.nodata[0]
     if img_nodata is None and (grid.pad_x or grid.pad_y):
@@ -132,8 +147,7 @@ def export_chips(p: ExportParams, progress: Progress = lambda f: None,
                     row = win.yoff
                     strip = labels.rasterize(info, Window(0, win.yoff, info.width, win.height), p.background)
                 pixels, valid = read_window(ds, info, win)
-                pending.append(pool.submit(_export_one, info, pixels, valid, strip, win, p, stage, img_nodata,
-                                           values))
+                pending.append(pool.submit(_export_one, info, pixels, valid, strip, win, p, stage, img_nodata, values))
                 while len(pending) > MAX_PENDING or (pending and pending[0].done()):
                     _collect(pending.popleft(), records, skipped)  # in grid order; a write error is raised here
                 progress(0.95 * (i + 1) / n)
@@ -143,8 +157,7 @@ def export_chips(p: ExportParams, progress: Progress = lambda f: None,
             raise GeoSegError(_nothing_exported(p, n, skipped))
 
         block = p.block_size or 4 * p.chip_size
-        splits = split_chips([(r.xoff, r.yoff) for r in records], p.validation_fraction,
-                             p.split_method, p.seed, block)
+        splits = split_chips([(r.xoff, r.yoff) for r in records], p.validation_fraction, p.split_method, p.seed, block)
         for r, s in zip(records, splits, strict=False):
             r.split = s
         dataset = _dataset_json(p, info, labels, grid, records, values, block)
@@ -160,10 +173,19 @@ def export_chips(p: ExportParams, progress: Progress = lambda f: None,
                     raise Cancelled()
                 progress(1.0)
     n_val = sum(r.split == "validation" for r in records)
-    return ExportResult(os.path.abspath(p.output_dir), len(records), len(records) - n_val, n_val,
-                        len(grid), skipped["empty"], skipped["nodata"], skipped["negative"],
-                        os.path.abspath(p.index_path) if p.index_path else None, dataset,
-                        time.perf_counter() - t0)
+    return ExportResult(
+        os.path.abspath(p.output_dir),
+        len(records),
+        len(records) - n_val,
+        n_val,
+        len(grid),
+        skipped["empty"],
+        skipped["nodata"],
+        skipped["negative"],
+        os.path.abspath(p.index_path) if p.index_path else None,
+        dataset,
+        time.perf_counter() - t0,
+    )
 
 
 def _collect(job: Future, records: list[ChipRecord], skipped: dict[str, int]) -> None:
@@ -175,8 +197,17 @@ def _collect(job: Future, records: list[ChipRecord], skipped: dict[str, int]) ->
 
 
 @with_gdal_exceptions  # a worker thread: GDAL ≥ 3.7 keeps the exception mode per thread
-def _export_one(info, pixels: np.ndarray, valid: np.ndarray, strip: np.ndarray, win: Window, p: ExportParams,
-                stage: str, img_nodata: float | None, values: list[int]) -> ChipRecord | str:
+def _export_one(
+    info,
+    pixels: np.ndarray,
+    valid: np.ndarray,
+    strip: np.ndarray,
+    win: Window,
+    p: ExportParams,
+    stage: str,
+    img_nodata: float | None,
+    values: list[int],
+) -> ChipRecord | str:
     """Check, describe and write one chip read by the main thread (runs in a worker thread);
     returns its record, or why it was skipped. `strip` holds the labels of the chip's row,
     rasterized once for the whole raster width."""
@@ -187,7 +218,7 @@ def _export_one(info, pixels: np.ndarray, valid: np.ndarray, strip: np.ndarray, 
     nodata_fraction = 1.0 - n_valid / real.size
     if nodata_fraction > p.max_nodata_fraction:
         return "nodata"
-    mask = strip[:, win.xoff:win.xoff + win.width]
+    mask = strip[:, win.xoff : win.xoff + win.width]
     if win.pad_x or win.pad_y:
         mask = np.pad(mask, ((0, win.pad_y), (0, win.pad_x)), constant_values=MASK_NODATA)
     else:
@@ -204,8 +235,16 @@ def _export_one(info, pixels: np.ndarray, valid: np.ndarray, strip: np.ndarray, 
     gt = window_geotransform(info.geotransform, win)
     write_geotiff(os.path.join(stage, image_rel), pixels, gt, info.wkt, info.gdal_type, img_nodata)
     write_geotiff(os.path.join(stage, mask_rel), mask, gt, info.wkt, gdal.GDT_Byte, MASK_NODATA)
-    return ChipRecord(image_rel, mask_rel, win.xoff, win.yoff, positive, round(nodata_fraction, 6),
-                      {v: int(counts[v]) for v in values}, Moments.of(pixels, valid))
+    return ChipRecord(
+        image_rel,
+        mask_rel,
+        win.xoff,
+        win.yoff,
+        positive,
+        round(nodata_fraction, 6),
+        {v: int(counts[v]) for v in values},
+        Moments.of(pixels, valid),
+    )
 
 
 def _nothing_exported(p: ExportParams, n: int, skipped: dict[str, int]) -> str:
@@ -222,15 +261,19 @@ def _nothing_exported(p: ExportParams, n: int, skipped: dict[str, int]) -> str:
 def _write_csv(path: str, records: list[ChipRecord], values: list[int]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["image", "mask", "split", "xoff", "yoff", "positive", "nodata_fraction"]
-                   + [f"class_{v}" for v in values])
+        w.writerow(
+            ["image", "mask", "split", "xoff", "yoff", "positive", "nodata_fraction"] + [f"class_{v}" for v in values]
+        )
         for r in records:
-            w.writerow([r.image, r.mask, r.split, r.xoff, r.yoff, int(r.positive), r.nodata_fraction]
-                       + [r.class_counts[v] for v in values])
+            w.writerow(
+                [r.image, r.mask, r.split, r.xoff, r.yoff, int(r.positive), r.nodata_fraction]
+                + [r.class_counts[v] for v in values]
+            )
 
 
-def _dataset_json(p: ExportParams, info, labels, grid, records: list[ChipRecord], values: list[int],
-                  block: int) -> dict:
+def _dataset_json(
+    p: ExportParams, info, labels, grid, records: list[ChipRecord], values: list[int], block: int
+) -> dict:
     train = [r for r in records if r.split == "train"] or records
     mean, std, n_px = merge([r.moments for r in train], info.band_count)
     std = np.where(std > 0, std, 1.0)  # a constant band must not divide by zero later
@@ -251,23 +294,37 @@ def _dataset_json(p: ExportParams, info, labels, grid, records: list[ChipRecord]
         "in_channels": info.band_count,
         "data_type": gdal.GetDataTypeName(info.gdal_type),
         "nodata": [None if v is None or np.isnan(v) else v for v in info.nodata],
-        "normalization": {"mean": [float(x) for x in mean], "std": [float(x) for x in std],
-                          "pixels": n_px, "computed_on": "train"},
+        "normalization": {
+            "mean": [float(x) for x in mean],
+            "std": [float(x) for x in std],
+            "pixels": n_px,
+            "computed_on": "train",
+        },
         "class_pixel_counts": counts(records),
-        "class_pixel_counts_by_split": {"train": counts([r for r in records if r.split == "train"]),
-                                        "validation": counts([r for r in records if r.split == "validation"])},
+        "class_pixel_counts_by_split": {
+            "train": counts([r for r in records if r.split == "train"]),
+            "validation": counts([r for r in records if r.split == "validation"]),
+        },
         "chip_size": p.chip_size,
         "stride": [grid.stride_x, grid.stride_y],
         "padding": {"x": grid.pad_x, "y": grid.pad_y},
         "mode": p.mode,
         "crs": {"wkt": info.wkt, "authid": authid},
         "pixel_size": list(info.pixel_size),
-        "source": {"raster": os.path.abspath(p.input_path), "labels": p.labels_path,
-                   "class_field": p.class_field, "raster_size": [info.width, info.height]},
-        "split": {"method": p.split_method, "validation_fraction": p.validation_fraction,
-                  "seed": p.seed, "block_size": block if p.split_method == "blocks" else None,
-                  "train": sum(r.split == "train" for r in records),
-                  "validation": sum(r.split == "validation" for r in records)},
+        "source": {
+            "raster": os.path.abspath(p.input_path),
+            "labels": p.labels_path,
+            "class_field": p.class_field,
+            "raster_size": [info.width, info.height],
+        },
+        "split": {
+            "method": p.split_method,
+            "validation_fraction": p.validation_fraction,
+            "seed": p.seed,
+            "block_size": block if p.split_method == "blocks" else None,
+            "train": sum(r.split == "train" for r in records),
+            "validation": sum(r.split == "validation" for r in records),
+        },
         "chips": len(records),
         "params": {k: v for k, v in asdict(p).items() if k not in ("input_path", "labels_path", "output_dir")},
     }

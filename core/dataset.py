@@ -27,8 +27,8 @@ class ChipsFolder:
     dataset: dict
     train: list[dict]
     validation: list[dict]
-    classes: list[dict]          # the classes the model predicts, in output-channel order
-    lut: np.ndarray              # uint8 [256]: mask value → class index (255 = ignore)
+    classes: list[dict]  # the classes the model predicts, in output-channel order
+    lut: np.ndarray  # uint8 [256]: mask value → class index (255 = ignore)
     sha256: str
 
     @property
@@ -44,14 +44,16 @@ def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
     """Check the folder (chips.csv, dataset.json, every listed file) before any training."""
     csv_path, json_path = os.path.join(path, "chips.csv"), os.path.join(path, "dataset.json")
     if os.path.isfile(path):
-        raise GeoSegError(f"CHIPS: {path} is a file; choose the folder written by Export training chips.",
-                          param="CHIPS")
+        raise GeoSegError(
+            f"CHIPS: {path} is a file; choose the folder written by Export training chips.", param="CHIPS"
+        )
     if not os.path.isdir(path):
         raise GeoSegError(f"CHIPS: folder not found: {path}", param="CHIPS")
     for p in (csv_path, json_path):
         if not os.path.isfile(p):
-            raise GeoSegError(f"CHIPS: {path} has no {os.path.basename(p)}; choose a folder written by "
-                              "Export training chips.")
+            raise GeoSegError(
+                f"CHIPS: {path} has no {os.path.basename(p)}; choose a folder written by " "Export training chips."
+            )
     digest = hashlib.sha256()
     with open(json_path, "rb") as f:
         raw = f.read()
@@ -75,14 +77,17 @@ def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
     classes = [c for c in dataset["classes"] if not (ignore_background and c["value"] == background)]
     if len(classes) < 2:
         what = "besides the background, which is ignored" if ignore_background else "(background included)"
-        raise GeoSegError(f"CHIPS: the dataset has {len(classes)} class {what}; a segmentation model "
-                          "needs at least 2.")
+        raise GeoSegError(
+            f"CHIPS: the dataset has {len(classes)} class {what}; a segmentation model " "needs at least 2."
+        )
     counts = (dataset.get("class_pixel_counts_by_split") or {}).get("train")
     present = [c["value"] for c in classes if counts and int(counts.get(str(c["value"]), 0)) > 0]
     if counts and len(present) < 2:
-        raise GeoSegError(f"CHIPS: only {len(present)} of its classes occurs in the training chips (values: "
-                          f"{', '.join(map(str, present)) or 'none'}); a segmentation model needs pixels of at "
-                          "least 2 classes to learn from. Label more classes, or export chips that hold them.")
+        raise GeoSegError(
+            f"CHIPS: only {len(present)} of its classes occurs in the training chips (values: "
+            f"{', '.join(map(str, present)) or 'none'}); a segmentation model needs pixels of at "
+            "least 2 classes to learn from. Label more classes, or export chips that hold them."
+        )
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for i, c in enumerate(classes):
         lut[c["value"]] = i

@@ -55,12 +55,15 @@ def _is_number(v: object) -> bool:
 
 def check_description(dataset: object) -> None:
     """dataset.json's content (parsed JSON) as a whole; GeoSegError naming the first problem."""
+
     def bad(text: str) -> GeoSegError:
         return GeoSegError(f"CHIPS: dataset.json {text}", param="CHIPS")
 
     if not isinstance(dataset, dict):
-        raise bad(f"must hold a JSON object (it holds a JSON {_json_kind(dataset)}); choose a folder written by "
-                  "Export training chips.")
+        raise bad(
+            f"must hold a JSON object (it holds a JSON {_json_kind(dataset)}); choose a folder written by "
+            "Export training chips."
+        )
     classes = dataset.get("classes")
     if classes is None:
         raise bad("has no 'classes' list (value, name and color of each class).")
@@ -104,17 +107,20 @@ def check_description(dataset: object) -> None:
                 raise bad(f"normalization {key} of band {b} is {x!r}, not a finite number; re-export the chips.")
     for b, s in enumerate(norm["std"], 1):
         if s <= 0:
-            raise bad(f"normalization std of band {b} is {s:g}: the band is constant in the training chips, so it "
-                      "cannot be normalised (and carries no information). Leave the band out, or export chips "
-                      "where it varies.")
+            raise bad(
+                f"normalization std of band {b} is {s:g}: the band is constant in the training chips, so it "
+                "cannot be normalised (and carries no information). Leave the band out, or export chips "
+                "where it varies."
+            )
     background = dataset.get("background", 0)
     if not _is_int(background):
         raise bad(f"'background' must be an integer class value (got {background!r}).")
 
 
 def _json_kind(v: object) -> str:
-    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
-            type(None): "null"}.get(type(v), type(v).__name__)
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}.get(
+        type(v), type(v).__name__
+    )
 
 
 def chip_files(path: str, rows: list[dict]) -> list[ChipFiles]:
@@ -128,8 +134,9 @@ def chip_files(path: str, rows: list[dict]) -> list[ChipFiles]:
     if missing:
         shown = ", ".join(os.path.relpath(p, os.path.realpath(path)) for p in missing[:MAX_LISTED])
         more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-        raise GeoSegError(f"CHIPS: {len(missing)} chip files listed in chips.csv are missing: {shown}{more}.",
-                          param="CHIPS")
+        raise GeoSegError(
+            f"CHIPS: {len(missing)} chip files listed in chips.csv are missing: {shown}{more}.", param="CHIPS"
+        )
     return out
 
 
@@ -143,8 +150,7 @@ def open_chip(path: str, shown: str | None = None) -> gdal.Dataset:
         raise GeoSegError(f"CHIPS: {shown} is not a raster GDAL can read ({first_line(e)}).", param="CHIPS") from None
     if ds is None or ds.RasterCount == 0:
         why = gdal.GetLastErrorMsg() if ds is None else "no raster bands"
-        raise GeoSegError(f"CHIPS: {shown} is not a raster GDAL can read ({why or 'unknown format'}).",
-                          param="CHIPS")
+        raise GeoSegError(f"CHIPS: {shown} is not a raster GDAL can read ({why or 'unknown format'}).", param="CHIPS")
     return ds
 
 
@@ -155,8 +161,9 @@ def read_array(ds: gdal.Dataset, shown: str, **kwargs) -> np.ndarray:
     except RuntimeError as e:
         raise GeoSegError(f"CHIPS: the pixels of {shown} cannot be read ({first_line(e)}).", param="CHIPS") from None
     if a is None:
-        raise GeoSegError(f"CHIPS: the pixels of {shown} cannot be read ({gdal.GetLastErrorMsg() or 'GDAL error'}).",
-                          param="CHIPS")
+        raise GeoSegError(
+            f"CHIPS: the pixels of {shown} cannot be read ({gdal.GetLastErrorMsg() or 'GDAL error'}).", param="CHIPS"
+        )
     return a
 
 
@@ -178,19 +185,25 @@ def check_chips(path: str, dataset: dict, files: list[ChipFiles]) -> np.ndarray:
     for f in files:
         image = open_chip(f.image, rel(f.image))
         if image.RasterCount != n:
-            raise bad(f"{rel(f.image)} has {image.RasterCount} band{'s' if image.RasterCount != 1 else ''}, but "
-                      f"dataset.json says in_channels {n}; every image chip must have the dataset's bands.")
+            raise bad(
+                f"{rel(f.image)} has {image.RasterCount} band{'s' if image.RasterCount != 1 else ''}, but "
+                f"dataset.json says in_channels {n}; every image chip must have the dataset's bands."
+            )
         w, h = image.RasterXSize, image.RasterYSize
         if (w, h) != (size, size):
-            raise bad(f"{rel(f.image)} is {w} × {h} pixels, but dataset.json says chip_size {size}; every chip must "
-                      "have that size (chips of mixed sizes cannot be batched).")
+            raise bad(
+                f"{rel(f.image)} is {w} × {h} pixels, but dataset.json says chip_size {size}; every chip must "
+                "have that size (chips of mixed sizes cannot be batched)."
+            )
         image = None
         mask = open_chip(f.mask, rel(f.mask))
         if mask.RasterCount != 1:
             raise bad(f"{rel(f.mask)} has {mask.RasterCount} bands; a mask must have exactly one band of class values.")
         if (mask.RasterXSize, mask.RasterYSize) != (w, h):
-            raise bad(f"{rel(f.mask)} is {mask.RasterXSize} × {mask.RasterYSize} pixels, but its image "
-                      f"{rel(f.image)} is {w} × {h}.")
+            raise bad(
+                f"{rel(f.mask)} is {mask.RasterXSize} × {mask.RasterYSize} pixels, but its image "
+                f"{rel(f.image)} is {w} × {h}."
+            )
         values = read_array(mask, rel(f.mask))
         mask = None
         if values.dtype != np.uint8:
@@ -199,15 +212,19 @@ def check_chips(path: str, dataset: dict, files: list[ChipFiles]) -> np.ndarray:
             lo, hi = values.min(), values.max()
             if lo < 0 or hi > 255 or (values.dtype.kind == "f" and (values != np.round(values)).any()):
                 odd = lo if lo < 0 or hi <= 255 else hi
-                raise bad(f"{rel(f.mask)} holds the value {odd:g}, which dataset.json does not list as a class "
-                          "(class values are integers 0-254, 255 = ignore).")
+                raise bad(
+                    f"{rel(f.mask)} holds the value {odd:g}, which dataset.json does not list as a class "
+                    "(class values are integers 0-254, 255 = ignore)."
+                )
             values = values.astype(np.uint8)
         counts = np.bincount(values.ravel(), minlength=256)
         unknown = [int(v) for v in np.flatnonzero(counts) if v != IGNORE_INDEX and int(v) not in listed]
         if unknown:
             shown = ", ".join(map(str, unknown[:5]))
-            raise bad(f"{rel(f.mask)} holds class value{'s' if len(unknown) > 1 else ''} {shown}, which dataset.json "
-                      f"does not list (classes: {', '.join(str(v) for v in sorted(listed))}); add "
-                      f"{'them' if len(unknown) > 1 else 'it'} to dataset.json's classes or fix the mask.")
+            raise bad(
+                f"{rel(f.mask)} holds class value{'s' if len(unknown) > 1 else ''} {shown}, which dataset.json "
+                f"does not list (classes: {', '.join(str(v) for v in sorted(listed))}); add "
+                f"{'them' if len(unknown) > 1 else 'it'} to dataset.json's classes or fix the mask."
+            )
         totals += counts
     return totals

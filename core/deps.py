@@ -38,8 +38,9 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("torch", "torch", ">=2.1", "training, .pt models"),
     Requirement("onnx", "onnx", ">=1.15", "ONNX export and model checks"),
     Requirement("onnxscript", "onnxscript", "", "ONNX export by torch"),
-    Requirement("onnxruntime", "onnxruntime", ">=1.17", "segmentation with .onnx models",
-                gpu_package="onnxruntime-gpu"),
+    Requirement(
+        "onnxruntime", "onnxruntime", ">=1.17", "segmentation with .onnx models", gpu_package="onnxruntime-gpu"
+    ),
 )
 BY_MODULE = {r.module: r for r in REQUIREMENTS}
 
@@ -100,8 +101,11 @@ def activate(folder: str, path: list[str] | None = None) -> bool:
 
 
 # ---------------------------------------------------------------- GPU detection
-def has_nvidia_driver(system: str | None = None, which: Callable[[str], str | None] = shutil.which,
-                      exists: Callable[[str], bool] = os.path.exists) -> bool:
+def has_nvidia_driver(
+    system: str | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+    exists: Callable[[str], bool] = os.path.exists,
+) -> bool:
     """An NVIDIA driver is installed (nvidia-smi on the PATH, or /proc/driver/nvidia on Linux).
 
     No CUDA on macOS; the driver, not a CUDA toolkit, is what the pip wheels need."""
@@ -122,8 +126,13 @@ def gpu_names(which: Callable[[str], str | None] = shutil.which, timeout: float 
     if not exe:
         return []
     try:
-        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=timeout, check=False)
+        out = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
@@ -139,7 +148,7 @@ def pip_packages(modules: Sequence[str], cuda: bool, numpy_version: str | None =
     out = []
     for m in modules:
         r = BY_MODULE[m]
-        out.append(((r.gpu_package if cuda and r.gpu_package else r.package)) + r.spec)
+        out.append((r.gpu_package if cuda and r.gpu_package else r.package) + r.spec)
     if numpy_version and out:
         out.append(f"numpy=={numpy_version}")
     return out
@@ -157,14 +166,27 @@ def index_args(cuda: bool, system: str | None = None) -> list[str]:
     return []
 
 
-def pip_command(python: str, target: str, packages: Sequence[str], index: Sequence[str] = (),
-                extra_args: Sequence[str] = ()) -> list[str]:
+def pip_command(
+    python: str, target: str, packages: Sequence[str], index: Sequence[str] = (), extra_args: Sequence[str] = ()
+) -> list[str]:
     """The exact command the installer runs (and shows): pip into the plugin's own folder.
 
     --target keeps QGIS's own Python untouched (and works where the system Python is
     'externally managed'); --upgrade replaces an earlier, partial install in that folder."""
-    return [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--upgrade",
-            "--target", target, *index, *extra_args, *packages]
+    return [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--upgrade",
+        "--target",
+        target,
+        *index,
+        *extra_args,
+        *packages,
+    ]
 
 
 def current_numpy_version(find_spec: Callable[[str], object] = importlib.util.find_spec) -> str | None:
@@ -180,8 +202,14 @@ def current_numpy_version(find_spec: Callable[[str], object] = importlib.util.fi
 
 
 # ---------------------------------------------------------------- QGIS's python executable
-def python_candidates(executable: str, base_executable: str | None, exec_prefix: str, system: str,
-                      version: tuple[int, int], which: Callable[[str], str | None] = shutil.which) -> list[str]:
+def python_candidates(
+    executable: str,
+    base_executable: str | None,
+    exec_prefix: str,
+    system: str,
+    version: tuple[int, int],
+    which: Callable[[str], str | None] = shutil.which,
+) -> list[str]:
     """Where QGIS's Python interpreter may be, best first.
 
     Inside QGIS `sys.executable` is the qgis binary, or whatever `python3` comes first on the PATH
@@ -197,8 +225,9 @@ def python_candidates(executable: str, base_executable: str | None, exec_prefix:
 
     def inside_prefix(p: str) -> bool:
         try:
-            return os.path.commonpath([os.path.abspath(p), os.path.abspath(exec_prefix)]) == \
-                os.path.abspath(exec_prefix)
+            return os.path.commonpath([os.path.abspath(p), os.path.abspath(exec_prefix)]) == os.path.abspath(
+                exec_prefix
+            )
         except ValueError:  # different drives on Windows
             return False
 
@@ -223,21 +252,29 @@ def python_version_of(path: str, timeout: float = 10.0) -> tuple[int, int] | Non
     if not os.path.isfile(path):
         return None
     try:
-        out = subprocess.run([path, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True,
-                             text=True, timeout=timeout, check=False)
+        out = subprocess.run(
+            [path, "-c", "import sys; print(*sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         major, minor = (int(v) for v in out.stdout.split())
         return major, minor
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
 
 
-def find_python(version: tuple[int, int] = sys.version_info[:2],
-                version_of: Callable[[str], tuple[int, int] | None] = python_version_of,
-                candidates: Sequence[str] | None = None) -> str | None:
+def find_python(
+    version: tuple[int, int] = sys.version_info[:2],
+    version_of: Callable[[str], tuple[int, int] | None] = python_version_of,
+    candidates: Sequence[str] | None = None,
+) -> str | None:
     """The first candidate interpreter with QGIS's Python version (wheels must match its ABI)."""
     if candidates is None:
-        candidates = python_candidates(sys.executable, getattr(sys, "_base_executable", None), sys.exec_prefix,
-                                       platform.system(), version)
+        candidates = python_candidates(
+            sys.executable, getattr(sys, "_base_executable", None), sys.exec_prefix, platform.system(), version
+        )
     return next((c for c in candidates if version_of(c) == tuple(version)), None)
 
 
@@ -247,8 +284,15 @@ def device_summary() -> dict:
 
     Imports torch and onnxruntime (only when asked: never at plugin load); a missing or broken
     package is reported, not raised."""
-    info: dict = {"torch": None, "cuda": False, "gpu": None, "device": "cpu", "onnxruntime": None,
-                  "providers": [], "errors": []}
+    info: dict = {
+        "torch": None,
+        "cuda": False,
+        "gpu": None,
+        "device": "cpu",
+        "onnxruntime": None,
+        "providers": [],
+        "errors": [],
+    }
     if is_importable("torch"):
         try:
             import torch
@@ -280,6 +324,7 @@ def summary_lines(info: dict) -> list[str]:
     if info["onnxruntime"] is None:
         providers = "onnxruntime: not installed"
     else:
-        providers = (f"onnxruntime {info['onnxruntime']} providers available: "
-                     f"{', '.join(info['providers']) or 'none'}")
+        providers = (
+            f"onnxruntime {info['onnxruntime']} providers available: " f"{', '.join(info['providers']) or 'none'}"
+        )
     return [device, providers, *info["errors"]]

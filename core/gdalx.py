@@ -93,6 +93,7 @@ def gdal_exceptions() -> Iterator[None]:
 
 def with_gdal_exceptions(fn: F) -> F:
     """Decorator: the whole call runs under `gdal_exceptions()` (core entry points)."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with gdal_exceptions():

@@ -85,8 +85,7 @@ class ChipGrid:
                 yield Window(x, y, w, h, self.pad_x, self.pad_y)
 
 
-def make_grid(width: int, height: int, chip: int, stride_x: int | None = None,
-              stride_y: int | None = None) -> ChipGrid:
+def make_grid(width: int, height: int, chip: int, stride_x: int | None = None, stride_y: int | None = None) -> ChipGrid:
     """Grid with strides defaulting to the chip size (no overlap).
 
     Strides larger than the chip are allowed (sparse sampling for training); tiled

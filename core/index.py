@@ -12,14 +12,19 @@ if TYPE_CHECKING:
     from .raster import RasterInfo
 
 
-def write_index(path: str, records: list[ChipRecord], values: list[int], info: RasterInfo,
-                chip_size: int) -> None:
+def write_index(path: str, records: list[ChipRecord], values: list[int], info: RasterInfo, chip_size: int) -> None:
     """One polygon per chip with its files, split and per-class pixel counts."""
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
     layer = ds.CreateLayer("chips", info.srs, ogr.wkbPolygon)
-    for name, ftype in (("image", ogr.OFTString), ("mask", ogr.OFTString), ("split", ogr.OFTString),
-                        ("xoff", ogr.OFTInteger), ("yoff", ogr.OFTInteger), ("positive", ogr.OFTInteger),
-                        ("nodata_fraction", ogr.OFTReal)):
+    for name, ftype in (
+        ("image", ogr.OFTString),
+        ("mask", ogr.OFTString),
+        ("split", ogr.OFTString),
+        ("xoff", ogr.OFTInteger),
+        ("yoff", ogr.OFTInteger),
+        ("positive", ogr.OFTInteger),
+        ("nodata_fraction", ogr.OFTReal),
+    ):
         layer.CreateField(ogr.FieldDefn(name, ftype))
     for v in values:
         layer.CreateField(ogr.FieldDefn(f"class_{v}", ogr.OFTInteger64))

@@ -29,7 +29,7 @@ def split_ogr_uri(uri: str) -> tuple[str, str | None]:
     layer = None
     for part in rest.split("|"):
         if part.startswith("layername="):
-            layer = part[len("layername="):]
+            layer = part[len("layername=") :]
     return path, layer
 
 
@@ -93,7 +93,8 @@ def _check_field(layer: ogr.Layer, name: str, what: str, types: set[int] | None)
     if types is not None and fdef.GetType() not in types:
         raise GeoSegError(
             f"{what}: field '{name}' is of type {fdef.GetTypeName()}; it must be an integer "
-            "field holding class values 0-254.")
+            "field holding class values 0-254."
+        )
     return idx
 
 
@@ -109,8 +110,7 @@ def _defined(srs: osr.SpatialReference | None) -> osr.SpatialReference | None:
 
 
 @with_gdal_exceptions
-def load_labels(uri: str, info: RasterInfo, class_field: str | None = None,
-                name_field: str | None = None) -> Labels:
+def load_labels(uri: str, info: RasterInfo, class_field: str | None = None, name_field: str | None = None) -> Labels:
     """Open, validate and reproject the label polygons to the raster's CRS."""
     ds, layer = _open_layer(uri)
     cls_idx = _check_field(layer, class_field, "CLASS_FIELD", INTEGER_TYPES) if class_field else -1
@@ -119,8 +119,8 @@ def load_labels(uri: str, info: RasterInfo, class_field: str | None = None,
     layer_type = ogr.GT_Flatten(layer.GetGeomType())
     if layer_type not in POLYGON_TYPES and layer_type not in (ogr.wkbUnknown, ogr.wkbGeometryCollection):
         raise GeoSegError(
-            f"LABELS: the layer holds {_geometry_kind(layer_type)} geometries; label layers must "
-            "hold polygons.")
+            f"LABELS: the layer holds {_geometry_kind(layer_type)} geometries; label layers must " "hold polygons."
+        )
     if layer.GetFeatureCount() == 0:
         raise GeoSegError("LABELS: the layer has no features.")
 
@@ -134,8 +134,10 @@ def load_labels(uri: str, info: RasterInfo, class_field: str | None = None,
             transform = osr.CoordinateTransformation(src_srs, dst_srs)
     elif (src_srs is None) != (dst_srs is None):
         which = "LABELS have" if dst_srs is not None else "INPUT has"
-        raise GeoSegError(f"{which} no coordinate reference system, so the labels cannot be "
-                          "placed on the raster. Assign one first.")
+        raise GeoSegError(
+            f"{which} no coordinate reference system, so the labels cannot be "
+            "placed on the raster. Assign one first."
+        )
 
     mem_ds = ogr.GetDriverByName("Memory").CreateDataSource("labels")
     mem_layer = mem_ds.CreateLayer("labels", dst_srs, ogr.wkbMultiPolygon)
@@ -155,8 +157,10 @@ def load_labels(uri: str, info: RasterInfo, class_field: str | None = None,
             continue
         gtype = ogr.GT_Flatten(geom.GetGeometryType())
         if gtype not in POLYGON_TYPES:
-            raise GeoSegError(f"LABELS: feature {feat.GetFID()} is a {_geometry_kind(gtype)}; "
-                              "label layers must hold polygons only.")
+            raise GeoSegError(
+                f"LABELS: feature {feat.GetFID()} is a {_geometry_kind(gtype)}; "
+                "label layers must hold polygons only."
+            )
         if cls_idx >= 0:
             if not feat.IsFieldSetAndNotNull(cls_idx):
                 skipped_null += 1
@@ -177,7 +181,8 @@ def load_labels(uri: str, info: RasterInfo, class_field: str | None = None,
             except RuntimeError as e:
                 raise GeoSegError(
                     f"LABELS: feature {feat.GetFID()} cannot be reprojected to the raster's CRS ({e}); "
-                    "check that the labels' CRS is right.") from None
+                    "check that the labels' CRS is right."
+                ) from None
         ex = geom.GetEnvelope()
         xmin, xmax = min(xmin, ex[0]), max(xmax, ex[1])
         ymin, ymax = min(ymin, ex[2]), max(ymax, ex[3])
@@ -188,8 +193,7 @@ def load_labels(uri: str, info: RasterInfo, class_field: str | None = None,
 
     if bad_values:
         shown = ", ".join(str(v) for v in sorted(bad_values)[:5])
-        raise GeoSegError(f"CLASS_FIELD: class values must be 0-254 (255 marks ignored pixels); "
-                          f"found {shown}.")
+        raise GeoSegError(f"CLASS_FIELD: class values must be 0-254 (255 marks ignored pixels); " f"found {shown}.")
     if not values:
         reason = f" ({skipped_null} had no class value)" if skipped_null else ""
         raise GeoSegError(f"LABELS: no polygon with a class value{reason}.")
@@ -198,5 +202,6 @@ def load_labels(uri: str, info: RasterInfo, class_field: str | None = None,
         raise GeoSegError(
             "LABELS do not overlap INPUT: labels extent "
             f"({xmin:.6g}, {ymin:.6g}, {xmax:.6g}, {ymax:.6g}) vs raster extent "
-            f"({rxmin:.6g}, {rymin:.6g}, {rxmax:.6g}, {rymax:.6g}), in the raster's CRS.")
+            f"({rxmin:.6g}, {rymin:.6g}, {rxmax:.6g}, {rymax:.6g}), in the raster's CRS."
+        )
     return Labels(uri, sorted(values), names, skipped_null, mem_ds, mem_layer)

@@ -55,8 +55,9 @@ def _safe_pow(x: torch.Tensor, exponent: float) -> torch.Tensor:
 class _SegLoss(nn.Module):
     """Shared input checks, float32 log-probabilities, valid mask and class weights."""
 
-    def __init__(self, num_classes: int, class_weights: torch.Tensor | None = None,
-                 ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self, num_classes: int, class_weights: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1 (got {num_classes}).")
@@ -80,8 +81,7 @@ class _SegLoss(nn.Module):
         """The loss from `_prepare`'s outputs, so a combined loss prepares its inputs once."""
         raise NotImplementedError
 
-    def _prepare(self, logits: torch.Tensor, target: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _prepare(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """float32 log-softmax [N, C, *], target with ignored pixels set to class 0, valid mask [N, *]."""
         if logits.dim() < 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be [N, {self.num_classes}, ...] (got {tuple(logits.shape)}).")
@@ -92,8 +92,9 @@ class _SegLoss(nn.Module):
         target = target.long()
         valid = target != self.ignore_index
         if (valid & ((target < 0) | (target >= self.num_classes))).any():
-            raise ValueError(f"target holds values outside [0, {self.num_classes}) other than "
-                             f"ignore_index {self.ignore_index}.")
+            raise ValueError(
+                f"target holds values outside [0, {self.num_classes}) other than " f"ignore_index {self.ignore_index}."
+            )
         safe = torch.where(valid, target, torch.zeros_like(target))
         log_p = torch.log_softmax(logits.float(), dim=1)
         return log_p, safe, valid
@@ -113,8 +114,9 @@ class _SegLoss(nn.Module):
         """-log p_t per pixel [N, *]."""
         return -log_p.gather(1, safe.unsqueeze(1)).squeeze(1)
 
-    def _region_stats(self, log_p: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _region_stats(
+        self, log_p: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """TP_c = Σ p g, FP_c = Σ p (1 - g), FN_c = Σ (1 - p) g over the batch's valid pixels, each [C]."""
         shape = (1, self.num_classes) + (1,) * (log_p.dim() - 2)
         classes = torch.arange(self.num_classes, device=log_p.device).view(shape)
@@ -145,8 +147,13 @@ class FocalLoss(_SegLoss):
     L = Σ_i w_{y_i} (1 - p_t)^γ (-log p_t) / Σ_i w_{y_i}, γ = `gamma` (default 2); γ = 0 is CE.
     """
 
-    def __init__(self, num_classes: int, class_weights: torch.Tensor | None = None,
-                 ignore_index: int = IGNORE_INDEX, gamma: float = 2.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        gamma: float = 2.0,
+    ) -> None:
         super().__init__(num_classes, class_weights, ignore_index)
         if gamma < 0:
             raise ValueError(f"gamma must be non-negative (got {gamma}).")
@@ -166,8 +173,13 @@ class DiceLoss(_SegLoss):
     absent from the batch and not predicted score dice 1, and an all-ignored batch give 0.
     """
 
-    def __init__(self, num_classes: int, class_weights: torch.Tensor | None = None,
-                 ignore_index: int = IGNORE_INDEX, eps: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        eps: float = 1.0,
+    ) -> None:
         super().__init__(num_classes, class_weights, ignore_index)
         if eps <= 0:
             raise ValueError(f"eps must be positive (got {eps}).")
@@ -185,8 +197,13 @@ class DiceCELoss(_SegLoss):
     L = Dice (ε = `eps`, default 1) + CE, a plain sum, both with the same class weights.
     """
 
-    def __init__(self, num_classes: int, class_weights: torch.Tensor | None = None,
-                 ignore_index: int = IGNORE_INDEX, eps: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        eps: float = 1.0,
+    ) -> None:
         super().__init__(num_classes, class_weights, ignore_index)
         self.dice = DiceLoss(num_classes, class_weights, ignore_index, eps=eps)
         self.ce = CrossEntropyLoss(num_classes, class_weights, ignore_index)
@@ -204,9 +221,15 @@ class TverskyLoss(_SegLoss):
     (default 1). With α = β = 0.5 this is DiceLoss with twice this ε (equal when ε = 0).
     """
 
-    def __init__(self, num_classes: int, class_weights: torch.Tensor | None = None,
-                 ignore_index: int = IGNORE_INDEX, alpha: float = 0.3, beta: float = 0.7,
-                 eps: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        eps: float = 1.0,
+    ) -> None:
         super().__init__(num_classes, class_weights, ignore_index)
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be non-negative (got {alpha}, {beta}).")
@@ -233,9 +256,16 @@ class UnifiedFocalLoss(_SegLoss):
     dominates mFT. Where 1 - p_t or 1 - mTI is exactly 0 the term and its gradient are 0.
     """
 
-    def __init__(self, num_classes: int, class_weights: torch.Tensor | None = None,
-                 ignore_index: int = IGNORE_INDEX, lambda_: float = 0.5, delta: float = 0.6,
-                 gamma: float = 0.5, eps: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        lambda_: float = 0.5,
+        delta: float = 0.6,
+        gamma: float = 0.5,
+        eps: float = 1.0,
+    ) -> None:
         super().__init__(num_classes, class_weights, ignore_index)
         for name, value in (("lambda_", lambda_), ("delta", delta), ("gamma", gamma)):
             if not 0 <= value <= 1:
@@ -265,8 +295,9 @@ _LOSS_CLASSES: dict[str, type[_SegLoss]] = {
 }
 
 
-def build_loss(name: str, num_classes: int, class_weights: torch.Tensor | None = None,
-               ignore_index: int = IGNORE_INDEX, **kw) -> nn.Module:
+def build_loss(
+    name: str, num_classes: int, class_weights: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX, **kw
+) -> nn.Module:
     """The loss module called `name` (one of options.LOSSES); `kw` are its own parameters
     (gamma, eps, alpha, beta, lambda_, delta)."""
     cls = _LOSS_CLASSES.get(name)

@@ -32,8 +32,9 @@ def memory_budget_mb(explicit: float = 0.0) -> float:
     try:
         return max(0.0, float(os.environ.get(BUDGET_ENV, "0") or 0))
     except ValueError:
-        raise GeoSegError(f"{BUDGET_ENV} must be a number of megabytes "
-                          f"(got {os.environ.get(BUDGET_ENV)!r}).") from None
+        raise GeoSegError(
+            f"{BUDGET_ENV} must be a number of megabytes " f"(got {os.environ.get(BUDGET_ENV)!r})."
+        ) from None
 
 
 def check_budget(need_bytes: float, budget_mb: float, what: str) -> None:
@@ -55,22 +56,33 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if name == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError without importing torch here
         return True
     text = str(exc).lower()
-    return any(s in text for s in ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation",
-                                   "bad_alloc", "cuda_error_out_of_memory"))
+    return any(
+        s in text
+        for s in (
+            "out of memory",
+            "failed to allocate memory",
+            "cudaerrormemoryallocation",
+            "bad_alloc",
+            "cuda_error_out_of_memory",
+        )
+    )
 
 
 def halve_batch(batch: int, exc: BaseException, what: str) -> int:
     """The next batch size after an OOM at `batch`, with a warning; a clear error at batch 1."""
     if batch <= 1:
-        raise GeoSegError(f"Out of memory in {what} even with batch size 1 ({first_line(exc)}). "
-                          f"Use a smaller chip size or model, or the CPU.") from None
+        raise GeoSegError(
+            f"Out of memory in {what} even with batch size 1 ({first_line(exc)}). "
+            f"Use a smaller chip size or model, or the CPU."
+        ) from None
     new = batch // 2
     log.warning("Out of memory in %s at batch size %d; retrying with batch size %d.", what, batch, new)
     return new
 
 
-def retry_halving_batch(work: Callable[[int], T], batch: int, what: str,
-                        halved: Callable[[int], None] = lambda batch: None) -> tuple[T, int]:
+def retry_halving_batch(
+    work: Callable[[int], T], batch: int, what: str, halved: Callable[[int], None] = lambda batch: None
+) -> tuple[T, int]:
     """`work(batch)`, and after an out of memory (any backend, or over a budget) `work` again at half
     the batch, until it succeeds; (its result, the batch it ran at). Each retry logs the error's
     first line (info) and the halving (warning); `halved(new)` then resets the caller's state for
@@ -151,15 +163,20 @@ def _gb(b: float) -> str:
     return f"{gb:.0f} GB" if gb >= 10 else f"{gb:.2g} GB" if gb >= 0.01 else f"{b / 1e6:.2g} MB"
 
 
-def require_memory(need_bytes: float, what: str, param: str, hint: str, budget_mb: float = 0.0,
-                   device: str = "cpu") -> None:
+def require_memory(
+    need_bytes: float, what: str, param: str, hint: str, budget_mb: float = 0.0, device: str = "cpu"
+) -> None:
     """GeoSegError naming `param` when `need_bytes` exceeds the budget, or else the whole machine."""
     limit = budget_mb * 1e6 if budget_mb > 0 else machine_memory_bytes(device)
     if limit > 0 and need_bytes > limit:
-        where = f"the {_mb(budget_mb)} MB memory budget" if budget_mb > 0 else \
-            f"the {_gb(limit)} of {'this GPU' if device == 'cuda' else 'this machine'}"
-        raise GeoSegError(f"{param}: {what} needs about {_gb(need_bytes)} of memory, more than {where}. {hint}",
-                          param=param)
+        where = (
+            f"the {_mb(budget_mb)} MB memory budget"
+            if budget_mb > 0
+            else f"the {_gb(limit)} of {'this GPU' if device == 'cuda' else 'this machine'}"
+        )
+        raise GeoSegError(
+            f"{param}: {what} needs about {_gb(need_bytes)} of memory, more than {where}. {hint}", param=param
+        )
 
 
 def export_bytes(chip: int, bands: int, itemsize: int, width: int, in_flight: int) -> float:
@@ -177,8 +194,12 @@ def training_bytes(architecture: str, in_channels: int, classes: int, options: d
     from ..models.registry import build_model
 
     with torch.device("meta"):
-        model = build_model(architecture, in_channels, classes, **{**options, "encoder_weights": None}
-                            if "encoder_weights" in options else options)
+        model = build_model(
+            architecture,
+            in_channels,
+            classes,
+            **{**options, "encoder_weights": None} if "encoder_weights" in options else options,
+        )
     params = sum(p.numel() for p in model.parameters())
     try:
         model.eval()

@@ -39,8 +39,13 @@ def _as_labels(a: np.ndarray, what: str) -> np.ndarray:
     raise ValueError(f"{what} must be an integer array (got dtype {a.dtype}).")
 
 
-def confusion_matrix(reference: np.ndarray, prediction: np.ndarray, num_classes: int,
-                     ignore_index: int | None = 255, valid: np.ndarray | None = None) -> np.ndarray:
+def confusion_matrix(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    num_classes: int,
+    ignore_index: int | None = 255,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
     """int64 [C, C] counts: rows are the reference class, columns the predicted class.
 
     A pixel is counted when its reference is in [0, C), differs from `ignore_index` and
@@ -68,8 +73,9 @@ def confusion_matrix(reference: np.ndarray, prediction: np.ndarray, num_classes:
     pred = pred[keep]
     if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
         bad = pred[(pred < 0) | (pred >= num_classes)]
-        raise ValueError(f"prediction holds class {int(bad[0])} outside [0, {num_classes}) at "
-                         f"{bad.size} counted pixel(s).")
+        raise ValueError(
+            f"prediction holds class {int(bad[0])} outside [0, {num_classes}) at " f"{bad.size} counted pixel(s)."
+        )
     counts = np.bincount(ref * num_classes + pred, minlength=num_classes * num_classes)
     return counts.astype(np.int64, copy=False).reshape(num_classes, num_classes)
 
@@ -118,16 +124,18 @@ class Metrics:
             raise ValueError(f"{len(class_names)} class names given for {n} classes.")
         classes = []
         for c in range(n):
-            classes.append({
-                "class": c,
-                "name": class_names[c] if class_names is not None else str(c),
-                "precision": _json_float(self.precision[c]),
-                "recall": _json_float(self.recall[c]),
-                "f1": _json_float(self.f1[c]),
-                "iou": _json_float(self.iou[c]),
-                "support": int(self.support[c]),
-                "predicted": int(self.predicted[c]),
-            })
+            classes.append(
+                {
+                    "class": c,
+                    "name": class_names[c] if class_names is not None else str(c),
+                    "precision": _json_float(self.precision[c]),
+                    "recall": _json_float(self.recall[c]),
+                    "f1": _json_float(self.f1[c]),
+                    "iou": _json_float(self.iou[c]),
+                    "support": int(self.support[c]),
+                    "predicted": int(self.predicted[c]),
+                }
+            )
         return {
             "overall_accuracy": _json_float(self.overall_accuracy),
             "mean_iou": _json_float(self.mean_iou),

@@ -9,8 +9,14 @@ the model registry (models/names.py) and are re-exported here.
 from ..models.names import ARCHITECTURE_LABELS, ARCHITECTURES
 
 ARCHITECTURE_CHOICES = tuple(zip(ARCHITECTURES, ARCHITECTURE_LABELS, strict=True))
-LOSS_CHOICES = (("ce", "Cross-entropy"), ("dice", "Dice"), ("dice_ce", "Dice + cross-entropy"), ("focal", "Focal"),
-                ("tversky", "Tversky"), ("unified_focal", "Unified focal"))
+LOSS_CHOICES = (
+    ("ce", "Cross-entropy"),
+    ("dice", "Dice"),
+    ("dice_ce", "Dice + cross-entropy"),
+    ("focal", "Focal"),
+    ("tversky", "Tversky"),
+    ("unified_focal", "Unified focal"),
+)
 DEVICE_CHOICES = (("auto", "Auto (GPU when available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
 BACKEND_CHOICES = (("auto", "Auto"), ("onnxruntime", "onnxruntime"), ("torch", "torch"))
 CLASS_WEIGHT_CHOICES = (("none", "None"), ("inverse_frequency", "Inverse class frequency"))

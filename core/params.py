@@ -151,8 +151,7 @@ def schema(cls: type) -> list[Spec]:
             default = f.default_factory()
         else:
             default = dataclasses.MISSING
-        out.append(Spec(f.name, meta, _kind(f, meta), _flag(f.name, meta), default,
-                        default is dataclasses.MISSING))
+        out.append(Spec(f.name, meta, _kind(f, meta), _flag(f.name, meta), default, default is dataclasses.MISSING))
     return out
 
 
@@ -209,53 +208,146 @@ def parse_model_options(text: str | None) -> dict:
 class ExportParams:
     """Everything chip export needs; built by the dialog, the algorithm and the CLI alike."""
 
-    input_path: str = p(name="INPUT", label="Input raster", kind="raster",
-                        help="Raster to cut into image chips (a GDAL file layer, e.g. a GeoTIFF).")
-    labels_path: str = p(name="LABELS", label="Label polygons", kind="vector",
-                         help="Polygons burnt into the mask chips; reprojected to the raster CRS "
-                              "(a file; optionally 'file.gpkg|layername=x').")
-    output_dir: str = p(name="OUTPUT_DIR", label="Output folder", kind="folder_out",
-                        help="New or empty folder for images/, masks/, chips.csv and dataset.json; "
-                             "GeoSeg never overwrites.")
-    class_field: str | None = p(None, name="CLASS_FIELD", label="Class field (integer; empty: every polygon is "
-                                "class 1)", short="Class field", kind="field", parent="LABELS",
-                                help="Integer field with the class value (0-254) of each polygon; empty: every "
-                                     "polygon is class 1.")
-    name_field: str | None = p(None, name="NAME_FIELD", label="Class name field", kind="field", parent="LABELS",
-                               advanced=True, help="Optional text field naming each class, written to dataset.json.")
-    chip_size: int = p(256, name="CHIP_SIZE", label="Chip size (pixels)", minimum=8,
-                       help="Width and height of each chip in raster pixels.")
-    stride_x: int | None = p(None, name="STRIDE_X", label="Stride X (pixels; default: chip size)",
-                             short="Stride X (pixels)", minimum=1, unset=0, special="= chip size",
-                             help="Horizontal step between chip origins; smaller than the chip size gives "
-                                  "overlapping chips.")
-    stride_y: int | None = p(None, name="STRIDE_Y", label="Stride Y (pixels; default: chip size)",
-                             short="Stride Y (pixels)", minimum=1, unset=0, special="= chip size",
-                             help="Vertical step between chip origins; smaller than the chip size gives "
-                                  "overlapping chips.")
-    mode: str = p("all", name="MODE", label="Mode", choices=MODE_CHOICES,
-                  help="All: keep every chip. Positive: only chips holding a label. Divided: write positive/ and "
-                       "background/ sub-folders.")
-    background: int = p(0, name="BACKGROUND", label="Background value (outside polygons)", short="Background value",
-                        minimum=0, maximum=254, help="Mask value outside the polygons (255 marks ignored pixels).")
-    max_nodata_fraction: float = p(1.0, name="MAX_NODATA_FRACTION", label="Maximum nodata fraction of a chip",
-                                   short="Maximum nodata fraction", minimum=0.0, maximum=1.0, advanced=True,
-                                   decimals=2, step=0.05,
-                                   help="Chips with a larger share of nodata pixels are skipped.")
-    validation_fraction: float = p(0.2, name="VALIDATION_FRACTION", label="Validation fraction", minimum=0.0,
-                                   maximum=0.99, decimals=2, step=0.05,
-                                   help="Share of the exported chips marked 'validation' in chips.csv.")
-    split_method: str = p("random", name="SPLIT_METHOD", label="Split method", choices=SPLIT_METHOD_CHOICES,
-                          advanced=True, help="Random: chips drawn at random. Spatial blocks: whole square blocks go "
-                                              "to validation, keeping neighbouring chips on one side.")
-    block_size: int | None = p(None, name="BLOCK_SIZE", label="Spatial block size (pixels; default: 4 chips)",
-                               short="Block size (pixels)", minimum=1, unset=0, special="default (4 chips)",
-                               advanced=True, help="Side of the spatial blocks in pixels; default: four chips.")
-    seed: int = p(0, name="SEED", label="Random seed", minimum=0, maximum=2147483647, advanced=True,
-                  help="The same seed gives the same split.")
-    index_path: str | None = p(None, name="INDEX", label="Chip index (footprints)", kind="vector_out",
-                               file_filter="GeoPackage (*.gpkg)",
-                               help="Write the chip footprints (with their split) to this GeoPackage.")
+    input_path: str = p(
+        name="INPUT",
+        label="Input raster",
+        kind="raster",
+        help="Raster to cut into image chips (a GDAL file layer, e.g. a GeoTIFF).",
+    )
+    labels_path: str = p(
+        name="LABELS",
+        label="Label polygons",
+        kind="vector",
+        help="Polygons burnt into the mask chips; reprojected to the raster CRS "
+        "(a file; optionally 'file.gpkg|layername=x').",
+    )
+    output_dir: str = p(
+        name="OUTPUT_DIR",
+        label="Output folder",
+        kind="folder_out",
+        help="New or empty folder for images/, masks/, chips.csv and dataset.json; " "GeoSeg never overwrites.",
+    )
+    class_field: str | None = p(
+        None,
+        name="CLASS_FIELD",
+        label="Class field (integer; empty: every polygon is " "class 1)",
+        short="Class field",
+        kind="field",
+        parent="LABELS",
+        help="Integer field with the class value (0-254) of each polygon; empty: every " "polygon is class 1.",
+    )
+    name_field: str | None = p(
+        None,
+        name="NAME_FIELD",
+        label="Class name field",
+        kind="field",
+        parent="LABELS",
+        advanced=True,
+        help="Optional text field naming each class, written to dataset.json.",
+    )
+    chip_size: int = p(
+        256,
+        name="CHIP_SIZE",
+        label="Chip size (pixels)",
+        minimum=8,
+        help="Width and height of each chip in raster pixels.",
+    )
+    stride_x: int | None = p(
+        None,
+        name="STRIDE_X",
+        label="Stride X (pixels; default: chip size)",
+        short="Stride X (pixels)",
+        minimum=1,
+        unset=0,
+        special="= chip size",
+        help="Horizontal step between chip origins; smaller than the chip size gives " "overlapping chips.",
+    )
+    stride_y: int | None = p(
+        None,
+        name="STRIDE_Y",
+        label="Stride Y (pixels; default: chip size)",
+        short="Stride Y (pixels)",
+        minimum=1,
+        unset=0,
+        special="= chip size",
+        help="Vertical step between chip origins; smaller than the chip size gives " "overlapping chips.",
+    )
+    mode: str = p(
+        "all",
+        name="MODE",
+        label="Mode",
+        choices=MODE_CHOICES,
+        help="All: keep every chip. Positive: only chips holding a label. Divided: write positive/ and "
+        "background/ sub-folders.",
+    )
+    background: int = p(
+        0,
+        name="BACKGROUND",
+        label="Background value (outside polygons)",
+        short="Background value",
+        minimum=0,
+        maximum=254,
+        help="Mask value outside the polygons (255 marks ignored pixels).",
+    )
+    max_nodata_fraction: float = p(
+        1.0,
+        name="MAX_NODATA_FRACTION",
+        label="Maximum nodata fraction of a chip",
+        short="Maximum nodata fraction",
+        minimum=0.0,
+        maximum=1.0,
+        advanced=True,
+        decimals=2,
+        step=0.05,
+        help="Chips with a larger share of nodata pixels are skipped.",
+    )
+    validation_fraction: float = p(
+        0.2,
+        name="VALIDATION_FRACTION",
+        label="Validation fraction",
+        minimum=0.0,
+        maximum=0.99,
+        decimals=2,
+        step=0.05,
+        help="Share of the exported chips marked 'validation' in chips.csv.",
+    )
+    split_method: str = p(
+        "random",
+        name="SPLIT_METHOD",
+        label="Split method",
+        choices=SPLIT_METHOD_CHOICES,
+        advanced=True,
+        help="Random: chips drawn at random. Spatial blocks: whole square blocks go "
+        "to validation, keeping neighbouring chips on one side.",
+    )
+    block_size: int | None = p(
+        None,
+        name="BLOCK_SIZE",
+        label="Spatial block size (pixels; default: 4 chips)",
+        short="Block size (pixels)",
+        minimum=1,
+        unset=0,
+        special="default (4 chips)",
+        advanced=True,
+        help="Side of the spatial blocks in pixels; default: four chips.",
+    )
+    seed: int = p(
+        0,
+        name="SEED",
+        label="Random seed",
+        minimum=0,
+        maximum=2147483647,
+        advanced=True,
+        help="The same seed gives the same split.",
+    )
+    index_path: str | None = p(
+        None,
+        name="INDEX",
+        label="Chip index (footprints)",
+        kind="vector_out",
+        file_filter="GeoPackage (*.gpkg)",
+        help="Write the chip footprints (with their split) to this GeoPackage.",
+    )
 
 
 # ----------------------------------------------------------------------------- train
@@ -263,55 +355,154 @@ class ExportParams:
 class TrainParams:
     """Everything training needs; built by the dialog, the algorithm and the CLI alike."""
 
-    chips_dir: str = p(name="CHIPS", label="Chips folder (from Export training chips)", short="Chips folder",
-                       kind="folder", cli="--chips",
-                       help="Folder written by Export training chips (chips.csv, dataset.json, images/, masks/).")
-    output_model: str = p(name="OUTPUT_MODEL", label="Output model (.pt)", kind="file_out",
-                          file_filter="PyTorch checkpoint (*.pt)",
-                          help="Best checkpoint (.pt); the .onnx model, .metrics.csv and .last.pt (resumable state) "
-                               "are written beside it. GeoSeg never overwrites.")
-    architecture: str = p("unet", name="ARCHITECTURE", label="Architecture", choices=ARCHITECTURE_CHOICES,
-                          help="Network to train: UNet, UNet++, DeepLabv3+ or FCN.")
-    epochs: int = p(20, name="EPOCHS", label="Epochs", minimum=1,
-                    help="Passes over the training chips; validation runs after each.")
-    batch_size: int = p(8, name="BATCH_SIZE", label="Batch size", minimum=1,
-                        help="Chips per optimisation step; lower it when memory runs out.")
-    learning_rate: float = p(1e-3, name="LEARNING_RATE", label="Learning rate (maximum of the schedule)",
-                             short="Learning rate", minimum=1e-7, maximum=0.99, decimals=7, step=0.0005,
-                             help="Maximum learning rate of the schedule (AdamW).")
-    loss: str = p("dice_ce", name="LOSS", label="Loss", choices=LOSS_CHOICES,
-                  help="Training loss; Dice + cross-entropy suits most datasets, focal/Tversky help with rare classes.")
-    class_weights: str = p("none", name="CLASS_WEIGHTS", label="Class weights", choices=CLASS_WEIGHT_CHOICES,
-                           advanced=True, help="Inverse class frequency weighs rare classes up in the loss.")
-    ignore_background: bool = p(False, name="IGNORE_BACKGROUND", label="Ignore the background class (incomplete "
-                                "labels: learn only the labelled classes)", short="Ignore the background class",
-                                advanced=True, help="For incomplete labels: learn only the labelled classes.")
-    device: str = p("auto", name="DEVICE", label="Device", choices=DEVICE_CHOICES,
-                    help="Where to train: Auto uses the CUDA GPU when torch sees one, else the CPU.")
-    seed: int = p(0, name="SEED", label="Random seed", minimum=0, maximum=2147483647,
-                  help="The same seed and data give the same initial weights, batches and augmentation.")
-    schedule: str = p("onecycle", name="SCHEDULE", label="Learning-rate schedule", choices=SCHEDULE_CHOICES,
-                      advanced=True, help="One-cycle: warm up then anneal. Cosine: anneal from the start.")
-    weight_decay: float = p(1e-4, name="WEIGHT_DECAY", label="Weight decay (AdamW)", minimum=0.0, advanced=True,
-                            decimals=6, step=0.0001, help="L2 penalty of AdamW on the weights.")
-    patience: int = p(0, name="PATIENCE", label="Early stopping patience (epochs; 0 = off)",
-                      short="Early stopping patience", minimum=0, special="off", advanced=True,
-                      help="Stop after this many epochs without a better validation mIoU; 0 = off.")
-    augment: bool = p(True, name="AUGMENT", label="Augment (flips, rotations, brightness, contrast, gamma)",
-                      advanced=True, help="Random flips, 90° rotations and photometric changes per training batch.")
-    resume: bool = p(False, name="RESUME", label="Resume the interrupted run of OUTPUT_MODEL",
-                     short="Resume the interrupted run of the output model", advanced=True,
-                     help="Continue from the .last.pt state beside the output model (same chips).")
+    chips_dir: str = p(
+        name="CHIPS",
+        label="Chips folder (from Export training chips)",
+        short="Chips folder",
+        kind="folder",
+        cli="--chips",
+        help="Folder written by Export training chips (chips.csv, dataset.json, images/, masks/).",
+    )
+    output_model: str = p(
+        name="OUTPUT_MODEL",
+        label="Output model (.pt)",
+        kind="file_out",
+        file_filter="PyTorch checkpoint (*.pt)",
+        help="Best checkpoint (.pt); the .onnx model, .metrics.csv and .last.pt (resumable state) "
+        "are written beside it. GeoSeg never overwrites.",
+    )
+    architecture: str = p(
+        "unet",
+        name="ARCHITECTURE",
+        label="Architecture",
+        choices=ARCHITECTURE_CHOICES,
+        help="Network to train: UNet, UNet++, DeepLabv3+ or FCN.",
+    )
+    epochs: int = p(
+        20, name="EPOCHS", label="Epochs", minimum=1, help="Passes over the training chips; validation runs after each."
+    )
+    batch_size: int = p(
+        8,
+        name="BATCH_SIZE",
+        label="Batch size",
+        minimum=1,
+        help="Chips per optimisation step; lower it when memory runs out.",
+    )
+    learning_rate: float = p(
+        1e-3,
+        name="LEARNING_RATE",
+        label="Learning rate (maximum of the schedule)",
+        short="Learning rate",
+        minimum=1e-7,
+        maximum=0.99,
+        decimals=7,
+        step=0.0005,
+        help="Maximum learning rate of the schedule (AdamW).",
+    )
+    loss: str = p(
+        "dice_ce",
+        name="LOSS",
+        label="Loss",
+        choices=LOSS_CHOICES,
+        help="Training loss; Dice + cross-entropy suits most datasets, focal/Tversky help with rare classes.",
+    )
+    class_weights: str = p(
+        "none",
+        name="CLASS_WEIGHTS",
+        label="Class weights",
+        choices=CLASS_WEIGHT_CHOICES,
+        advanced=True,
+        help="Inverse class frequency weighs rare classes up in the loss.",
+    )
+    ignore_background: bool = p(
+        False,
+        name="IGNORE_BACKGROUND",
+        label="Ignore the background class (incomplete " "labels: learn only the labelled classes)",
+        short="Ignore the background class",
+        advanced=True,
+        help="For incomplete labels: learn only the labelled classes.",
+    )
+    device: str = p(
+        "auto",
+        name="DEVICE",
+        label="Device",
+        choices=DEVICE_CHOICES,
+        help="Where to train: Auto uses the CUDA GPU when torch sees one, else the CPU.",
+    )
+    seed: int = p(
+        0,
+        name="SEED",
+        label="Random seed",
+        minimum=0,
+        maximum=2147483647,
+        help="The same seed and data give the same initial weights, batches and augmentation.",
+    )
+    schedule: str = p(
+        "onecycle",
+        name="SCHEDULE",
+        label="Learning-rate schedule",
+        choices=SCHEDULE_CHOICES,
+        advanced=True,
+        help="One-cycle: warm up then anneal. Cosine: anneal from the start.",
+    )
+    weight_decay: float = p(
+        1e-4,
+        name="WEIGHT_DECAY",
+        label="Weight decay (AdamW)",
+        minimum=0.0,
+        advanced=True,
+        decimals=6,
+        step=0.0001,
+        help="L2 penalty of AdamW on the weights.",
+    )
+    patience: int = p(
+        0,
+        name="PATIENCE",
+        label="Early stopping patience (epochs; 0 = off)",
+        short="Early stopping patience",
+        minimum=0,
+        special="off",
+        advanced=True,
+        help="Stop after this many epochs without a better validation mIoU; 0 = off.",
+    )
+    augment: bool = p(
+        True,
+        name="AUGMENT",
+        label="Augment (flips, rotations, brightness, contrast, gamma)",
+        advanced=True,
+        help="Random flips, 90° rotations and photometric changes per training batch.",
+    )
+    resume: bool = p(
+        False,
+        name="RESUME",
+        label="Resume the interrupted run of OUTPUT_MODEL",
+        short="Resume the interrupted run of the output model",
+        advanced=True,
+        help="Continue from the .last.pt state beside the output model (same chips).",
+    )
     num_workers: int | None = None  # engine-only; None: chosen from the CPU count
-    memory_budget_mb: float = p(0.0, name="MEMORY_BUDGET", label="Memory budget of a training step (MB; 0 = none): "
-                                "halve the batch when over it", short="Memory budget (MB)", minimum=0.0,
-                                decimals=0, step=256, special="none", advanced=True,
-                                help="Halve the batch when a training step would need more memory; 0: "
-                                     "$GEOSEG_MEMORY_BUDGET_MB or none.")
-    model_options: dict = p({}, name="MODEL_OPTIONS", label='Architecture options as JSON, e.g. {"base_width": 16, '
-                            '"depth": 3}', short="Model options (JSON)", optional=True, advanced=True,
-                            placeholder='{"base_width": 16}',
-                            help='Architecture options as a JSON object, e.g. {"base_width": 16, "depth": 3}.')
+    memory_budget_mb: float = p(
+        0.0,
+        name="MEMORY_BUDGET",
+        label="Memory budget of a training step (MB; 0 = none): " "halve the batch when over it",
+        short="Memory budget (MB)",
+        minimum=0.0,
+        decimals=0,
+        step=256,
+        special="none",
+        advanced=True,
+        help="Halve the batch when a training step would need more memory; 0: " "$GEOSEG_MEMORY_BUDGET_MB or none.",
+    )
+    model_options: dict = p(
+        {},
+        name="MODEL_OPTIONS",
+        label='Architecture options as JSON, e.g. {"base_width": 16, ' '"depth": 3}',
+        short="Model options (JSON)",
+        optional=True,
+        advanced=True,
+        placeholder='{"base_width": 16}',
+        help='Architecture options as a JSON object, e.g. {"base_width": 16, "depth": 3}.',
+    )
 
 
 # ----------------------------------------------------------------------------- segment
@@ -319,45 +510,117 @@ class TrainParams:
 class SegmentParams:
     """Everything segmentation needs; built by the dialog, the algorithm and the CLI alike."""
 
-    input_path: str = p(name="INPUT", label="Input raster", kind="raster",
-                        help="Raster to segment (a GDAL file layer); it needs the bands the model was trained on.")
-    model_path: str = p(name="MODEL", label="Model (.onnx or .pt)", short="Model", kind="file",
-                        file_filter="GeoSeg models (*.onnx *.pt)",
-                        help="GeoSeg model: the .onnx or .pt written by Train model (its card travels inside).")
-    output_path: str = p(name="OUTPUT", label="Class map", short="Class raster (.tif)", kind="raster_out",
-                         file_filter="GeoTIFF (*.tif)",
-                         help="GeoTIFF to write: Byte, one class value per pixel, 255 = nodata, colour table. "
-                              "GeoSeg never overwrites.")
-    probabilities_path: str | None = p(None, name="OUTPUT_PROBABILITIES", label="Class probabilities",
-                                       short="Probabilities (.tif, optional)", kind="raster_out",
-                                       file_filter="GeoTIFF (*.tif)",
-                                       help="Optional Float32 GeoTIFF with one softmax probability band per class; "
-                                            "empty: not written.")
-    chip_size: int | None = p(None, name="CHIP_SIZE", label="Chip size (pixels; default: from the model card)",
-                              short="Chip size (pixels)", minimum=8, unset=0, special="from model",
-                              help="Width and height of the tiles fed to the model; default: the model's chip size.")
-    stride_x: int | None = p(None, name="STRIDE_X", label="Stride X (pixels; default: half the chip)",
-                             short="Stride X (pixels)", minimum=1, unset=0, special="default (chip / 2)",
-                             help="Horizontal step between tiles; default: half the chip.")
-    stride_y: int | None = p(None, name="STRIDE_Y", label="Stride Y (pixels; default: half the chip)",
-                             short="Stride Y (pixels)", minimum=1, unset=0, special="default (chip / 2)",
-                             help="Vertical step between tiles; default: half the chip.")
-    crop: int | None = p(None, name="CROP", label="Crop at interior tile edges (pixels; default: chip / 8)",
-                         short="Crop (pixels)", minimum=0, unset=-1, special="default (chip / 8)",
-                         help="Margin of each tile's prediction that is discarded (tile edges see less context); "
-                              "default: an eighth of the chip.")
-    batch_size: int = p(8, name="BATCH_SIZE", label="Batch size (0: automatic, within the memory budget)",
-                        short="Batch size", minimum=0, special="auto",
-                        help="Tiles per inference step; auto (0) picks the most that fit the memory. An "
-                             "out-of-memory error halves it and retries.")
-    backend: str = p("auto", name="BACKEND", label="Backend", choices=BACKEND_CHOICES, advanced=True,
-                     help="Inference engine: Auto prefers onnxruntime for .onnx models and torch for .pt.")
-    device: str = p("auto", name="DEVICE", label="Device", choices=DEVICE_CHOICES, advanced=True,
-                    help="Where to run: Auto uses a CUDA GPU when the backend sees one, else the CPU.")
-    memory_budget_mb: float = p(0.0, name="MEMORY_BUDGET", label="Memory budget of one inference batch (MB; 0 = "
-                                "none): halve the batch when over it", short="Memory budget (MB)", minimum=0.0,
-                                decimals=0, step=256, special="none", advanced=True,
-                                help="Memory one inference batch may take; 0: $GEOSEG_MEMORY_BUDGET_MB, else none.")
+    input_path: str = p(
+        name="INPUT",
+        label="Input raster",
+        kind="raster",
+        help="Raster to segment (a GDAL file layer); it needs the bands the model was trained on.",
+    )
+    model_path: str = p(
+        name="MODEL",
+        label="Model (.onnx or .pt)",
+        short="Model",
+        kind="file",
+        file_filter="GeoSeg models (*.onnx *.pt)",
+        help="GeoSeg model: the .onnx or .pt written by Train model (its card travels inside).",
+    )
+    output_path: str = p(
+        name="OUTPUT",
+        label="Class map",
+        short="Class raster (.tif)",
+        kind="raster_out",
+        file_filter="GeoTIFF (*.tif)",
+        help="GeoTIFF to write: Byte, one class value per pixel, 255 = nodata, colour table. "
+        "GeoSeg never overwrites.",
+    )
+    probabilities_path: str | None = p(
+        None,
+        name="OUTPUT_PROBABILITIES",
+        label="Class probabilities",
+        short="Probabilities (.tif, optional)",
+        kind="raster_out",
+        file_filter="GeoTIFF (*.tif)",
+        help="Optional Float32 GeoTIFF with one softmax probability band per class; " "empty: not written.",
+    )
+    chip_size: int | None = p(
+        None,
+        name="CHIP_SIZE",
+        label="Chip size (pixels; default: from the model card)",
+        short="Chip size (pixels)",
+        minimum=8,
+        unset=0,
+        special="from model",
+        help="Width and height of the tiles fed to the model; default: the model's chip size.",
+    )
+    stride_x: int | None = p(
+        None,
+        name="STRIDE_X",
+        label="Stride X (pixels; default: half the chip)",
+        short="Stride X (pixels)",
+        minimum=1,
+        unset=0,
+        special="default (chip / 2)",
+        help="Horizontal step between tiles; default: half the chip.",
+    )
+    stride_y: int | None = p(
+        None,
+        name="STRIDE_Y",
+        label="Stride Y (pixels; default: half the chip)",
+        short="Stride Y (pixels)",
+        minimum=1,
+        unset=0,
+        special="default (chip / 2)",
+        help="Vertical step between tiles; default: half the chip.",
+    )
+    crop: int | None = p(
+        None,
+        name="CROP",
+        label="Crop at interior tile edges (pixels; default: chip / 8)",
+        short="Crop (pixels)",
+        minimum=0,
+        unset=-1,
+        special="default (chip / 8)",
+        help="Margin of each tile's prediction that is discarded (tile edges see less context); "
+        "default: an eighth of the chip.",
+    )
+    batch_size: int = p(
+        8,
+        name="BATCH_SIZE",
+        label="Batch size (0: automatic, within the memory budget)",
+        short="Batch size",
+        minimum=0,
+        special="auto",
+        help="Tiles per inference step; auto (0) picks the most that fit the memory. An "
+        "out-of-memory error halves it and retries.",
+    )
+    backend: str = p(
+        "auto",
+        name="BACKEND",
+        label="Backend",
+        choices=BACKEND_CHOICES,
+        advanced=True,
+        help="Inference engine: Auto prefers onnxruntime for .onnx models and torch for .pt.",
+    )
+    device: str = p(
+        "auto",
+        name="DEVICE",
+        label="Device",
+        choices=DEVICE_CHOICES,
+        advanced=True,
+        help="Where to run: Auto uses a CUDA GPU when the backend sees one, else the CPU.",
+    )
+    memory_budget_mb: float = p(
+        0.0,
+        name="MEMORY_BUDGET",
+        label="Memory budget of one inference batch (MB; 0 = " "none): halve the batch when over it",
+        short="Memory budget (MB)",
+        minimum=0.0,
+        decimals=0,
+        step=256,
+        special="none",
+        advanced=True,
+        help="Memory one inference batch may take; 0: $GEOSEG_MEMORY_BUDGET_MB, else none.",
+    )
 
 
 # ----------------------------------------------------------------------------- assess
@@ -365,22 +628,46 @@ class SegmentParams:
 class AssessParams:
     """Built by the dialog, the algorithm and the CLI alike."""
 
-    prediction_path: str = p(name="PREDICTION", label="Class map (prediction)", kind="raster",
-                             help="Single-band integer class raster to assess (a GDAL file layer, e.g. the GeoTIFF "
-                                  "written by Segment raster).")
-    report_path: str = p(name="OUTPUT_REPORT", label="Report (.html or .json; both are written)",
-                         short="Report (.html or .json)", kind="file_out", file_filter="HTML (*.html);;JSON (*.json)",
-                         help="Report to write: the .json and the .html are both written, beside each other. "
-                              "GeoSeg never overwrites.")
-    reference_path: str | None = p(None, name="REFERENCE", label="Reference raster (same grid)", short="Reference",
-                                   kind="raster", help="The truth: a class raster on the prediction's grid (same "
-                                                       "size, pixel size, origin and CRS).")
-    reference_vector: str | None = p(None, name="REFERENCE_VECTOR", label="Reference polygons", kind="vector",
-                                     help="The truth as polygons with an integer class field (pixels outside "
-                                          "every polygon are not counted).")
-    class_field: str | None = p(None, name="CLASS_FIELD", label="Class field of the reference polygons",
-                                short="Class field", kind="field", parent="REFERENCE_VECTOR",
-                                help="Integer field of the reference polygons holding each polygon's class value.")
+    prediction_path: str = p(
+        name="PREDICTION",
+        label="Class map (prediction)",
+        kind="raster",
+        help="Single-band integer class raster to assess (a GDAL file layer, e.g. the GeoTIFF "
+        "written by Segment raster).",
+    )
+    report_path: str = p(
+        name="OUTPUT_REPORT",
+        label="Report (.html or .json; both are written)",
+        short="Report (.html or .json)",
+        kind="file_out",
+        file_filter="HTML (*.html);;JSON (*.json)",
+        help="Report to write: the .json and the .html are both written, beside each other. "
+        "GeoSeg never overwrites.",
+    )
+    reference_path: str | None = p(
+        None,
+        name="REFERENCE",
+        label="Reference raster (same grid)",
+        short="Reference",
+        kind="raster",
+        help="The truth: a class raster on the prediction's grid (same " "size, pixel size, origin and CRS).",
+    )
+    reference_vector: str | None = p(
+        None,
+        name="REFERENCE_VECTOR",
+        label="Reference polygons",
+        kind="vector",
+        help="The truth as polygons with an integer class field (pixels outside " "every polygon are not counted).",
+    )
+    class_field: str | None = p(
+        None,
+        name="CLASS_FIELD",
+        label="Class field of the reference polygons",
+        short="Class field",
+        kind="field",
+        parent="REFERENCE_VECTOR",
+        help="Integer field of the reference polygons holding each polygon's class value.",
+    )
 
 
 # ----------------------------------------------------------------------------- exportonnx
@@ -388,11 +675,27 @@ class AssessParams:
 class ExportOnnxParams:
     """A GeoSeg checkpoint to convert into an ONNX model carrying the same card."""
 
-    model_path: str = p(name="MODEL", label="GeoSeg checkpoint (.pt)", kind="file", extension="pt",
-                        file_filter="PyTorch checkpoint (*.pt)", help="Checkpoint written by Train model.")
-    output_path: str = p(name="OUTPUT", label="ONNX model", kind="file_out", file_filter="ONNX model (*.onnx)",
-                         help="ONNX model to write (dynamic batch, height and width). GeoSeg never overwrites.")
+    model_path: str = p(
+        name="MODEL",
+        label="GeoSeg checkpoint (.pt)",
+        kind="file",
+        extension="pt",
+        file_filter="PyTorch checkpoint (*.pt)",
+        help="Checkpoint written by Train model.",
+    )
+    output_path: str = p(
+        name="OUTPUT",
+        label="ONNX model",
+        kind="file_out",
+        file_filter="ONNX model (*.onnx)",
+        help="ONNX model to write (dynamic batch, height and width). GeoSeg never overwrites.",
+    )
 
 
-STEPS = {"exportchips": ExportParams, "train": TrainParams, "segment": SegmentParams, "assess": AssessParams,
-         "exportonnx": ExportOnnxParams}
+STEPS = {
+    "exportchips": ExportParams,
+    "train": TrainParams,
+    "segment": SegmentParams,
+    "assess": AssessParams,
+    "exportonnx": ExportOnnxParams,
+}

@@ -24,11 +24,15 @@ def inside(folder: str, relative: str, where: str = "", param: str | None = None
     if not isinstance(relative, str) or not relative.strip():
         raise GeoSegError(f"{label}the path is empty.", param=param)
     if os.path.isabs(relative) or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
-        raise GeoSegError(f"{label}an absolute path ('{relative}'); paths must be relative to {folder} and stay "
-                          "inside it.", param=param)
+        raise GeoSegError(
+            f"{label}an absolute path ('{relative}'); paths must be relative to {folder} and stay " "inside it.",
+            param=param,
+        )
     root = os.path.realpath(folder)
     resolved = os.path.realpath(os.path.join(root, relative.replace("\\", "/")))
     if os.path.commonpath([root, resolved]) != root or resolved == root:
-        raise GeoSegError(f"{label}'{relative}' leads outside {folder} (to {resolved}); paths must stay inside "
-                          "the folder.", param=param)
+        raise GeoSegError(
+            f"{label}'{relative}' leads outside {folder} (to {resolved}); paths must stay inside " "the folder.",
+            param=param,
+        )
     return resolved

@@ -42,8 +42,16 @@ log = logging.getLogger("geoseg")
 PROB_NODATA = -1.0
 CREATE_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
 
-__all__ = ["SegmentParams", "SegmentResult", "choose_batch_size", "compatibility_warnings", "preflight",
-           "read_model_card", "segment", "tile_memory_bytes"]
+__all__ = [
+    "SegmentParams",
+    "SegmentResult",
+    "choose_batch_size",
+    "compatibility_warnings",
+    "preflight",
+    "read_model_card",
+    "segment",
+    "tile_memory_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,9 @@ def make_tiling(width: int, height: int, chip: int, stride_x: int, stride_y: int
         if stride < 1 or stride > chip - 2 * crop:
             raise GeoSegError(
                 f"{name} ({stride}) must be between 1 and CHIP_SIZE − 2·CROP = {chip} − 2·{crop} = {chip - 2 * crop}, "
-                "so that the kept tile centres meet without gaps.", param=name)
+                "so that the kept tile centres meet without gaps.",
+                param=name,
+            )
     xs, kx = keep_spans(width, chip, stride_x, crop)
     ys, ky = keep_spans(height, chip, stride_y, crop)
     return Tiling(chip, xs, ys, kx, ky)
@@ -108,8 +118,10 @@ def compatibility_warnings(card: ModelCard, raster_path: str, info: RasterInfo |
         out.append(f"The raster has {info.band_count} bands, but the model was trained on {card.in_channels}.")
     px = card.pixel_size
     if px and any(abs(a - b) > 0.01 * abs(b) for a, b in zip(info.pixel_size, px, strict=False)):
-        out.append(f"The raster's pixel size ({info.pixel_size[0]:g} × {info.pixel_size[1]:g}) differs from the "
-                   f"training data's ({px[0]:g} × {px[1]:g}); resample it to the training resolution for best results.")
+        out.append(
+            f"The raster's pixel size ({info.pixel_size[0]:g} × {info.pixel_size[1]:g}) differs from the "
+            f"training data's ({px[0]:g} × {px[1]:g}); resample it to the training resolution for best results."
+        )
     crs = card.crs.wkt if card.crs else None
     if crs and info.srs is not None:
         trained = osr.SpatialReference()
@@ -128,11 +140,14 @@ def _resolve(p: SegmentParams, card: ModelCard) -> tuple[int, int, int, int]:
 
 def _validate(p: SegmentParams) -> None:
     if p.batch_size < 0:
-        raise GeoSegError(f"BATCH_SIZE must be at least 1, or 0 to choose it automatically (got {p.batch_size}).",
-                          param="BATCH_SIZE")
+        raise GeoSegError(
+            f"BATCH_SIZE must be at least 1, or 0 to choose it automatically (got {p.batch_size}).", param="BATCH_SIZE"
+        )
     if p.memory_budget_mb < 0:
-        raise GeoSegError(f"The memory budget must be 0 (none) or a positive number of MB (got {p.memory_budget_mb}).",
-                          param="MEMORY_BUDGET")
+        raise GeoSegError(
+            f"The memory budget must be 0 (none) or a positive number of MB (got {p.memory_budget_mb}).",
+            param="MEMORY_BUDGET",
+        )
     for what, path in (("OUTPUT", p.output_path), ("OUTPUT_PROBABILITIES", p.probabilities_path)):
         if path is None:
             continue
@@ -217,7 +232,8 @@ class PyramidWriter:
             ds.BuildOverviews("NONE", self.levels)  # empty overview bands, filled below
         bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
         self.writers = [RowWriter(bands, ds.FlushCache)] + [
-            RowWriter([b.GetOverview(li) for b in bands], ds.FlushCache) for li in range(len(self.levels))]
+            RowWriter([b.GetOverview(li) for b in bands], ds.FlushCache) for li in range(len(self.levels))
+        ]
         self.cols = [np.minimum(np.arange(-(-self.width // f)) * f + f // 2, self.width - 1) for f in self.levels]
         self.next_row = [0] * len(self.levels)
         self.y = 0
@@ -259,29 +275,33 @@ class _Batch:
 
 
 @with_gdal_exceptions  # a pipeline thread: GDAL ≥ 3.7 keeps the exception mode per thread
-def _read_batches(ds: gdal.Dataset, info, tiling: Tiling, batch_size: int, mean: np.ndarray, std: np.ndarray,
-                  inbox: Pipe) -> None:
+def _read_batches(
+    ds: gdal.Dataset, info, tiling: Tiling, batch_size: int, mean: np.ndarray, std: np.ndarray, inbox: Pipe
+) -> None:
     """Reader stage: one window per batch (arrays stay batch-sized whatever the raster's width)."""
     chip, n = tiling.chip, len(tiling.xs)
     for si, oy in enumerate(tiling.ys):
         for b in range(0, n, batch_size):
-            xs = tiling.xs[b:b + batch_size]
+            xs = tiling.xs[b : b + batch_size]
             left, right = xs[0], min(xs[-1] + chip, info.width)
-            win = Window(left, oy, right - left, min(chip, info.height), max(0, chip - info.width),
-                         max(0, chip - info.height))
+            win = Window(
+                left, oy, right - left, min(chip, info.height), max(0, chip - info.width), max(0, chip - info.height)
+            )
             try:
                 pixels, valid = read_window(ds, info, win)
                 ds.FlushCache()  # the cache would otherwise hold a strip's width of blocks
             except Exception as e:  # noqa: BLE001  (GDAL I/O and decoding errors of every kind)
-                raise GeoSegError(f"INPUT: GDAL could not read columns {left}-{right} of rows {oy}-{oy + win.height} "
-                                  f"of {info.path} ({first_line(e, 300)}).") from None
+                raise GeoSegError(
+                    f"INPUT: GDAL could not read columns {left}-{right} of rows {oy}-{oy + win.height} "
+                    f"of {info.path} ({first_line(e, 300)})."
+                ) from None
             x = np.empty((len(xs), pixels.shape[0], chip, chip), dtype=np.float32)
             for j, xo in enumerate(xs):
                 tile = x[j]
-                tile[...] = pixels[:, :, xo - left:xo - left + chip]
+                tile[...] = pixels[:, :, xo - left : xo - left + chip]
                 tile -= mean
                 tile /= std
-                tile[:, ~valid[:, xo - left:xo - left + chip]] = 0  # nodata → 0 (the mean); NaN · 0 stays NaN
+                tile[:, ~valid[:, xo - left : xo - left + chip]] = 0  # nodata → 0 (the mean); NaN · 0 stays NaN
             inbox.put(_Batch(si, b, left, x, valid, b + batch_size >= n))
     inbox.put(END)
 
@@ -306,18 +326,30 @@ class FiniteOutputs:
     def verdict(self) -> str | None:
         """GeoSegError when every valid pixel's output was non-finite; the warning text when some were."""
         if self.bad and self.bad == self.valid:
-            raise GeoSegError("MODEL: the model returned NaN or infinite values for every pixel, so there is no "
-                              "result; nothing was written. The model is broken (e.g. diverged training) or does "
-                              "not suit this input's values.", param="MODEL")
+            raise GeoSegError(
+                "MODEL: the model returned NaN or infinite values for every pixel, so there is no "
+                "result; nothing was written. The model is broken (e.g. diverged training) or does "
+                "not suit this input's values.",
+                param="MODEL",
+            )
         if self.bad:
-            return (f"The model returned NaN or infinite values for {self.bad} of {self.valid} pixels "
-                    f"({100 * self.bad / self.valid:.2g} %); they are nodata (255) in the output.")
+            return (
+                f"The model returned NaN or infinite values for {self.bad} of {self.valid} pixels "
+                f"({100 * self.bad / self.valid:.2g} %); they are nodata (255) in the output."
+            )
         return None
 
 
 @with_gdal_exceptions  # a pipeline thread: GDAL ≥ 3.7 keeps the exception mode per thread
-def _write_strips(outbox: Pipe, tiling: Tiling, width: int, values: np.ndarray, out_rows: PyramidWriter,
-                  prob_rows: PyramidWriter | None, finite: FiniteOutputs | None = None) -> None:
+def _write_strips(
+    outbox: Pipe,
+    tiling: Tiling,
+    width: int,
+    values: np.ndarray,
+    out_rows: PyramidWriter,
+    prob_rows: PyramidWriter | None,
+    finite: FiniteOutputs | None = None,
+) -> None:
     """Writer stage: arg-max (and softmax) of each tile's kept span into its strip; whole strips
     go to the output files (and their overviews) in order. Non-finite outputs become nodata."""
     finite = finite or FiniteOutputs()
@@ -329,10 +361,10 @@ def _write_strips(outbox: Pipe, tiling: Tiling, width: int, values: np.ndarray, 
         if classes is None:
             classes = np.empty((y1 - y0, width), dtype=np.uint8)
             probs = np.empty((k, y1 - y0, width), dtype=np.float32) if prob_rows else None
-        xs = tiling.xs[b.first:b.first + len(logits)]
-        for j, (x, (x0, x1)) in enumerate(zip(xs, tiling.keep_x[b.first:b.first + len(xs)], strict=True)):
-            tile = logits[j, :, y0 - oy:y1 - oy, x0 - x:x1 - x]
-            invalid = ~b.valid[y0 - oy:y1 - oy, x0 - b.left:x1 - b.left]
+        xs = tiling.xs[b.first : b.first + len(logits)]
+        for j, (x, (x0, x1)) in enumerate(zip(xs, tiling.keep_x[b.first : b.first + len(xs)], strict=True)):
+            tile = logits[j, :, y0 - oy : y1 - oy, x0 - x : x1 - x]
+            invalid = ~b.valid[y0 - oy : y1 - oy, x0 - b.left : x1 - b.left]
             invalid |= finite.mask(tile, invalid)
             cls = values[tile.argmax(axis=0)]
             cls[invalid] = MASK_NODATA
@@ -363,8 +395,9 @@ class _Inference:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         parts, i = [], 0
         while i < len(x):
-            out, n = retry_halving_batch(lambda n, i=i: self._run(x[i:i + n]), min(self.batch_size, len(x) - i),
-                                         "segmentation", self._smaller)
+            out, n = retry_halving_batch(
+                lambda n, i=i: self._run(x[i : i + n]), min(self.batch_size, len(x) - i), "segmentation", self._smaller
+            )
             parts.append(out)
             i += n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -406,8 +439,9 @@ def default_budget_mb(engine: Backend) -> float:
     return 0.25 * avail / 1e6
 
 
-def choose_batch_size(engine: Backend, card: ModelCard, chip: int, requested: int, budget_mb: float
-                      ) -> tuple[int, float]:
+def choose_batch_size(
+    engine: Backend, card: ModelCard, chip: int, requested: int, budget_mb: float
+) -> tuple[int, float]:
     """(batch size, bytes per tile): `requested`, or with 0 the most tiles that fit the budget
     (at least 1, at most what still pays off on the device). Bytes are 0 when nothing needs them."""
     if requested > 0 and budget_mb <= 0:
@@ -418,13 +452,24 @@ def choose_batch_size(engine: Backend, card: ModelCard, chip: int, requested: in
     budget = budget_mb if budget_mb > 0 else default_budget_mb(engine)
     cap = MAX_AUTO_BATCH["cuda" if engine.on_cuda else "cpu"]
     batch = max(1, min(cap, int(budget * 1e6 // per_tile)))
-    log.info("Batch size %d chosen automatically (about %.0f MB per tile, budget %.0f MB).", batch,
-             per_tile / 1e6, budget)
+    log.info(
+        "Batch size %d chosen automatically (about %.0f MB per tile, budget %.0f MB).", batch, per_tile / 1e6, budget
+    )
     return batch, per_tile
 
 
-def _predict(ds: gdal.Dataset, info, tiling: Tiling, infer: _Inference, card: ModelCard, out_path: str,
-             prob_path: str | None, batch_size: int, progress: Progress, cancelled: IsCancelled) -> str | None:
+def _predict(
+    ds: gdal.Dataset,
+    info,
+    tiling: Tiling,
+    infer: _Inference,
+    card: ModelCard,
+    out_path: str,
+    prob_path: str | None,
+    batch_size: int,
+    progress: Progress,
+    cancelled: IsCancelled,
+) -> str | None:
     """Stream strips of tiles through the model into the (temporary) output files; returns the
     warning about non-finite model outputs, if any (none finite at all: GeoSegError).
 
@@ -458,8 +503,10 @@ def _predict(ds: gdal.Dataset, info, tiling: Tiling, infer: _Inference, card: Mo
             except Exception as e:  # noqa: BLE001  (GDAL write errors: disk full, permissions, …)
                 raise GeoSegError(f"OUTPUT: writing the result failed ({first_line(e, 300)}).") from None
 
-        stages = [Stage("geoseg-read", lambda: _read_batches(ds, info, tiling, batch_size, mean, std, inbox), stop),
-                  Stage("geoseg-write", write, stop)]
+        stages = [
+            Stage("geoseg-read", lambda: _read_batches(ds, info, tiling, batch_size, mean, std, inbox), stop),
+            Stage("geoseg-write", write, stop),
+        ]
         for s in stages:
             s.start()
         done = 0
@@ -508,10 +555,12 @@ def _refuse_unusable_input(card: ModelCard, ds: gdal.Dataset, info: RasterInfo) 
             raise GeoSegError(
                 f"INPUT is in geographic coordinates (degrees), but the model was trained on the projected CRS "
                 f"{name}{at}; warp the raster to that CRS and pixel size first (Raster › Projections › Warp, or "
-                f"gdalwarp -t_srs {name}{tr} in.tif out.tif).")
+                f"gdalwarp -t_srs {name}{tr} in.tif out.tif)."
+            )
     if not any_valid_pixel(ds, info):
-        raise GeoSegError("INPUT: every pixel is nodata (its nodata value, NaN or masked), so there is nothing to "
-                          "segment.")
+        raise GeoSegError(
+            "INPUT: every pixel is nodata (its nodata value, NaN or masked), so there is nothing to " "segment."
+        )
 
 
 @with_gdal_exceptions
@@ -524,21 +573,28 @@ def preflight(p: SegmentParams) -> tuple[ModelCard, gdal.Dataset, object, Tiling
     info = raster_info(ds, p.input_path)
     if info.band_count != card.in_channels:
         plural = "s" if info.band_count != 1 else ""
-        raise GeoSegError(f"INPUT has {info.band_count} band{plural}, but the model was trained on "
-                          f"{card.in_channels} (bands {list(card.bands)}); use a raster with the same bands.")
+        raise GeoSegError(
+            f"INPUT has {info.band_count} band{plural}, but the model was trained on "
+            f"{card.in_channels} (bands {list(card.bands)}); use a raster with the same bands."
+        )
     _refuse_unusable_input(card, ds, info)
     chip, sx, sy, crop = _resolve(p, card)
     tiling = make_tiling(info.width, info.height, chip, sx, sy, crop)
     radius = card.recommended.receptive_field_radius if card.recommended else None
     if radius is not None and crop < radius:
-        log.info("CROP %d is below the model's receptive-field radius %d: tiles may differ slightly from "
-                 "whole-image inference near their seams.", crop, radius)
+        log.info(
+            "CROP %d is below the model's receptive-field radius %d: tiles may differ slightly from "
+            "whole-image inference near their seams.",
+            crop,
+            radius,
+        )
     return card, ds, info, tiling
 
 
 @with_gdal_exceptions
-def segment(p: SegmentParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
-            ) -> SegmentResult:
+def segment(
+    p: SegmentParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
+) -> SegmentResult:
     """Segment `p.input_path` with `p.model_path`; raise GeoSegError (or Cancelled) on failure."""
     t0 = time.perf_counter()
     card, ds, info, tiling = preflight(p)
@@ -553,16 +609,37 @@ def segment(p: SegmentParams, progress: Progress = lambda f: None, cancelled: Is
 
     with ExitStack() as stack:  # both files appear complete, or not at all
         out_tmp = stack.enter_context(staged_file(p.output_path, "OUTPUT"))
-        prob_tmp = stack.enter_context(staged_file(p.probabilities_path, "OUTPUT_PROBABILITIES")) \
-            if p.probabilities_path else None
+        prob_tmp = (
+            stack.enter_context(staged_file(p.probabilities_path, "OUTPUT_PROBABILITIES"))
+            if p.probabilities_path
+            else None
+        )
         nonfinite = _predict(ds, info, tiling, infer, card, out_tmp, prob_tmp, batch_size, progress, cancelled)
     if nonfinite:
         warnings.append(nonfinite)
     set_category_names(p.output_path, card.class_names)  # after the rename
     seconds = time.perf_counter() - t0
-    log.info("Segmented %d tiles (%d × %d px, chip %d, stride %d × %d, crop %d, batch %d) in %.1f s.", tiling.tiles,
-             info.width, info.height, chip, sx, sy, crop, infer.batch_size, seconds)
-    return SegmentResult(os.path.abspath(p.output_path),
-                         os.path.abspath(p.probabilities_path) if p.probabilities_path else None,
-                         card, engine.name, engine.provider, tiling.tiles, seconds, warnings, batch_size,
-                         infer.batch_size)
+    log.info(
+        "Segmented %d tiles (%d × %d px, chip %d, stride %d × %d, crop %d, batch %d) in %.1f s.",
+        tiling.tiles,
+        info.width,
+        info.height,
+        chip,
+        sx,
+        sy,
+        crop,
+        infer.batch_size,
+        seconds,
+    )
+    return SegmentResult(
+        os.path.abspath(p.output_path),
+        os.path.abspath(p.probabilities_path) if p.probabilities_path else None,
+        card,
+        engine.name,
+        engine.provider,
+        tiling.tiles,
+        seconds,
+        warnings,
+        batch_size,
+        infer.batch_size,
+    )

@@ -79,8 +79,12 @@ def open_raster(path: str, what: str = "INPUT") -> gdal.Dataset:
 
 
 DTYPES = {
-    gdal.GDT_Byte: np.uint8, gdal.GDT_UInt16: np.uint16, gdal.GDT_Int16: np.int16,
-    gdal.GDT_UInt32: np.uint32, gdal.GDT_Int32: np.int32, gdal.GDT_Float32: np.float32,
+    gdal.GDT_Byte: np.uint8,
+    gdal.GDT_UInt16: np.uint16,
+    gdal.GDT_Int16: np.int16,
+    gdal.GDT_UInt32: np.uint32,
+    gdal.GDT_Int32: np.int32,
+    gdal.GDT_Float32: np.float32,
     gdal.GDT_Float64: np.float64,
 }
 
@@ -98,18 +102,29 @@ def raster_info(ds: gdal.Dataset, path: str, what: str = "INPUT") -> RasterInfo:
     if gtype not in DTYPES:
         raise GeoSegError(
             f"{what}: data type {gdal.GetDataTypeName(gtype)} is not supported "
-            "(use Byte, (U)Int16, (U)Int32, Float32 or Float64).")
+            "(use Byte, (U)Int16, (U)Int32, Float32 or Float64)."
+        )
     nodata = []
     for i in range(1, ds.RasterCount + 1):
         band = ds.GetRasterBand(i)
         if band.DataType != gtype:
-            raise GeoSegError(f"{what}: bands have different data types; all must be "
-                              f"{gdal.GetDataTypeName(gtype)}.")
+            raise GeoSegError(
+                f"{what}: bands have different data types; all must be " f"{gdal.GetDataTypeName(gtype)}."
+            )
         nodata.append(band.GetNoDataValue())
     flags = b1.GetMaskFlags()
     per_dataset = bool(flags & gdal.GMF_PER_DATASET) and not bool(flags & gdal.GMF_NODATA)
-    return RasterInfo(path, ds.RasterXSize, ds.RasterYSize, ds.RasterCount, gtype, tuple(gt),
-                      ds.GetProjection() or "", tuple(nodata), per_dataset)
+    return RasterInfo(
+        path,
+        ds.RasterXSize,
+        ds.RasterYSize,
+        ds.RasterCount,
+        gtype,
+        tuple(gt),
+        ds.GetProjection() or "",
+        tuple(nodata),
+        per_dataset,
+    )
 
 
 def read_window(ds: gdal.Dataset, info: RasterInfo, win: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -159,15 +174,22 @@ def is_geographic(info: RasterInfo) -> bool:
 
 def window_geotransform(gt: tuple[float, ...], win: Window) -> tuple[float, ...]:
     """Geotransform of a chip whose top-left pixel is (win.xoff, win.yoff) of the source."""
-    return (gt[0] + win.xoff * gt[1] + win.yoff * gt[2], gt[1], gt[2],
-            gt[3] + win.xoff * gt[4] + win.yoff * gt[5], gt[4], gt[5])
+    return (
+        gt[0] + win.xoff * gt[1] + win.yoff * gt[2],
+        gt[1],
+        gt[2],
+        gt[3] + win.xoff * gt[4] + win.yoff * gt[5],
+        gt[4],
+        gt[5],
+    )
 
 
 _GTIFF = None
 
 
-def write_geotiff(path: str, array: np.ndarray, gt: tuple[float, ...], wkt: str,
-                  gdal_type: int, nodata: float | None) -> None:
+def write_geotiff(
+    path: str, array: np.ndarray, gt: tuple[float, ...], wkt: str, gdal_type: int, nodata: float | None
+) -> None:
     """Write a small [bands, h, w] (or [h, w]) array as a GeoTIFF chip.
 
     The file is built in memory (/vsimem) and written with Python's file I/O: a failed write (a

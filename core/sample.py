@@ -41,12 +41,20 @@ TRUTH_NODATA = 255
 ORIGIN = (500000.0, 5300000.0)  # upper-left corner, in UTM metres
 BASE_BANDS = ("blue", "green", "red", "nir", "red_edge", "swir1", "swir2")
 # Mean reflectance x 10000 per material, in BASE_BANDS order.
-SIG = {k: np.array(v, np.float32) for k, v in dict(
-    water=[700, 600, 400, 200, 300, 100, 80], forest=[300, 500, 300, 3000, 1200, 1500, 700],
-    grass=[420, 700, 500, 3300, 1500, 2200, 1200], crop=[380, 720, 420, 3800, 1600, 2100, 1000],
-    soil=[900, 1100, 1400, 2100, 1700, 2800, 2400], roof_grey=[1200, 1250, 1300, 1700, 1500, 2000, 1900],
-    roof_red=[700, 800, 1600, 1900, 1800, 2400, 2100], roof_dark=[400, 420, 450, 600, 500, 700, 650],
-    asphalt=[600, 650, 700, 900, 800, 1100, 1000]).items()}
+SIG = {
+    k: np.array(v, np.float32)
+    for k, v in dict(
+        water=[700, 600, 400, 200, 300, 100, 80],
+        forest=[300, 500, 300, 3000, 1200, 1500, 700],
+        grass=[420, 700, 500, 3300, 1500, 2200, 1200],
+        crop=[380, 720, 420, 3800, 1600, 2100, 1000],
+        soil=[900, 1100, 1400, 2100, 1700, 2800, 2400],
+        roof_grey=[1200, 1250, 1300, 1700, 1500, 2000, 1900],
+        roof_red=[700, 800, 1600, 1900, 1800, 2400, 2100],
+        roof_dark=[400, 420, 450, 600, 500, 700, 650],
+        asphalt=[600, 650, 700, 900, 800, 1100, 1000],
+    ).items()
+}
 FILES = ("sample_scene.tif", "sample_labels.gpkg", "sample_truth.tif")
 
 
@@ -119,8 +127,9 @@ def _layout(rng: np.random.Generator, h: int, w: int) -> dict[str, np.ndarray]:
     along, across = (yy, xx) if rng.random() < 0.5 else (xx, yy)
     n_along, n_across = (h, w) if along is yy else (w, h)
     phase = 2 * np.pi * np.arange(n_along) / (n_along * rng.uniform(0.7, 1.4)) + rng.uniform(0, 6)
-    centre = n_across * (rng.uniform(0.25, 0.75) + 0.12 * np.sin(phase)
-                         + 0.04 * smooth(rng, (1, n_along), 0.1 * n_along)[0])
+    centre = n_across * (
+        rng.uniform(0.25, 0.75) + 0.12 * np.sin(phase) + 0.04 * smooth(rng, (1, n_along), 0.1 * n_along)[0]
+    )
     half_width = np.maximum(2.5, 0.025 * s * (1 + 0.3 * smooth(rng, (1, n_along), 0.1 * n_along)[0]))
     idx = along.astype(np.int64)
     cm[np.abs(across - centre[idx]) < half_width[idx]] = 1
@@ -137,8 +146,7 @@ def _layout(rng: np.random.Generator, h: int, w: int) -> dict[str, np.ndarray]:
     hy = rng.choice([rng.uniform(0.2, 0.35), rng.uniform(0.65, 0.8)]) * h
     hx = rng.choice([rng.uniform(0.2, 0.35), rng.uniform(0.65, 0.8)]) * w
     hole = np.hypot(yy - hy, xx - hx) / (0.12 * s) + 0.35 * smooth(rng, (h, w), 0.04 * s) < 1
-    return {"cm": cm, "parcel": parcel, "building": building, "road": road, "hole": hole,
-            "xx": xx, "yy": yy}
+    return {"cm": cm, "parcel": parcel, "building": building, "road": road, "hole": hole, "xx": xx, "yy": yy}
 
 
 def _pixels(rng: np.random.Generator, lay: dict[str, np.ndarray], bands: int, hole: bool) -> np.ndarray:
@@ -197,8 +205,9 @@ def band_names(bands: int) -> list[str]:
     return [BASE_BANDS[k] if k < 7 else f"{BASE_BANDS[4 + (k - 4) % 3]}_{(k - 4) // 3}" for k in range(bands)]
 
 
-def _write_tif(path: str, data: np.ndarray, gt: tuple, srs: osr.SpatialReference, dtype: int,
-               nodata: int, names: list[str]) -> None:
+def _write_tif(
+    path: str, data: np.ndarray, gt: tuple, srs: osr.SpatialReference, dtype: int, nodata: int, names: list[str]
+) -> None:
     """Tiled, DEFLATE-compressed GeoTIFF with the same nodata on every band."""
     opts = ["TILED=YES", "COMPRESS=DEFLATE", "PREDICTOR=2"]
     ds = gdal.GetDriverByName("GTiff").Create(path, data.shape[2], data.shape[1], data.shape[0], dtype, opts)
@@ -212,8 +221,15 @@ def _write_tif(path: str, data: np.ndarray, gt: tuple, srs: osr.SpatialReference
     ds = None
 
 
-def _write_labels(path: str, truth: np.ndarray, gt: tuple, srs: osr.SpatialReference, labels_epsg: int,
-                  fraction: float, rng: np.random.Generator) -> None:
+def _write_labels(
+    path: str,
+    truth: np.ndarray,
+    gt: tuple,
+    srs: osr.SpatialReference,
+    labels_epsg: int,
+    fraction: float,
+    rng: np.random.Generator,
+) -> None:
     """Polygonize the class map (class 0 and the hole left out) and keep a random subset."""
     mem = gdal.GetDriverByName("MEM").Create("", truth.shape[1], truth.shape[0], 1, gdal.GDT_Byte)
     mem.SetGeoTransform(gt)
@@ -251,9 +267,18 @@ def _write_labels(path: str, truth: np.ndarray, gt: tuple, srs: osr.SpatialRefer
 
 
 @with_gdal_exceptions
-def make_sample_scene(out_dir: str, seed: int = 0, width: int = 640, height: int = 480, bands: int = 4,
-                      pixel_size: float = 2.0, epsg: int = 32633, labels_epsg: int = 4326,
-                      nodata_hole: bool = True, label_fraction: float = 1.0) -> SampleScene:
+def make_sample_scene(
+    out_dir: str,
+    seed: int = 0,
+    width: int = 640,
+    height: int = 480,
+    bands: int = 4,
+    pixel_size: float = 2.0,
+    epsg: int = 32633,
+    labels_epsg: int = 4326,
+    nodata_hole: bool = True,
+    label_fraction: float = 1.0,
+) -> SampleScene:
     """Write sample_scene.tif, sample_labels.gpkg and sample_truth.tif; same seed, same pixels."""
     if min(width, height) < 32 or bands < 1 or not 0 < label_fraction <= 1:
         raise ValueError("need width, height >= 32, bands >= 1 and 0 < label_fraction <= 1")

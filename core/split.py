@@ -20,8 +20,7 @@ def _n_val(n: int, fraction: float) -> int:
     return min(n - 1, max(1, round(fraction * n)))
 
 
-def split_chips(origins: list[tuple[int, int]], fraction: float, method: str, seed: int,
-                block: int) -> list[str]:
+def split_chips(origins: list[tuple[int, int]], fraction: float, method: str, seed: int, block: int) -> list[str]:
     """'train' or 'validation' for each chip origin (xoff, yoff)."""
     if not 0 <= fraction < 1:
         raise GeoSegError(f"VALIDATION_FRACTION must be at least 0 and below 1 (got {fraction}).")
@@ -42,8 +41,10 @@ def split_chips(origins: list[tuple[int, int]], fraction: float, method: str, se
     keys = [(y // block, x // block) for x, y in origins]
     blocks = sorted(set(keys))
     if len(blocks) < 2:
-        raise GeoSegError(f"The spatial-block split needs at least 2 blocks, but all chips fall in one "
-                          f"{block}-pixel block; use a smaller BLOCK_SIZE or the random split.")
+        raise GeoSegError(
+            f"The spatial-block split needs at least 2 blocks, but all chips fall in one "
+            f"{block}-pixel block; use a smaller BLOCK_SIZE or the random split."
+        )
     members: dict[tuple[int, int], list[int]] = {b: [] for b in blocks}
     for i, k in enumerate(keys):
         members[k].append(i)

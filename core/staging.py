@@ -87,8 +87,11 @@ def partial_prefix(target: str) -> str:
 def check_new_file(path: str, what: str, param: str | None = None) -> None:
     """Refuse to overwrite an existing file; `param`: the Processing name the error is about."""
     if os.path.exists(path):
-        raise GeoSegError(f"{what}: {path} already exists. GeoSeg never overwrites existing "
-                          "output; choose a new file name or delete the old file first.", param=param)
+        raise GeoSegError(
+            f"{what}: {path} already exists. GeoSeg never overwrites existing "
+            "output; choose a new file name or delete the old file first.",
+            param=param,
+        )
 
 
 def check_new_dir(target: str, what: str, param: str | None = None) -> None:
@@ -97,8 +100,11 @@ def check_new_dir(target: str, what: str, param: str | None = None) -> None:
         if not os.path.isdir(target):
             raise GeoSegError(f"{what}: {target} exists and is a file; choose a folder.", param=param)
         if os.listdir(target):
-            raise GeoSegError(f"{what}: {target} is not empty. GeoSeg never overwrites existing "
-                              "output; choose a new or empty folder.", param=param)
+            raise GeoSegError(
+                f"{what}: {target} is not empty. GeoSeg never overwrites existing "
+                "output; choose a new or empty folder.",
+                param=param,
+            )
 
 
 @contextmanager

@@ -31,17 +31,18 @@ from .trainer import Run, nan_to_none, output_paths
 log = logging.getLogger("geoseg")
 
 
-
 def validate(p: TrainParams) -> None:
     """Cheap checks before reading any chip."""
     if p.architecture not in ARCHITECTURES:
-        raise GeoSegError(f"ARCHITECTURE must be one of {', '.join(ARCHITECTURES)} (got '{p.architecture}').",
-                          param="ARCHITECTURE")
+        raise GeoSegError(
+            f"ARCHITECTURE must be one of {', '.join(ARCHITECTURES)} (got '{p.architecture}').", param="ARCHITECTURE"
+        )
     if p.loss not in LOSSES:
         raise GeoSegError(f"LOSS must be one of {', '.join(LOSSES)} (got '{p.loss}').", param="LOSS")
     if p.class_weights not in CLASS_WEIGHTS:
-        raise GeoSegError(f"CLASS_WEIGHTS must be one of {', '.join(CLASS_WEIGHTS)} (got '{p.class_weights}').",
-                          param="CLASS_WEIGHTS")
+        raise GeoSegError(
+            f"CLASS_WEIGHTS must be one of {', '.join(CLASS_WEIGHTS)} (got '{p.class_weights}').", param="CLASS_WEIGHTS"
+        )
     if p.schedule not in SCHEDULES:
         raise GeoSegError(f"SCHEDULE must be one of {', '.join(SCHEDULES)} (got '{p.schedule}').", param="SCHEDULE")
     if p.epochs < 1:
@@ -49,8 +50,10 @@ def validate(p: TrainParams) -> None:
     if p.batch_size < 1:
         raise GeoSegError(f"BATCH_SIZE must be at least 1 (got {p.batch_size}).", param="BATCH_SIZE")
     if not p.memory_budget_mb >= 0:
-        raise GeoSegError(f"MEMORY_BUDGET must be 0 (none) or a number of megabytes (got {p.memory_budget_mb}).",
-                          param="MEMORY_BUDGET")
+        raise GeoSegError(
+            f"MEMORY_BUDGET must be 0 (none) or a number of megabytes (got {p.memory_budget_mb}).",
+            param="MEMORY_BUDGET",
+        )
     if not 0 < p.learning_rate < 1:
         raise GeoSegError(f"LEARNING_RATE must be between 0 and 1 (got {p.learning_rate}).", param="LEARNING_RATE")
     from ..models.registry import validate_options  # no torch import
@@ -62,13 +65,17 @@ def validate(p: TrainParams) -> None:
     if not p.output_model:
         raise GeoSegError("OUTPUT_MODEL: no output file given.", param="OUTPUT_MODEL")
     if not p.output_model.endswith(".pt"):
-        raise GeoSegError(f"OUTPUT_MODEL must end in .pt (got {p.output_model}); the ONNX model is written "
-                          "beside it with the same name and .onnx.", param="OUTPUT_MODEL")
+        raise GeoSegError(
+            f"OUTPUT_MODEL must end in .pt (got {p.output_model}); the ONNX model is written "
+            "beside it with the same name and .onnx.",
+            param="OUTPUT_MODEL",
+        )
     paths = output_paths(p.output_model)
     if p.resume:
         if not os.path.isfile(paths["last"]):
-            raise GeoSegError(f"RESUME: there is no training state to resume ({paths['last']} not found).",
-                              param="RESUME")
+            raise GeoSegError(
+                f"RESUME: there is no training state to resume ({paths['last']} not found).", param="RESUME"
+            )
     else:
         for key in ("model", "onnx", "metrics", "last"):
             check_new_file(paths[key], "OUTPUT_MODEL", param="OUTPUT_MODEL")
@@ -83,16 +90,23 @@ def validate(p: TrainParams) -> None:
 
 
 @with_gdal_exceptions
-def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False,
-          report: Callable[[BatchReport | EpochReport], None] | None = None) -> TrainResult:
+def train(
+    p: TrainParams,
+    progress: Progress = lambda f: None,
+    cancelled: IsCancelled = lambda: False,
+    report: Callable[[BatchReport | EpochReport], None] | None = None,
+) -> TrainResult:
     """Train as described by `p`; raise GeoSegError (or Cancelled) on failure."""
     validate(p)
     chips = open_chips(p.chips_dir, p.ignore_background)
     device = resolve_device(p.device)
-    require_memory(training_bytes(p.architecture, chips.in_channels, len(chips.classes), p.model_options,
-                                  chips.chip_size),
-                   f"training this {p.architecture} on {chips.chip_size}-pixel chips, even at batch size 1,",
-                   "MODEL_OPTIONS", "Use a smaller model (base_width, depth) or smaller chips.", device=device)
+    require_memory(
+        training_bytes(p.architecture, chips.in_channels, len(chips.classes), p.model_options, chips.chip_size),
+        f"training this {p.architecture} on {chips.chip_size}-pixel chips, even at batch size 1,",
+        "MODEL_OPTIONS",
+        "Use a smaller model (base_width, depth) or smaller chips.",
+        device=device,
+    )
 
     out_dir = os.path.dirname(os.path.abspath(p.output_model))
     new_dir = not os.path.isdir(out_dir)
@@ -101,8 +115,15 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
     if p.resume:
         run.resume()
     created = not p.resume
-    log.info("Training %s on %s: %d training / %d validation chips, %d classes, device %s.", p.architecture,
-             chips.path, len(chips.train), len(chips.validation), len(chips.classes), device)
+    log.info(
+        "Training %s on %s: %d training / %d validation chips, %d classes, device %s.",
+        p.architecture,
+        chips.path,
+        len(chips.train),
+        len(chips.validation),
+        len(chips.classes),
+        device,
+    )
     stopped_early = False
     try:
         for epoch in range(run.start_epoch, p.epochs):
@@ -111,11 +132,20 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
             val_loss, cm = run.validate_epoch(cancelled, epoch)
             m = metrics_from_confusion(cm)
             miou = 0.0 if math.isnan(m.mean_iou) else float(m.mean_iou)
-            run.history.append({
-                "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_oa": float(m.overall_accuracy),
-                "val_miou": miou, "val_macro_f1": float(np.nan_to_num(m.macro_f1)),
-                "per_class_iou": nan_to_none(list(m.iou)), "lr": run.optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0, "batch_size": run.batch_size})
+            run.history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_oa": float(m.overall_accuracy),
+                    "val_miou": miou,
+                    "val_macro_f1": float(np.nan_to_num(m.macro_f1)),
+                    "per_class_iou": nan_to_none(list(m.iou)),
+                    "lr": run.optimizer.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - t0,
+                    "batch_size": run.batch_size,
+                }
+            )
             if miou > run.best_miou:
                 run.best_miou, run.best_epoch = miou, epoch + 1
                 save_model(run.paths["model"], run.model.state_dict(), run.card())
@@ -123,12 +153,33 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
             run.write_metrics()
             created = False  # from here on the files hold a usable model: keep them whatever happens
             h = run.history[-1]
-            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f, epoch %d)%s",
-                     epoch + 1, p.epochs, train_loss, val_loss, miou, run.best_miou, run.best_epoch,
-                     f", batch size {run.batch_size}" if run.batch_size != p.batch_size else "")
+            log.info(
+                "epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f, epoch %d)%s",
+                epoch + 1,
+                p.epochs,
+                train_loss,
+                val_loss,
+                miou,
+                run.best_miou,
+                run.best_epoch,
+                f", batch size {run.batch_size}" if run.batch_size != p.batch_size else "",
+            )
             if report is not None:
-                report(EpochReport(epoch + 1, p.epochs, train_loss, val_loss, miou, h["val_oa"], h["val_macro_f1"],
-                                   h["per_class_iou"], run.best_epoch, h["seconds"], run.batch_size))
+                report(
+                    EpochReport(
+                        epoch + 1,
+                        p.epochs,
+                        train_loss,
+                        val_loss,
+                        miou,
+                        h["val_oa"],
+                        h["val_macro_f1"],
+                        h["per_class_iou"],
+                        run.best_epoch,
+                        h["seconds"],
+                        run.batch_size,
+                    )
+                )
             if p.patience and epoch + 1 - run.best_epoch >= p.patience:
                 log.info("Early stop: no better validation mIoU for %d epochs.", p.patience)
                 stopped_early = True
@@ -147,8 +198,18 @@ def train(p: TrainParams, progress: Progress = lambda f: None, cancelled: IsCanc
             if new_dir and not os.listdir(out_dir):
                 os.rmdir(out_dir)
         raise
-    return TrainResult(run.paths["model"], run.paths["onnx"], run.paths["metrics"], run.best_epoch,
-                       run.best_miou, len(run.history), stopped_early, device, card, run.history)
+    return TrainResult(
+        run.paths["model"],
+        run.paths["onnx"],
+        run.paths["metrics"],
+        run.best_epoch,
+        run.best_miou,
+        len(run.history),
+        stopped_early,
+        device,
+        card,
+        run.history,
+    )
 
 
 @with_gdal_exceptions

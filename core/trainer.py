@@ -41,8 +41,7 @@ ACTIVATION_FACTOR = 2.5
 def output_paths(model_path: str) -> dict[str, str]:
     """The files a run owns, all beside OUTPUT_MODEL with the same stem."""
     stem = model_path[:-3] if model_path.endswith(".pt") else model_path
-    return {"model": stem + ".pt", "onnx": stem + ".onnx", "metrics": stem + ".metrics.csv",
-            "last": stem + ".last.pt"}
+    return {"model": stem + ".pt", "onnx": stem + ".onnx", "metrics": stem + ".metrics.csv", "last": stem + ".last.pt"}
 
 
 def class_weight_tensor(p: TrainParams, chips: ChipsFolder):
@@ -63,8 +62,11 @@ def default_workers() -> int:
 
     cpus = os.cpu_count() or 1
     exe = os.path.basename(sys.executable).lower()
-    if cpus <= 2 or multiprocessing.get_start_method(allow_none=True) not in (None, "fork") or \
-            not exe.startswith("python"):
+    if (
+        cpus <= 2
+        or multiprocessing.get_start_method(allow_none=True) not in (None, "fork")
+        or not exe.startswith("python")
+    ):
         return 0
     return min(4, cpus // 2)
 
@@ -88,8 +90,9 @@ class Run:
         if device == "cuda":
             self.model.to(memory_format=torch.channels_last)
         weights = class_weight_tensor(p, chips)
-        self.loss_fn = build_loss(p.loss, len(chips.classes),
-                                  None if weights is None else weights.to(device), IGNORE_INDEX)
+        self.loss_fn = build_loss(
+            p.loss, len(chips.classes), None if weights is None else weights.to(device), IGNORE_INDEX
+        )
         self.workers = default_workers() if p.num_workers is None else p.num_workers
         self.loader_gen = torch.Generator().manual_seed(p.seed)
         self.aug_gen = torch.Generator().manual_seed(p.seed + 1)
@@ -121,11 +124,23 @@ class Run:
         train_ds = ChipDataset(self.chips, self.chips.train)
         drop_last = len(train_ds) > b and len(train_ds) % b == 1  # no batch of 1 for BatchNorm
         self.train_loader = torch.utils.data.DataLoader(
-            train_ds, batch_size=b, shuffle=True, generator=self.loader_gen, num_workers=workers,
-            drop_last=drop_last, pin_memory=pin, persistent_workers=workers > 0)
+            train_ds,
+            batch_size=b,
+            shuffle=True,
+            generator=self.loader_gen,
+            num_workers=workers,
+            drop_last=drop_last,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+        )
         self.val_loader = torch.utils.data.DataLoader(
-            ChipDataset(self.chips, self.chips.validation or self.chips.train), batch_size=self.val_batch_size,
-            shuffle=False, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+            ChipDataset(self.chips, self.chips.validation or self.chips.train),
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+        )
         self.steps = len(self.train_loader)
 
     def _build_scheduler(self, epoch: int = 0) -> None:
@@ -138,8 +153,9 @@ class Run:
 
         total = self.p.epochs * self.steps
         if self.p.schedule == "onecycle":
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=self.p.learning_rate,
-                                                                 total_steps=max(total, 2))
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=self.p.learning_rate, total_steps=max(total, 2)
+            )
         else:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total, 1))
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
@@ -158,14 +174,19 @@ class Run:
         try:
             self.model.eval()
             with torch.no_grad():
-                outputs = leaf_output_bytes(self.model,
-                                            lambda: self.model(torch.zeros(1, c, chip, chip, device=self.device)))
+                outputs = leaf_output_bytes(
+                    self.model, lambda: self.model(torch.zeros(1, c, chip, chip, device=self.device))
+                )
         finally:
             self.model.train(was_training)
         params = sum(q.numel() * q.element_size() for q in self.model.parameters())
         per_sample = ACTIVATION_FACTOR * outputs + chip * chip * (4 * c + 8)  # + float input, int64 mask
-        log.info("Memory budget %.0f MB: a training step needs about %.0f MB + %.1f MB per chip.", self.budget_mb,
-                 4 * params / 1e6, per_sample / 1e6)
+        log.info(
+            "Memory budget %.0f MB: a training step needs about %.0f MB + %.1f MB per chip.",
+            self.budget_mb,
+            4 * params / 1e6,
+            per_sample / 1e6,
+        )
         return 4.0 * params, per_sample
 
     def step_bytes(self, batch: int) -> float:
@@ -187,8 +208,10 @@ class Run:
             return self._start_state
         state = load_checkpoint(self.paths["last"], "RESUME")  # written at the end of the previous epoch
         if int(state["epoch"]) != epoch:
-            raise GeoSegError(f"Out of memory in epoch {epoch + 1}, and {self.paths['last']} does not hold the "
-                              "state of the previous epoch to restart from.")
+            raise GeoSegError(
+                f"Out of memory in epoch {epoch + 1}, and {self.paths['last']} does not hold the "
+                "state of the previous epoch to restart from."
+            )
         return state
 
     def remember_start(self) -> None:
@@ -201,9 +224,13 @@ class Run:
     def _state(self) -> dict:
         import torch
 
-        return {"state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "loader_rng": self.loader_gen.get_state(), "aug_rng": self.aug_gen.get_state(),
-                "torch_rng": torch.get_rng_state()}
+        return {
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loader_rng": self.loader_gen.get_state(),
+            "aug_rng": self.aug_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
 
     def _restore(self, state: dict) -> None:
         import copy
@@ -222,45 +249,69 @@ class Run:
         ds = self.chips.dataset
         best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
         names = [c["name"] for c in self.chips.classes]
-        return ModelCard.from_dict({
-            "geoseg_version": __version__,
-            "classes": self.chips.classes,
-            "bands": ds["bands"],
-            "in_channels": self.chips.in_channels,
-            "chip_size": self.chips.chip_size,
-            "normalization": {"mean": ds["normalization"]["mean"], "std": ds["normalization"]["std"]},
-            "architecture": self.p.architecture,
-            "architecture_options": self.model.options,
-            "crs": ds.get("crs"),
-            "pixel_size": ds.get("pixel_size"),
-            "data_type": ds.get("data_type"),
-            "nodata": ds.get("nodata"),
-            "background": ds.get("background"),
-            "ignore_background": self.p.ignore_background,
-            "recommended": recommended_tiling(self.chips.chip_size, self.radius),
-            "metrics": None if best is None else {
-                "epoch": best["epoch"], "val_miou": best["val_miou"], "val_oa": best["val_oa"],
-                "val_macro_f1": best["val_macro_f1"],
-                "per_class_iou": dict(zip(names, best["per_class_iou"], strict=True))},
-            "training": {k: v for k, v in asdict(self.p).items() if k not in ("chips_dir", "output_model")},
-            "epochs_run": len(self.history),
-            "split": ds.get("split"),
-            "dataset_sha256": self.chips.sha256,
-        }, "OUTPUT_MODEL")
+        return ModelCard.from_dict(
+            {
+                "geoseg_version": __version__,
+                "classes": self.chips.classes,
+                "bands": ds["bands"],
+                "in_channels": self.chips.in_channels,
+                "chip_size": self.chips.chip_size,
+                "normalization": {"mean": ds["normalization"]["mean"], "std": ds["normalization"]["std"]},
+                "architecture": self.p.architecture,
+                "architecture_options": self.model.options,
+                "crs": ds.get("crs"),
+                "pixel_size": ds.get("pixel_size"),
+                "data_type": ds.get("data_type"),
+                "nodata": ds.get("nodata"),
+                "background": ds.get("background"),
+                "ignore_background": self.p.ignore_background,
+                "recommended": recommended_tiling(self.chips.chip_size, self.radius),
+                "metrics": None
+                if best is None
+                else {
+                    "epoch": best["epoch"],
+                    "val_miou": best["val_miou"],
+                    "val_oa": best["val_oa"],
+                    "val_macro_f1": best["val_macro_f1"],
+                    "per_class_iou": dict(zip(names, best["per_class_iou"], strict=True)),
+                },
+                "training": {k: v for k, v in asdict(self.p).items() if k not in ("chips_dir", "output_model")},
+                "epochs_run": len(self.history),
+                "split": ds.get("split"),
+                "dataset_sha256": self.chips.sha256,
+            },
+            "OUTPUT_MODEL",
+        )
 
     def resume(self) -> None:
         for path in self.paths.values():  # temporary files of a killed run (the files themselves are whole)
             for name in remove_stale_partials(path):
                 log.info("Removed %s, left behind by an interrupted write.", name)
         state = load_checkpoint(self.paths["last"], "RESUME")
-        missing = [k for k in ("optimizer", "scheduler", "loader_rng", "aug_rng", "torch_rng", "epoch", "best_miou",
-                               "best_epoch", "history") if k not in state]
+        missing = [
+            k
+            for k in (
+                "optimizer",
+                "scheduler",
+                "loader_rng",
+                "aug_rng",
+                "torch_rng",
+                "epoch",
+                "best_miou",
+                "best_epoch",
+                "history",
+            )
+            if k not in state
+        ]
         if missing:
-            raise GeoSegError(f"RESUME: {self.paths['last']} is not a resumable training state "
-                              f"(it lacks {', '.join(missing)}).")
+            raise GeoSegError(
+                f"RESUME: {self.paths['last']} is not a resumable training state " f"(it lacks {', '.join(missing)})."
+            )
         if state.get("dataset_sha256") != self.chips.sha256:
-            raise GeoSegError("RESUME: the chips folder differs from the one this run was trained on "
-                              "(chips.csv or dataset.json changed); start a new run instead.")
+            raise GeoSegError(
+                "RESUME: the chips folder differs from the one this run was trained on "
+                "(chips.csv or dataset.json changed); start a new run instead."
+            )
         if state.get("architecture") != self.p.architecture:
             raise GeoSegError(f"RESUME: the saved run trains {state.get('architecture')}, not {self.p.architecture}.")
         saved_batch = int(state.get("batch_size") or self.p.batch_size)
@@ -273,22 +324,40 @@ class Run:
             self._restore(state)
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise GeoSegError(f"RESUME: {self.paths['last']} does not fit this run's model or settings "
-                              f"({first_line(e, 160)}); start a new run instead.") from None
+            raise GeoSegError(
+                f"RESUME: {self.paths['last']} does not fit this run's model or settings "
+                f"({first_line(e, 160)}); start a new run instead."
+            ) from None
         self.start_epoch = int(state["epoch"])
         self.best_miou = float(state["best_miou"])
         self.best_epoch = int(state["best_epoch"])
         self.history = [dict(h) for h in state["history"]]
         self._start_state = state
-        log.info("Resuming %s after epoch %d (best val mIoU %.4f at epoch %d).", self.paths["model"],
-                 self.start_epoch, self.best_miou, self.best_epoch)
+        log.info(
+            "Resuming %s after epoch %d (best val mIoU %.4f at epoch %d).",
+            self.paths["model"],
+            self.start_epoch,
+            self.best_miou,
+            self.best_epoch,
+        )
 
     def save_last(self, epoch: int) -> None:
-        save_model(self.paths["last"], self.model.state_dict(), self.card(), {
-            **self._state(), "scheduler": self.scheduler.state_dict(), "epoch": epoch,
-            "best_miou": self.best_miou, "best_epoch": self.best_epoch, "history": self.history,
-            "dataset_sha256": self.chips.sha256, "architecture": self.p.architecture,
-            "batch_size": self.batch_size})
+        save_model(
+            self.paths["last"],
+            self.model.state_dict(),
+            self.card(),
+            {
+                **self._state(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": epoch,
+                "best_miou": self.best_miou,
+                "best_epoch": self.best_epoch,
+                "history": self.history,
+                "dataset_sha256": self.chips.sha256,
+                "architecture": self.p.architecture,
+                "batch_size": self.batch_size,
+            },
+        )
 
     # ------------------------------------------------------------ epochs
     def _forward(self, x):
@@ -304,16 +373,22 @@ class Run:
             return sum(self.loss_fn(o.float(), y) for o in out) / len(out)
         return self.loss_fn(out.float(), y)
 
-    def train_epoch(self, epoch: int, progress: Progress, cancelled: IsCancelled,
-                    report: Callable[[object], None] | None = None) -> float:
+    def train_epoch(
+        self, epoch: int, progress: Progress, cancelled: IsCancelled, report: Callable[[object], None] | None = None
+    ) -> float:
         """One epoch; on out of memory (CUDA, CPU, or over the budget) the epoch restarts at half the batch."""
         self.remember_start()
-        loss, _ = retry_halving_batch(lambda _batch: self._train_epoch(epoch, progress, cancelled, report),
-                                      self.batch_size, "training", lambda batch: self._restart_epoch(batch, epoch))
+        loss, _ = retry_halving_batch(
+            lambda _batch: self._train_epoch(epoch, progress, cancelled, report),
+            self.batch_size,
+            "training",
+            lambda batch: self._restart_epoch(batch, epoch),
+        )
         return loss
 
-    def _train_epoch(self, epoch: int, progress: Progress, cancelled: IsCancelled,
-                     report: Callable[[object], None] | None = None) -> float:
+    def _train_epoch(
+        self, epoch: int, progress: Progress, cancelled: IsCancelled, report: Callable[[object], None] | None = None
+    ) -> float:
         import torch
 
         self.model.train()
@@ -328,13 +403,14 @@ class Run:
             if self.device == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.budget_mb > 0:
-                check_budget(self.step_bytes(x.shape[0]), self.budget_mb,
-                             f"A training step at batch size {x.shape[0]}")
+                check_budget(self.step_bytes(x.shape[0]), self.budget_mb, f"A training step at batch size {x.shape[0]}")
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._loss(self._forward(x), y)
             if not torch.isfinite(loss):
-                raise GeoSegError(f"Training diverged (loss is {loss.item()}) at epoch {epoch + 1}; lower "
-                                  "LEARNING_RATE or check the chips for extreme values.")
+                raise GeoSegError(
+                    f"Training diverged (loss is {loss.item()}) at epoch {epoch + 1}; lower "
+                    "LEARNING_RATE or check the chips for extreme values."
+                )
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -352,12 +428,14 @@ class Run:
 
     def validate_epoch(self, cancelled: IsCancelled, epoch: int) -> tuple[float, np.ndarray]:
         """Validation changes no state, so after an out of memory it simply runs again at half the batch."""
+
         def smaller(batch: int) -> None:
             self.val_batch_size = batch
             self._build_loaders()
 
-        result, _ = retry_halving_batch(lambda _batch: self._validate_epoch(cancelled, epoch), self.val_batch_size,
-                                        "validation", smaller)
+        result, _ = retry_halving_batch(
+            lambda _batch: self._validate_epoch(cancelled, epoch), self.val_batch_size, "validation", smaller
+        )
         return result
 
     def _validate_epoch(self, cancelled: IsCancelled, epoch: int) -> tuple[float, np.ndarray]:
@@ -385,22 +463,36 @@ class Run:
         step = "during validation" if batch is None else f"batch {batch + 1}"
         where = f"Training cancelled in epoch {epoch + 1}, {step}"
         if self.best_epoch:
-            return (f"{where}. The best model so far (epoch {self.best_epoch}, validation mIoU "
-                    f"{self.best_miou:.4f}) is saved in {self.paths['model']}; train again with RESUME to "
-                    "continue.")
+            return (
+                f"{where}. The best model so far (epoch {self.best_epoch}, validation mIoU "
+                f"{self.best_miou:.4f}) is saved in {self.paths['model']}; train again with RESUME to "
+                "continue."
+            )
         return f"{where}, before the first epoch finished; nothing was written."
 
     def write_metrics(self) -> None:
         names = [c["name"] for c in self.chips.classes]
         with atomic_write(self.paths["metrics"], "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["epoch", "train_loss", "val_loss", "val_oa", "val_miou", "val_macro_f1", "lr", "seconds",
-                        "batch_size"] + [f"iou_{n}" for n in names])
+            w.writerow(
+                ["epoch", "train_loss", "val_loss", "val_oa", "val_miou", "val_macro_f1", "lr", "seconds", "batch_size"]
+                + [f"iou_{n}" for n in names]
+            )
             for h in self.history:
-                w.writerow([h["epoch"], f"{h['train_loss']:.6f}", f"{h['val_loss']:.6f}", f"{h['val_oa']:.6f}",
-                            f"{h['val_miou']:.6f}", f"{h['val_macro_f1']:.6f}", f"{h['lr']:.3e}",
-                            f"{h['seconds']:.2f}", h.get("batch_size", self.p.batch_size)]
-                           + ["" if v is None else f"{v:.6f}" for v in h["per_class_iou"]])
+                w.writerow(
+                    [
+                        h["epoch"],
+                        f"{h['train_loss']:.6f}",
+                        f"{h['val_loss']:.6f}",
+                        f"{h['val_oa']:.6f}",
+                        f"{h['val_miou']:.6f}",
+                        f"{h['val_macro_f1']:.6f}",
+                        f"{h['lr']:.3e}",
+                        f"{h['seconds']:.2f}",
+                        h.get("batch_size", self.p.batch_size),
+                    ]
+                    + ["" if v is None else f"{v:.6f}" for v in h["per_class_iou"]]
+                )
 
 
 def _to_cpu(obj):

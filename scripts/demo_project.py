@@ -30,8 +30,7 @@ def render(layers: list, size: QSize = PANEL) -> QImage:
     return render_layers(layers, size.width(), size.height())
 
 
-def preview(image: QImage, prediction: QImage, reference: QImage, classes: list[dict], path: str,
-            title: str) -> None:
+def preview(image: QImage, prediction: QImage, reference: QImage, classes: list[dict], path: str, title: str) -> None:
     """Three panels side by side, titled, with the class legend underneath."""
     gap, top, legend_h = 10, 28, 40
     out = QImage(3 * PANEL.width() + 2 * gap, top + PANEL.height() + legend_h, QImage.Format_ARGB32)
@@ -66,13 +65,15 @@ def main(out: str) -> None:
     truth = QgsRasterLayer(os.path.join(out, "heldout", "sample_truth.tif"), "held-out — reference (truth)")
     apply_class_style(truth, classes)
     labels = QgsVectorLayer(os.path.join(out, "heldout", "sample_labels.gpkg"), "held-out — label polygons", "ogr")
-    labels.renderer().setSymbol(QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": "#222222",
-                                                            "outline_width": "0.2"}))
+    labels.renderer().setSymbol(
+        QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": "#222222", "outline_width": "0.2"})
+    )
     train_scene = QgsRasterLayer(os.path.join(out, "data", "sample_scene.tif"), "training scene")
     true_colour(train_scene)
     chips = QgsVectorLayer(os.path.join(out, "chip_index.gpkg"), "training chips", "ogr")
-    chips.renderer().setSymbol(QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": "#f0e442",
-                                                           "outline_width": "0.4"}))
+    chips.renderer().setSymbol(
+        QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": "#f0e442", "outline_width": "0.4"})
+    )
     layers = [labels, prediction, truth, scene, chips, train_scene]
     for layer in layers:
         if not layer.isValid():

@@ -42,8 +42,16 @@ from geoseg.core.sample import make_sample_scene
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NAMES = ("export_dialog.png", "chip_index.png", "train_dialog.png", "segment_dialog.png", "segment_result.png",
-         "assess_dialog.png", "deps_dialog.png", "settings_dialog.png")
+NAMES = (
+    "export_dialog.png",
+    "chip_index.png",
+    "train_dialog.png",
+    "segment_dialog.png",
+    "segment_result.png",
+    "assess_dialog.png",
+    "deps_dialog.png",
+    "settings_dialog.png",
+)
 
 
 class Shooter:
@@ -80,8 +88,10 @@ class Shooter:
         path = os.path.join(self.out_dir, name)
         if not pixmap.save(path):
             raise RuntimeError(f"could not save {path}")
-        self.state["shots"][name] = {"window": [window.width(), window.height()],
-                                     "image": [pixmap.width(), pixmap.height()]}
+        self.state["shots"][name] = {
+            "window": [window.width(), window.height()],
+            "image": [pixmap.width(), pixmap.height()],
+        }
         return path
 
     def save_map(self, layers: list, name: str, width: int = 768, height: int = 640) -> str:
@@ -145,8 +155,13 @@ def export_step(shots: Shooter, raster: QgsRasterLayer, labels: QgsVectorLayer, 
     result = dlg.last_result
     check(result.n_chips > 0 and os.path.isfile(os.path.join(out, "chips.csv")), "export wrote no chips")
     check(dlg.progress.value() == 100 and "Exported" in dlg.messageLabel.text(), "export outcome not shown")
-    shots.state["export"] = {"chips": result.n_chips, "train": result.n_train, "validation": result.n_validation,
-                             "message": dlg.messageLabel.text(), "class_field": dlg.classField.currentField()}
+    shots.state["export"] = {
+        "chips": result.n_chips,
+        "train": result.n_train,
+        "validation": result.n_validation,
+        "message": dlg.messageLabel.text(),
+        "class_field": dlg.classField.currentField(),
+    }
     shots.shoot(dlg, "export_dialog.png")
     dlg.close()
     return out
@@ -156,9 +171,20 @@ def chip_index_picture(shots: Shooter, scene: Any, raster: QgsRasterLayer, work:
     """The scene with chip footprints coloured by split (128 px chips, spatial blocks)."""
     index = os.path.join(work, "blocks_index.gpkg")
     chip = 128 if min(raster.width(), raster.height()) >= 512 else 32  # a small (test) scene gets small chips
-    export_chips(ExportParams(scene.raster, scene.labels, os.path.join(work, "blocks"), class_field="class",
-                              chip_size=chip, stride_x=chip, stride_y=chip, split_method="blocks",
-                              block_size=2 * chip, index_path=index))
+    export_chips(
+        ExportParams(
+            scene.raster,
+            scene.labels,
+            os.path.join(work, "blocks"),
+            class_field="class",
+            chip_size=chip,
+            stride_x=chip,
+            stride_y=chip,
+            split_method="blocks",
+            block_size=2 * chip,
+            index_path=index,
+        )
+    )
     footprints = QgsVectorLayer(index, "chips", "ogr")
     footprints.setRenderer(_split_renderer())
     shots.save_map([footprints, raster], "chip_index.png")
@@ -181,8 +207,12 @@ def train_step(shots: Shooter, chips: str, work: str, epochs: int) -> str:
     run_dialog(dlg, "train")
     check(len(dlg.history) == epochs and os.path.isfile(model), "training did not run every epoch")
     check(dlg.classTable.rowCount() > 1, "the per-class table is empty")
-    shots.state["train"] = {"epochs": len(dlg.history), "val_miou": dlg.last_result.val_miou,
-                            "table_rows": dlg.classTable.rowCount(), "device_label": dlg.deviceLabel.text()}
+    shots.state["train"] = {
+        "epochs": len(dlg.history),
+        "val_miou": dlg.last_result.val_miou,
+        "table_rows": dlg.classTable.rowCount(),
+        "device_label": dlg.deviceLabel.text(),
+    }
     shots.shoot(dlg, "train_dialog.png")
     dlg.close()
     return os.path.splitext(model)[0] + ".onnx"
@@ -201,9 +231,13 @@ def segment_step(shots: Shooter, raster: QgsRasterLayer, model: str, work: str) 
     shots.shoot(dlg, "segment_dialog.png")
     run_dialog(dlg, "segment")
     check(dlg.last_layer is not None and dlg.last_layer.isValid(), "no class layer was added")
-    shots.state["segment"] = {"output": os.path.exists(dlg.last_result.output_path), "card_classes":
-                              dlg.card.num_classes, "device_info": dlg.deviceInfo.text(),
-                              "provider": dlg.last_result.provider, "tiles": dlg.last_result.tiles}
+    shots.state["segment"] = {
+        "output": os.path.exists(dlg.last_result.output_path),
+        "card_classes": dlg.card.num_classes,
+        "device_info": dlg.deviceInfo.text(),
+        "provider": dlg.last_result.provider,
+        "tiles": dlg.last_result.tiles,
+    }
     half = QSize(384, 320)
     canvas = QImage(2 * half.width() + 8, half.height(), QImage.Format_ARGB32)
     canvas.fill(QColor("white"))
@@ -232,10 +266,14 @@ def assess_step(shots: Shooter, classes: QgsRasterLayer, labels: QgsVectorLayer,
     check(os.path.isfile(result.html_path) and os.path.isfile(result.report_path), "assess wrote no report")
     check(dlg.classTable.rowCount() > 1 and dlg.openReportButton.isEnabled(), "the per-class table is empty")
     rows = range(dlg.classTable.rowCount())
-    shots.state["assess"] = {"overall_accuracy": result.overall_accuracy, "mean_iou": result.mean_iou,
-                             "table_rows": len(rows), "summary": dlg.summaryLabel.text(),
-                             "class_names": [dlg.classTable.item(r, 0).text() for r in rows],
-                             "class_field_visible": dlg.classField.isVisible()}
+    shots.state["assess"] = {
+        "overall_accuracy": result.overall_accuracy,
+        "mean_iou": result.mean_iou,
+        "table_rows": len(rows),
+        "summary": dlg.summaryLabel.text(),
+        "class_names": [dlg.classTable.item(r, 0).text() for r in rows],
+        "class_field_visible": dlg.classField.isVisible(),
+    }
     shots.shoot(dlg, "assess_dialog.png")
     dlg.close()
 
@@ -245,17 +283,32 @@ def deps_step(shots: Shooter, work: str) -> None:
     from geoseg.ui.deps_dialog import DepsDialog
 
     modules = [r.module for r in deps.REQUIREMENTS]
-    target = os.path.join(os.path.expanduser("~"), ".local", "share", "QGIS", "QGIS3", "profiles", "default",
-                          "python", deps.DEPS_FOLDER, f"py{sys.version_info[0]}.{sys.version_info[1]}")
+    target = os.path.join(
+        os.path.expanduser("~"),
+        ".local",
+        "share",
+        "QGIS",
+        "QGIS3",
+        "profiles",
+        "default",
+        "python",
+        deps.DEPS_FOLDER,
+        f"py{sys.version_info[0]}.{sys.version_info[1]}",
+    )
     python = getattr(sys, "_base_executable", None) or sys.executable  # QGIS's python, not a venv's
     dlg = DepsDialog(None, step="train", modules=modules, target=target, cuda=False, python=python)
     command = dlg.commandView.toPlainText()
-    check(dlg.missingList.count() == len(modules) and "torch>=2.1" in command and deps.CPU_INDEX in command,
-          "the installer does not list the missing packages")
+    check(
+        dlg.missingList.count() == len(modules) and "torch>=2.1" in command and deps.CPU_INDEX in command,
+        "the installer does not list the missing packages",
+    )
     check(dlg.installButton.isEnabled(), "Install is not offered")
     dlg.outputView.setPlainText("pip's output appears here, line by line, while it runs.")
-    shots.state["deps"] = {"missing": [dlg.missingList.item(i).text() for i in range(dlg.missingList.count())],
-                           "command": command, "install_enabled": dlg.installButton.isEnabled()}
+    shots.state["deps"] = {
+        "missing": [dlg.missingList.item(i).text() for i in range(dlg.missingList.count())],
+        "command": command,
+        "install_enabled": dlg.installButton.isEnabled(),
+    }
     shots.shoot(dlg, "deps_dialog.png")
     dlg.close()
 
@@ -269,8 +322,11 @@ def settings_step(shots: Shooter) -> None:
     dlg.widget.detectButton.click()
     text = dlg.widget.deviceInfo.text()
     check(text.startswith("device: ") and "providers available" in text, "the device is not shown")
-    shots.state["settings"] = {"device_info": text, "batch_size": dlg.widget.batchSize.value(),
-                               "device": dlg.widget.device.currentText()}
+    shots.state["settings"] = {
+        "device_info": text,
+        "batch_size": dlg.widget.batchSize.value(),
+        "device": dlg.widget.device.currentText(),
+    }
     shots.shoot(dlg, "settings_dialog.png")
     dlg.reject()
 

@@ -50,6 +50,7 @@ def _layer_actions_on_stub_iface(request):
     iface = request.getfixturevalue("qgis_iface")
     stub = type(iface)
     if not hasattr(stub, "addCustomActionForLayerType"):
+
         def add(self, action, menu, layer_type, all_layers):
             self.__dict__.setdefault("custom_layer_actions", []).append((action, menu, layer_type, all_layers))
 
@@ -62,8 +63,9 @@ def _layer_actions_on_stub_iface(request):
         stub.removeCustomActionForLayerType = remove
     if not hasattr(stub, "registerOptionsWidgetFactory"):  # Settings ▸ Options pages, recorded likewise
         stub.registerOptionsWidgetFactory = lambda self, f: self.__dict__.setdefault("options_factories", []).append(f)
-        stub.unregisterOptionsWidgetFactory = lambda self, f: self.__dict__.setdefault(
-            "options_factories", []).remove(f)
+        stub.unregisterOptionsWidgetFactory = lambda self, f: self.__dict__.setdefault("options_factories", []).remove(
+            f
+        )
     iface.__dict__.setdefault("custom_layer_actions", [])
     iface.__dict__.setdefault("options_factories", [])
 

@@ -27,10 +27,19 @@ def srs(epsg: int) -> osr.SpatialReference:
     return s
 
 
-def make_raster(path: str, width: int, height: int, bands: int = 4, dtype: int = gdal.GDT_UInt16,
-                nodata: float | None = 0, hole: tuple[int, int, int, int] | None = None,
-                pixel: float = 2.0, epsg: int | None = UTM, seed: int = 0,
-                origin: tuple[float, float] = ORIGIN) -> np.ndarray:
+def make_raster(
+    path: str,
+    width: int,
+    height: int,
+    bands: int = 4,
+    dtype: int = gdal.GDT_UInt16,
+    nodata: float | None = 0,
+    hole: tuple[int, int, int, int] | None = None,
+    pixel: float = 2.0,
+    epsg: int | None = UTM,
+    seed: int = 0,
+    origin: tuple[float, float] = ORIGIN,
+) -> np.ndarray:
     """Random-textured raster; `hole` = (xoff, yoff, w, h) set to nodata in every band."""
     rng = np.random.default_rng(seed)
     if dtype in (gdal.GDT_Float32, gdal.GDT_Float64):
@@ -40,7 +49,7 @@ def make_raster(path: str, width: int, height: int, bands: int = 4, dtype: int =
         data = rng.integers(1, top, (bands, height, width))
     if hole is not None:
         x, y, w, h = hole
-        data[:, y:y + h, x:x + w] = np.nan if nodata is not None and np.isnan(nodata) else nodata
+        data[:, y : y + h, x : x + w] = np.nan if nodata is not None and np.isnan(nodata) else nodata
     ds = gdal.GetDriverByName("GTiff").Create(path, width, height, bands, dtype)
     ds.SetGeoTransform((origin[0], pixel, 0, origin[1], 0, -pixel))
     if epsg:
@@ -65,10 +74,19 @@ def reproject(wkt: str, src_epsg: int = UTM, dst_epsg: int = 4326) -> str:
     return g.ExportToWkt()
 
 
-def make_vector(path: str, features: list[tuple[str, object]], *, src_epsg: int = UTM,
-                dst_epsg: int | None = 4326, field: str = "cls", field_type: int = ogr.OFTInteger,
-                geom_type: int = ogr.wkbPolygon, layer: str = "labels",
-                names: dict[object, str] | None = None, name_field: str = "name") -> str:
+def make_vector(
+    path: str,
+    features: list[tuple[str, object]],
+    *,
+    src_epsg: int = UTM,
+    dst_epsg: int | None = 4326,
+    field: str = "cls",
+    field_type: int = ogr.OFTInteger,
+    geom_type: int = ogr.wkbPolygon,
+    layer: str = "labels",
+    names: dict[object, str] | None = None,
+    name_field: str = "name",
+) -> str:
     """Features given as (WKT in `src_epsg`, field value), stored reprojected to `dst_epsg`.
     With `names` (field value → text) a second, string field `name_field` holds each value's name."""
     out_srs = srs(dst_epsg) if dst_epsg else None
@@ -95,20 +113,20 @@ def make_vector(path: str, features: list[tuple[str, object]], *, src_epsg: int 
 
 def utm_box(col0: float, row0: float, col1: float, row1: float, pixel: float = 2.0) -> str:
     """A rectangle given in pixel coordinates of a raster made by make_raster (default grid)."""
-    return rect(ORIGIN[0] + col0 * pixel, ORIGIN[1] - row0 * pixel, ORIGIN[0] + col1 * pixel,
-                ORIGIN[1] - row1 * pixel)
+    return rect(ORIGIN[0] + col0 * pixel, ORIGIN[1] - row0 * pixel, ORIGIN[0] + col1 * pixel, ORIGIN[1] - row1 * pixel)
 
 
 def standard_labels(path: str, dst_epsg: int | None = 4326) -> str:
     """Three classes, overlapping polygons, one with a hole, one crossing the raster edge."""
+
     def ring(x0: float, y0: float, x1: float, y1: float) -> str:
-        return rect(x0, y0, x1, y1)[len("POLYGON("):-1]
+        return rect(x0, y0, x1, y1)[len("POLYGON(") : -1]
 
     ox, oy = ORIGIN
     donut = f"POLYGON({ring(ox + 200, oy - 20, ox + 400, oy - 180)},{ring(ox + 260, oy - 60, ox + 330, oy - 130)})"
     feats = [
         (utm_box(3.3, 5.7, 61.2, 77.9), 1),
-        (utm_box(40.5, 30.5, 90.5, 120.5), 2),   # overlaps the first
+        (utm_box(40.5, 30.5, 90.5, 120.5), 2),  # overlaps the first
         (donut, 3),
         (utm_box(180.2, 100.7, 400, 300), 2),  # crosses the right/bottom edge
     ]
@@ -140,8 +158,7 @@ def tree_snapshot(folder: str) -> dict[str, tuple[int, float]]:
 
 def qgis_process(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", GDAL_PAM_ENABLED="NO")
-    return subprocess.run([QGIS_PROCESS, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, check=False)
+    return subprocess.run([QGIS_PROCESS, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 def python_exe() -> str:

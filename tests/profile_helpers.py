@@ -47,8 +47,11 @@ def install_profile(zip_path: str, root: Path) -> Path:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment of a user's QGIS: no checkout on QGIS_PLUGINPATH or PYTHONPATH, no venv."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("QGIS_PLUGINPATH", "PYTHONPATH", "QGIS_CUSTOM_CONFIG_PATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("QGIS_PLUGINPATH", "PYTHONPATH", "QGIS_CUSTOM_CONFIG_PATH", "VIRTUAL_ENV", "PYTHONHOME")
+    }
     env.setdefault("XDG_RUNTIME_DIR", "/tmp/geoseg-xdg-runtime")
     os.makedirs(env["XDG_RUNTIME_DIR"], mode=0o700, exist_ok=True)
     env["GDAL_PAM_ENABLED"] = "NO"
@@ -61,22 +64,25 @@ def need_xvfb() -> None:
         pytest.fail("needs xvfb-run and the qgis desktop application: `make setup` installs them")
 
 
-def run_desktop_qgis(root: Path, code: str, out_json: Path, env: dict[str, str],
-                     timeout: int = 180) -> tuple[dict, subprocess.CompletedProcess]:
+def run_desktop_qgis(
+    root: Path, code: str, out_json: Path, env: dict[str, str], timeout: int = 180
+) -> tuple[dict, subprocess.CompletedProcess]:
     """Start the real QGIS desktop on the profiles under `root` in an X server (Xvfb); `code` runs once
     QGIS has loaded its plugins, writes its findings to `out_json` and quits QGIS."""
     script = root / "probe.py"
     script.write_text(code, encoding="utf-8")
     cmd = [*XVFB, "qgis", "--profiles-path", str(root), "--nologo", "--noversioncheck", "--code", str(script)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**env, "QT_QPA_PLATFORM": "xcb"},
-                          check=False)
-    assert out_json.exists(), (f"QGIS wrote no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                               f"{proc.stderr[-3000:]}")
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**env, "QT_QPA_PLATFORM": "xcb"}, check=False
+    )
+    assert out_json.exists(), (
+        f"QGIS wrote no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n" f"{proc.stderr[-3000:]}"
+    )
     return json.loads(out_json.read_text(encoding="utf-8")), proc
 
 
 # Runs inside QGIS (--code): a frame that collects Python errors QGIS reports, runs BODY, writes OUT, quits.
-DESKTOP_FRAME = '''
+DESKTOP_FRAME = """
 import json, traceback
 import qgis.utils
 from qgis.core import QgsApplication
@@ -104,7 +110,7 @@ def _main():
         iface.actionExit().trigger()
 
 QTimer.singleShot(0, _main)
-'''
+"""
 
 
 def desktop_code(body: str, out: Path) -> str:

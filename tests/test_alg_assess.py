@@ -27,8 +27,9 @@ def rasters(tmp_path):
 def test_qgis_process_assess(rasters, tmp_path):
     pred, ref = rasters
     report = str(tmp_path / "my report.html")
-    proc = qgis_process("run", "geoseg:assess", "--", f"PREDICTION={pred}", f"REFERENCE={ref}",
-                        f"OUTPUT_REPORT={report}")
+    proc = qgis_process(
+        "run", "geoseg:assess", "--", f"PREDICTION={pred}", f"REFERENCE={ref}", f"OUTPUT_REPORT={report}"
+    )
     assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
     out = dict(re.findall(r"^(\w+):\t(.*)$", proc.stdout.split("Results", 1)[-1], flags=re.M))
     assert float(out["OVERALL_ACCURACY"]) == pytest.approx((2000 - 50 - 100) / (2000 - 50))
@@ -40,8 +41,9 @@ def test_qgis_process_assess(rasters, tmp_path):
 def test_qgis_process_grid_mismatch(rasters, tmp_path):
     pred, _ = rasters
     other = write_classes(str(tmp_path / "other.tif"), np.ones((40, 51), np.uint8), None)
-    proc = qgis_process("run", "geoseg:assess", "--", f"PREDICTION={pred}", f"REFERENCE={other}",
-                        f"OUTPUT_REPORT={tmp_path / 'r.json'}")
+    proc = qgis_process(
+        "run", "geoseg:assess", "--", f"PREDICTION={pred}", f"REFERENCE={other}", f"OUTPUT_REPORT={tmp_path / 'r.json'}"
+    )
     assert proc.returncode != 0 and "REFERENCE is 51 × 40 pixels but PREDICTION is 50 × 40" in proc.stdout + proc.stderr
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.html").exists()
 
@@ -51,8 +53,15 @@ def test_processing_reference_polygons(geoseg_provider, rasters, tmp_path):
 
     pred, _ = rasters
     labels = make_vector(str(tmp_path / "l.gpkg"), [(utm_box(0, 0, 25, 40), 1), (utm_box(25, 0, 50, 20), 3)])
-    res = processing.run("geoseg:assess", {"PREDICTION": pred, "REFERENCE_VECTOR": labels, "CLASS_FIELD": "cls",
-                                           "OUTPUT_REPORT": str(tmp_path / "r.json")})
+    res = processing.run(
+        "geoseg:assess",
+        {
+            "PREDICTION": pred,
+            "REFERENCE_VECTOR": labels,
+            "CLASS_FIELD": "cls",
+            "OUTPUT_REPORT": str(tmp_path / "r.json"),
+        },
+    )
     assert res["OVERALL_ACCURACY"] == pytest.approx((1000 + 500 - 100) / 1500)
     assert gdal.Open(pred) is not None
     with pytest.raises(QgsProcessingException, match="exactly one reference"):

@@ -55,9 +55,10 @@ def check_chips(out: str, raster: str, labels: str, pixels: np.ndarray) -> int:
     for r in rows:
         x, y = int(r["xoff"]), int(r["yoff"])
         img = gdal.Open(os.path.join(out, r["image"]))
-        np.testing.assert_array_equal(img.ReadAsArray(), pixels[:, y:y + CHIP, x:x + CHIP])
-        np.testing.assert_array_equal(gdal.Open(os.path.join(out, r["mask"])).ReadAsArray(),
-                                      ref[y:y + CHIP, x:x + CHIP])
+        np.testing.assert_array_equal(img.ReadAsArray(), pixels[:, y : y + CHIP, x : x + CHIP])
+        np.testing.assert_array_equal(
+            gdal.Open(os.path.join(out, r["mask"])).ReadAsArray(), ref[y : y + CHIP, x : x + CHIP]
+        )
         assert img.GetGeoTransform() == pytest.approx((gt0[0] + 2 * x, 2, 0, gt0[3] - 2 * y, 0, -2))
     return len(rows)
 
@@ -67,9 +68,20 @@ def test_processing_run(geoseg_provider, scene, tmp_path):
 
     raster, labels, pixels = scene
     out = str(tmp_path / "chips")
-    res = processing.run("geoseg:exportchips", {
-        "INPUT": raster, "LABELS": labels, "CLASS_FIELD": "cls", "CHIP_SIZE": CHIP, "STRIDE_X": SX,
-        "STRIDE_Y": SY, "MODE": 0, "OUTPUT_DIR": out, "INDEX": str(tmp_path / "index.gpkg")})
+    res = processing.run(
+        "geoseg:exportchips",
+        {
+            "INPUT": raster,
+            "LABELS": labels,
+            "CLASS_FIELD": "cls",
+            "CHIP_SIZE": CHIP,
+            "STRIDE_X": SX,
+            "STRIDE_Y": SY,
+            "MODE": 0,
+            "OUTPUT_DIR": out,
+            "INDEX": str(tmp_path / "index.gpkg"),
+        },
+    )
     n_grid = len(make_grid(W, H, CHIP, SX, SY))
     assert res["N_CHIPS"] == n_grid == check_chips(out, raster, labels, pixels)
     assert res["N_TRAIN"] + res["N_VALIDATION"] == n_grid and res["N_VALIDATION"] == round(0.2 * n_grid)
@@ -89,16 +101,32 @@ def test_memory_layer_and_selection(geoseg_provider, scene, tmp_path):
         f.setAttribute("cls", value)
         feats.append(f)
     layer.dataProvider().addFeatures(feats)
-    res = processing.run("geoseg:exportchips", {
-        "INPUT": raster, "LABELS": layer, "CLASS_FIELD": "cls", "CHIP_SIZE": CHIP, "MODE": 1,
-        "OUTPUT_DIR": str(tmp_path / "all")})
+    res = processing.run(
+        "geoseg:exportchips",
+        {
+            "INPUT": raster,
+            "LABELS": layer,
+            "CLASS_FIELD": "cls",
+            "CHIP_SIZE": CHIP,
+            "MODE": 1,
+            "OUTPUT_DIR": str(tmp_path / "all"),
+        },
+    )
     assert res["N_CHIPS"] == 1 + 4  # the first square lies in one chip, the second spans 2 x 2
     QgsProject.instance().addMapLayer(layer)
     try:
         layer.selectByIds([next(layer.getFeatures()).id()])
-        res = processing.run("geoseg:exportchips", {
-            "INPUT": raster, "LABELS": QgsProcessingFeatureSourceDefinition(layer.id(), True),
-            "CLASS_FIELD": "cls", "CHIP_SIZE": CHIP, "MODE": 1, "OUTPUT_DIR": str(tmp_path / "sel")})
+        res = processing.run(
+            "geoseg:exportchips",
+            {
+                "INPUT": raster,
+                "LABELS": QgsProcessingFeatureSourceDefinition(layer.id(), True),
+                "CLASS_FIELD": "cls",
+                "CHIP_SIZE": CHIP,
+                "MODE": 1,
+                "OUTPUT_DIR": str(tmp_path / "sel"),
+            },
+        )
         assert res["N_CHIPS"] == 1
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
@@ -129,8 +157,13 @@ def bad_inputs(scene, tmp_path):
 
     def params(case: str) -> dict:
         overrides, _ = BAD[case]
-        p = {"INPUT": raster, "LABELS": labels, "CLASS_FIELD": "cls", "CHIP_SIZE": 64,
-             "OUTPUT_DIR": str(tmp_path / "out")}
+        p = {
+            "INPUT": raster,
+            "LABELS": labels,
+            "CLASS_FIELD": "cls",
+            "CHIP_SIZE": 64,
+            "OUTPUT_DIR": str(tmp_path / "out"),
+        }
         for k, v in overrides.items():
             p[k] = files.get(v, str(data / v) if v in ("taken", "index.shp") else v)
         return p
@@ -151,8 +184,9 @@ def test_bad_input_processing(geoseg_provider, bad_inputs, tmp_path, case):
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
 
 
-@pytest.mark.parametrize("case", ["missing field", "non-integer field", "point layer", "labels outside",
-                                  "not writable", "output not empty"])
+@pytest.mark.parametrize(
+    "case", ["missing field", "non-integer field", "point layer", "labels outside", "not writable", "output not empty"]
+)
 def test_bad_input_qgis_process(bad_inputs, tmp_path, case):
     params, data = bad_inputs
     before = tree_snapshot(str(data))
@@ -169,9 +203,18 @@ def test_qgis_process_end_to_end(scene, tmp_path):
     raster, labels, pixels = scene
     out = str(tmp_path / "my chips ø")  # spaces and non-ASCII in the path
     before = tree_snapshot(str(tmp_path / "data"))
-    proc = qgis_process("run", "geoseg:exportchips", "--", f"INPUT={raster}", f"LABELS={labels}",
-                        "CLASS_FIELD=cls", f"CHIP_SIZE={CHIP}", f"STRIDE_X={SX}", f"STRIDE_Y={SY}",
-                        f"OUTPUT_DIR={out}")
+    proc = qgis_process(
+        "run",
+        "geoseg:exportchips",
+        "--",
+        f"INPUT={raster}",
+        f"LABELS={labels}",
+        "CLASS_FIELD=cls",
+        f"CHIP_SIZE={CHIP}",
+        f"STRIDE_X={SX}",
+        f"STRIDE_Y={SY}",
+        f"OUTPUT_DIR={out}",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     n = check_chips(out, raster, labels, pixels)
     assert n == len(make_grid(W, H, CHIP, SX, SY))

@@ -22,8 +22,11 @@ def model(tmp_path_factory):
     make_raster(raster, 150, 110, bands=3, hole=(40, 30, 12, 9))
     chips = str(root / "chips")
     export_chips(ExportParams(raster, standard_labels(str(root / "l.gpkg")), chips, class_field="cls", chip_size=32))
-    r = train(TrainParams(chips, str(root / "m.pt"), epochs=1, batch_size=4, device="cpu",
-                          model_options={"base_width": 4, "depth": 2}))
+    r = train(
+        TrainParams(
+            chips, str(root / "m.pt"), epochs=1, batch_size=4, device="cpu", model_options={"base_width": 4, "depth": 2}
+        )
+    )
     return raster, r.model_path, r.onnx_path, r.card
 
 
@@ -32,8 +35,17 @@ def test_qgis_process_segment(model, tmp_path, kind):
     raster, pt, onnx_path, card = model
     out = str(tmp_path / f"classes {kind}.tif")
     before = tree_snapshot(os.path.dirname(raster))
-    proc = qgis_process("run", "geoseg:segment", "--", f"INPUT={raster}", f"MODEL={pt if kind == 'pt' else onnx_path}",
-                        f"OUTPUT={out}", f"OUTPUT_PROBABILITIES={tmp_path / 'p.tif'}", "STRIDE_X=16", "STRIDE_Y=16")
+    proc = qgis_process(
+        "run",
+        "geoseg:segment",
+        "--",
+        f"INPUT={raster}",
+        f"MODEL={pt if kind == 'pt' else onnx_path}",
+        f"OUTPUT={out}",
+        f"OUTPUT_PROBABILITIES={tmp_path / 'p.tif'}",
+        "STRIDE_X=16",
+        "STRIDE_Y=16",
+    )
     assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
     assert ("torch" if kind == "pt" else "onnxruntime") in proc.stdout
     ds, src = gdal.Open(out), gdal.Open(raster)
@@ -78,8 +90,9 @@ def test_memory_budget_halves_the_batch_and_says_so(geoseg_provider, model, tmp_
     import processing
 
     raster, _, onnx_path, _ = model
-    free = processing.run("geoseg:segment", {"INPUT": raster, "MODEL": onnx_path, "OUTPUT": str(tmp_path / "a.tif"),
-                                             "BATCH_SIZE": 8})
+    free = processing.run(
+        "geoseg:segment", {"INPUT": raster, "MODEL": onnx_path, "OUTPUT": str(tmp_path / "a.tif"), "BATCH_SIZE": 8}
+    )
     from geoseg.core.backends import open_backend, read_model_card
     from geoseg.core.predict import tile_memory_bytes
 
@@ -90,13 +103,29 @@ def test_memory_budget_halves_the_batch_and_says_so(geoseg_provider, model, tmp_
     feedback.reportError = lambda msg, fatal=False: messages.append(msg)  # warnings arrive as pushWarning
     feedback.pushWarning = messages.append
     feedback.pushInfo = messages.append
-    tight = processing.run("geoseg:segment", {"INPUT": raster, "MODEL": onnx_path, "OUTPUT": str(tmp_path / "b.tif"),
-                                              "BATCH_SIZE": 8, "MEMORY_BUDGET": 2.5 * per_tile / 1e6},
-                           feedback=feedback)
+    tight = processing.run(
+        "geoseg:segment",
+        {
+            "INPUT": raster,
+            "MODEL": onnx_path,
+            "OUTPUT": str(tmp_path / "b.tif"),
+            "BATCH_SIZE": 8,
+            "MEMORY_BUDGET": 2.5 * per_tile / 1e6,
+        },
+        feedback=feedback,
+    )
     assert any("retrying with batch size 4" in m for m in messages), messages
     assert any("retrying with batch size 2" in m for m in messages)
     assert any(m.endswith("batch size 2.") for m in messages)
     assert (gdal.Open(tight["OUTPUT"]).ReadAsArray() == gdal.Open(free["OUTPUT"]).ReadAsArray()).all()
-    auto = processing.run("geoseg:segment", {"INPUT": raster, "MODEL": onnx_path, "OUTPUT": str(tmp_path / "c.tif"),
-                                             "BATCH_SIZE": 0, "MEMORY_BUDGET": 3.5 * per_tile / 1e6})
+    auto = processing.run(
+        "geoseg:segment",
+        {
+            "INPUT": raster,
+            "MODEL": onnx_path,
+            "OUTPUT": str(tmp_path / "c.tif"),
+            "BATCH_SIZE": 0,
+            "MEMORY_BUDGET": 3.5 * per_tile / 1e6,
+        },
+    )
     assert (gdal.Open(auto["OUTPUT"]).ReadAsArray() == gdal.Open(free["OUTPUT"]).ReadAsArray()).all()

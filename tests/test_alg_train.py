@@ -17,8 +17,12 @@ from geoseg.core.options import ARCHITECTURES
 
 from helpers import make_raster, qgis_process, standard_labels, tree_snapshot
 
-TINY = {"unet": {"base_width": 4, "depth": 2}, "unetpp": {"base_width": 4, "depth": 2},
-        "deeplabv3plus": {"encoder": "resnet18", "decoder_channels": 8}, "fcn": {"base_width": 4}}
+TINY = {
+    "unet": {"base_width": 4, "depth": 2},
+    "unetpp": {"base_width": 4, "depth": 2},
+    "deeplabv3plus": {"encoder": "resnet18", "decoder_channels": 8},
+    "fcn": {"base_width": 4},
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +31,16 @@ def chips(tmp_path_factory) -> str:
     raster = str(root / "r.tif")
     make_raster(raster, 128, 96, bands=4)
     out = str(root / "chips")
-    export_chips(ExportParams(raster, standard_labels(str(root / "l.gpkg")), out, class_field="cls", chip_size=32,
-                              validation_fraction=0.25))
+    export_chips(
+        ExportParams(
+            raster,
+            standard_labels(str(root / "l.gpkg")),
+            out,
+            class_field="cls",
+            chip_size=32,
+            validation_fraction=0.25,
+        )
+    )
     return out
 
 
@@ -40,9 +52,18 @@ def outputs(stdout: str) -> dict[str, str]:
 @pytest.mark.parametrize("index, arch", list(enumerate(ARCHITECTURES)))
 def test_qgis_process_train_every_architecture(chips, tmp_path, index, arch):
     model = str(tmp_path / f"{arch} model.pt")
-    proc = qgis_process("run", "geoseg:train", "--", f"CHIPS={chips}", f"OUTPUT_MODEL={model}",
-                        f"ARCHITECTURE={index}", "EPOCHS=2", "BATCH_SIZE=4", "DEVICE=1",
-                        f"MODEL_OPTIONS={json.dumps(TINY[arch])}")
+    proc = qgis_process(
+        "run",
+        "geoseg:train",
+        "--",
+        f"CHIPS={chips}",
+        f"OUTPUT_MODEL={model}",
+        f"ARCHITECTURE={index}",
+        "EPOCHS=2",
+        "BATCH_SIZE=4",
+        "DEVICE=1",
+        f"MODEL_OPTIONS={json.dumps(TINY[arch])}",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = outputs(proc.stdout)
     assert out["OUTPUT_MODEL"] == model and out["OUTPUT_ONNX"] == model[:-3] + ".onnx"
@@ -59,8 +80,17 @@ def test_qgis_process_train_every_architecture(chips, tmp_path, index, arch):
 def test_processing_exportonnx_and_refusals(geoseg_provider, chips, tmp_path):
     import processing
 
-    res = processing.run("geoseg:train", {"CHIPS": chips, "OUTPUT_MODEL": str(tmp_path / "m.pt"), "EPOCHS": 1,
-                                          "BATCH_SIZE": 4, "DEVICE": 1, "MODEL_OPTIONS": json.dumps(TINY["unet"])})
+    res = processing.run(
+        "geoseg:train",
+        {
+            "CHIPS": chips,
+            "OUTPUT_MODEL": str(tmp_path / "m.pt"),
+            "EPOCHS": 1,
+            "BATCH_SIZE": 4,
+            "DEVICE": 1,
+            "MODEL_OPTIONS": json.dumps(TINY["unet"]),
+        },
+    )
     assert os.path.exists(res["OUTPUT_ONNX"])
     out = processing.run("geoseg:exportonnx", {"MODEL": res["OUTPUT_MODEL"], "OUTPUT": str(tmp_path / "again.onnx")})
     meta = {p.key: p.value for p in onnx.load(out["OUTPUT"]).metadata_props}
@@ -68,8 +98,7 @@ def test_processing_exportonnx_and_refusals(geoseg_provider, chips, tmp_path):
     assert classes == json.load(open(os.path.join(chips, "dataset.json")))["classes"]
     before = tree_snapshot(str(tmp_path))
     with pytest.raises(QgsProcessingException, match="already exists"):
-        processing.run("geoseg:train", {"CHIPS": chips, "OUTPUT_MODEL": res["OUTPUT_MODEL"], "EPOCHS": 1,
-                                        "DEVICE": 1})
+        processing.run("geoseg:train", {"CHIPS": chips, "OUTPUT_MODEL": res["OUTPUT_MODEL"], "EPOCHS": 1, "DEVICE": 1})
     with pytest.raises(QgsProcessingException, match="MODEL_OPTIONS is not valid JSON"):
         processing.run("geoseg:train", {"CHIPS": chips, "OUTPUT_MODEL": str(tmp_path / "n.pt"), "MODEL_OPTIONS": "{"})
     with pytest.raises(QgsProcessingException, match="has no chips.csv"):

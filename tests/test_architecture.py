@@ -25,8 +25,15 @@ from helpers import REPO
 pytestmark = pytest.mark.core
 
 # The layer of each part of the package, and the layers each may import (its own included).
-LAYER_OF = {"models": "models", "core": "core", "adapter": "adapter", "algorithms": "algorithms", "ui": "ui",
-            "plugin.py": "plugin", "__init__.py": "plugin"}
+LAYER_OF = {
+    "models": "models",
+    "core": "core",
+    "adapter": "adapter",
+    "algorithms": "algorithms",
+    "ui": "ui",
+    "plugin.py": "plugin",
+    "__init__.py": "plugin",
+}
 ALLOWED = {
     "models": {"models"},
     "core": {"core", "models"},
@@ -36,14 +43,21 @@ ALLOWED = {
     "plugin": {"plugin", "ui", "algorithms", "adapter", "core", "models"},
 }
 # Third-party packages a layer must never import, anywhere (not even lazily).
-BANNED = {"models": {"qgis", "PyQt5", "processing", "osgeo"},
-          "core": {"qgis", "PyQt5", "processing"}}
+BANNED = {"models": {"qgis", "PyQt5", "processing", "osgeo"}, "core": {"qgis", "PyQt5", "processing"}}
 # torch and friends at module level only here: everything else imports them when work starts,
 # so QGIS starts and the plugin loads without them.
 HEAVY = {"torch", "onnx", "onnxruntime", "torchvision", "timm"}
-HEAVY_AT_IMPORT_OK = {"models/layers.py", "models/deeplab.py", "models/export.py", "models/unet.py",
-                      "models/unetpp.py", "models/receptive.py", "models/fcn.py", "models/resnet.py",
-                      "core/losses.py"}
+HEAVY_AT_IMPORT_OK = {
+    "models/layers.py",
+    "models/deeplab.py",
+    "models/export.py",
+    "models/unet.py",
+    "models/unetpp.py",
+    "models/receptive.py",
+    "models/fcn.py",
+    "models/resnet.py",
+    "core/losses.py",
+}
 NOT_PLUGIN = {"tests", "scripts", "benchmarks", "docs", "icons", "dist"}  # folders outside the package
 
 
@@ -60,10 +74,14 @@ def package_files(root: str) -> list[str]:
     files = []
     for folder, dirs, names in os.walk(root):
         rel = os.path.relpath(folder, root)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not d.startswith("__")
-                   and not (rel == "." and d in NOT_PLUGIN)]
-        files += [os.path.normpath(os.path.join(rel, n)).replace(os.sep, "/") for n in names
-                  if n.endswith(".py") and not (rel == "." and n == "resources.py")]  # generated
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and not d.startswith("__") and not (rel == "." and d in NOT_PLUGIN)
+        ]
+        files += [
+            os.path.normpath(os.path.join(rel, n)).replace(os.sep, "/")
+            for n in names
+            if n.endswith(".py") and not (rel == "." and n == "resources.py")
+        ]  # generated
     return sorted(files)
 
 
@@ -76,12 +94,14 @@ def module_name(path: str) -> str:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST):
     """(node, kind) for every import statement, with where it sits."""
+
     def walk(node, kind):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.Import | ast.ImportFrom):
@@ -95,6 +115,7 @@ def _imports(tree: ast.AST):
                     yield from walk(ast.Module(body=[stmt], type_ignores=[]), kind)
             else:
                 yield from walk(child, kind)
+
     yield from walk(tree, "top")
 
 
@@ -122,12 +143,12 @@ def import_edges(root: str) -> tuple[list[Edge], list[str]]:
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name == "geoseg" or alias.name.startswith("geoseg."):
-                        ours(alias.name[len("geoseg."):] if "." in alias.name else "", [], path, node.lineno, kind)
+                        ours(alias.name[len("geoseg.") :] if "." in alias.name else "", [], path, node.lineno, kind)
                     else:
                         edges.append(Edge(path, alias.name.split(".")[0], node.lineno, kind, False))
             elif node.level == 0:
                 if node.module == "geoseg" or node.module.startswith("geoseg."):
-                    target = node.module[len("geoseg."):] if "." in node.module else ""
+                    target = node.module[len("geoseg.") :] if "." in node.module else ""
                     ours(target, [a.name for a in node.names], path, node.lineno, kind)
                 else:
                     edges.append(Edge(path, node.module.split(".")[0], node.lineno, kind, False))
@@ -136,7 +157,7 @@ def import_edges(root: str) -> tuple[list[Edge], list[str]]:
                 if node.level - 1 > len(base):
                     unresolved.append(f"{path}:{node.lineno}: relative import beyond the package")
                     continue
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
                 ours(target, [a.name for a in node.names], path, node.lineno, kind)
     return edges, unresolved
@@ -208,9 +229,11 @@ def violations(root: str, extra: list[Edge] = ()) -> list[str]:
         more = {e.src for e in edges if e.ours and e.kind == "top" and e.dst in heavy} - heavy
         heavy |= more
         grew = bool(more)
-    problems += [f"{f}: imports torch/onnx/onnxruntime at module level (directly or through another "
-                 "module); import it inside the function that needs it"
-                 for f in sorted(heavy - HEAVY_AT_IMPORT_OK)]
+    problems += [
+        f"{f}: imports torch/onnx/onnxruntime at module level (directly or through another "
+        "module); import it inside the function that needs it"
+        for f in sorted(heavy - HEAVY_AT_IMPORT_OK)
+    ]
     problems += ["import cycle: " + " ↔ ".join(c) for c in cycles(edges)]
     return problems
 
@@ -224,8 +247,16 @@ def test_layers_are_respected_and_acyclic():
 def test_every_package_module_is_checked():
     files = package_files(REPO)
     edges, _ = import_edges(REPO)
-    assert {"plugin.py", "__init__.py", "core/train.py", "models/registry.py", "adapter/layers.py",
-            "adapter/style.py", "algorithms/segment.py", "ui/segment_dialog.py"} <= set(files)
+    assert {
+        "plugin.py",
+        "__init__.py",
+        "core/train.py",
+        "models/registry.py",
+        "adapter/layers.py",
+        "adapter/style.py",
+        "algorithms/segment.py",
+        "ui/segment_dialog.py",
+    } <= set(files)
     assert not [f for f in files if f.split("/")[0] in NOT_PLUGIN]
     kinds = {e.kind for e in edges if e.ours}
     assert kinds == {"top", "lazy", "typing"}  # all three kinds are seen (and so are checked)
@@ -234,8 +265,11 @@ def test_every_package_module_is_checked():
 def test_core_and_models_import_no_qgis():
     """Kept from the former test in test_core_style.py: the engine runs in a plain Python."""
     edges, _ = import_edges(REPO)
-    offenders = [f"{e.src}:{e.line}: {e.dst}" for e in edges
-                 if not e.ours and layer(e.src) in ("core", "models") and e.dst in ("qgis", "processing", "PyQt5")]
+    offenders = [
+        f"{e.src}:{e.line}: {e.dst}"
+        for e in edges
+        if not e.ours and layer(e.src) in ("core", "models") and e.dst in ("qgis", "processing", "PyQt5")
+    ]
     assert offenders == []
 
 
@@ -265,28 +299,37 @@ def test_a_back_edge_is_reported_with_its_cycle(tmp_path):
     breach and a cycle, even though the import sits inside a function."""
     root = _copy_package(tmp_path)
     with open(os.path.join(root, "core", "errors.py"), "a", encoding="utf-8") as f:
-        f.write("\n\ndef _back_edge():\n    from ..algorithms.base import GeoSegAlgorithm\n"
-                "    return GeoSegAlgorithm\n")
+        f.write(
+            "\n\ndef _back_edge():\n    from ..algorithms.base import GeoSegAlgorithm\n" "    return GeoSegAlgorithm\n"
+        )
     problems = new_violations(root)
     print("\n".join(problems))  # quoted in the review: what a breach looks like
-    assert any(p.startswith("core/errors.py:") and "core may not import algorithms (algorithms/base.py, lazy import)"
-               in p for p in problems), problems
-    assert any(p.startswith("import cycle: ") and "algorithms/base.py" in p and "core/errors.py" in p
-               for p in problems), problems
+    assert any(
+        p.startswith("core/errors.py:") and "core may not import algorithms (algorithms/base.py, lazy import)" in p
+        for p in problems
+    ), problems
+    assert any(
+        p.startswith("import cycle: ") and "algorithms/base.py" in p and "core/errors.py" in p for p in problems
+    ), problems
 
 
 def test_a_synthetic_edge_is_reported():
     """core/grid.py → algorithms/base.py fed to the checker directly."""
-    problems = [p for p in violations(REPO, [Edge("core/grid.py", "algorithms/base.py", 1, "top", True)])
-                if p not in violations(REPO)]
+    problems = [
+        p
+        for p in violations(REPO, [Edge("core/grid.py", "algorithms/base.py", 1, "top", True)])
+        if p not in violations(REPO)
+    ]
     assert problems == ["core/grid.py:1: core may not import algorithms (algorithms/base.py, top import)"]
 
 
 def test_type_checking_imports_count_for_layers_not_cycles(tmp_path):
     root = _copy_package(tmp_path)
     with open(os.path.join(root, "core", "errors.py"), "a", encoding="utf-8") as f:
-        f.write("\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
-                "    from ..algorithms.base import GeoSegAlgorithm\n")
+        f.write(
+            "\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+            "    from ..algorithms.base import GeoSegAlgorithm\n"
+        )
     problems = new_violations(root)
     assert len(problems) == 1 and "core may not import algorithms (algorithms/base.py, typing import)" in problems[0]
 

@@ -23,8 +23,20 @@ from geoseg.ui.base_dialog import FIELD_ERROR_STYLE
 
 from helpers import fresh_settings, make_vector, open_dialog, run_and_wait, utm_box, wait_for, write_classes
 
-WIDGETS = ("predictionLayer", "referenceLayer", "classField", "reportFile", "summaryLabel", "classTable",
-           "openReportButton", "messageLabel", "progress", "runButton", "cancelButton", "closeButton")
+WIDGETS = (
+    "predictionLayer",
+    "referenceLayer",
+    "classField",
+    "reportFile",
+    "summaryLabel",
+    "classTable",
+    "openReportButton",
+    "messageLabel",
+    "progress",
+    "runButton",
+    "cancelButton",
+    "closeButton",
+)
 
 # reference: class 1 on the left half, class 3 on the right; the prediction calls 100 pixels of class 1
 # class 3 and has 50 nodata pixels → confusion [[900, 100], [0, 950]] over 1950 pixels
@@ -55,8 +67,11 @@ def rasters(tmp_path):
 def layers(rasters, tmp_path, qgis_new_project):
     pred, ref = rasters
     polygons = make_vector(str(tmp_path / "ref.gpkg"), [(utm_box(0, 0, 25, 40), 1), (utm_box(25, 0, 50, 20), 3)])
-    return {"pred": add(QgsRasterLayer(pred, "pred", "gdal")), "ref": add(QgsRasterLayer(ref, "ref", "gdal")),
-            "polygons": add(QgsVectorLayer(polygons + "|layername=labels", "polygons", "ogr"))}
+    return {
+        "pred": add(QgsRasterLayer(pred, "pred", "gdal")),
+        "ref": add(QgsRasterLayer(ref, "ref", "gdal")),
+        "polygons": add(QgsVectorLayer(polygons + "|layername=labels", "polygons", "ogr")),
+    }
 
 
 @pytest.fixture()
@@ -91,8 +106,9 @@ def test_constructs_with_tooltips_and_defaults(dialog, layers):
         assert w.toolTip(), f"{name} has no tooltip"
     assert dialog.windowTitle() == "GeoSeg — Assess accuracy"
     assert dialog.reportFile.storageMode() == QgsFileWidget.SaveFile and "*.html" in dialog.reportFile.filter()
-    assert [dialog.classTable.horizontalHeaderItem(i).text() for i in range(dialog.classTable.columnCount())] == \
-        list(TABLE_COLUMNS)
+    assert [dialog.classTable.horizontalHeaderItem(i).text() for i in range(dialog.classTable.columnCount())] == list(
+        TABLE_COLUMNS
+    )
     assert not dialog.openReportButton.isEnabled() and dialog.runButton.isEnabled()
     # the prediction combo lists rasters only, the reference combo rasters and polygons
     pred_layers = {dialog.predictionLayer.layer(i).name() for i in range(dialog.predictionLayer.count())}
@@ -106,8 +122,11 @@ def test_class_field_only_for_polygon_references(dialog, layers):
     assert not dialog.classField.isVisible() and not dialog.classFieldLabel.isVisible()
     dialog.referenceLayer.setLayer(layers["polygons"])
     assert dialog.classField.isVisible() and dialog.classFieldLabel.isVisible()
-    assert [dialog.classField.itemText(i) for i in range(dialog.classField.count())] == \
-        ["", "fid", "cls"]  # integer fields only
+    assert [dialog.classField.itemText(i) for i in range(dialog.classField.count())] == [
+        "",
+        "fid",
+        "cls",
+    ]  # integer fields only
     dialog.referenceLayer.setLayer(layers["ref"])
     assert not dialog.classField.isVisible() and dialog.classField.layer() is None
 
@@ -119,19 +138,25 @@ def test_params_maps_widgets(dialog, layers, rasters, tmp_path):
     assert dialog.params() == AssessParams(pred, str(tmp_path / "r.html"), reference_path=ref)
     dialog.referenceLayer.setLayer(layers["polygons"])
     dialog.classField.setField("cls")
-    assert dialog.params() == AssessParams(pred, str(tmp_path / "r.html"),
-                                           reference_vector=str(tmp_path / "ref.gpkg") + "|layername=labels",
-                                           class_field="cls")
+    assert dialog.params() == AssessParams(
+        pred,
+        str(tmp_path / "r.html"),
+        reference_vector=str(tmp_path / "ref.gpkg") + "|layername=labels",
+        class_field="cls",
+    )
 
 
-@pytest.mark.parametrize(("case", "message", "marked"), [
-    ("no_reference", "Reference: choose", "referenceLayer"),  # the dialog's own: nothing chosen
-    ("no_report", "Report: choose", "reportFile"),
-    ("bad_suffix", "OUTPUT_REPORT must end in .json or .html", "reportFile"),  # core.assess.validate from here on
-    ("no_class_field", "CLASS_FIELD: give the integer field of REFERENCE_VECTOR", "classField"),
-    ("existing_html", "already exists", "reportFile"),
-    ("existing_json", "already exists", "reportFile"),
-])
+@pytest.mark.parametrize(
+    ("case", "message", "marked"),
+    [
+        ("no_reference", "Reference: choose", "referenceLayer"),  # the dialog's own: nothing chosen
+        ("no_report", "Report: choose", "reportFile"),
+        ("bad_suffix", "OUTPUT_REPORT must end in .json or .html", "reportFile"),  # core.assess.validate from here on
+        ("no_class_field", "CLASS_FIELD: give the integer field of REFERENCE_VECTOR", "classField"),
+        ("existing_html", "already exists", "reportFile"),
+        ("existing_json", "already exists", "reportFile"),
+    ],
+)
 def test_validation_refuses_before_starting(dialog, layers, tmp_path, case, message, marked):
     setup(dialog, layers["pred"], layers["ref"], tmp_path / "r.html")
     if case == "no_reference":
@@ -210,8 +235,9 @@ def test_run_against_reference_polygons(dialog, layers, tmp_path, qgis_app):
 
 
 def test_core_error_is_reported(dialog, layers, tmp_path, qgis_app, qgis_iface):
-    other = add(QgsRasterLayer(write_classes(str(tmp_path / "other.tif"), np.ones((40, 51), np.uint8), None),
-                               "other", "gdal"))
+    other = add(
+        QgsRasterLayer(write_classes(str(tmp_path / "other.tif"), np.ones((40, 51), np.uint8), None), "other", "gdal")
+    )
     setup(dialog, layers["pred"], other, tmp_path / "r.html")
     n_critical = len(qgis_iface.messageBar().get_messages(Qgis.Critical))
     run_and_wait(dialog, qgis_app)

@@ -108,30 +108,56 @@ def build_inputs(d: str) -> None:
     good = card()
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1)).eval()
     export_onnx(net, 3, f"{d}/model.onnx", sample_size=32, metadata={CARD_KEY: json.dumps(good)})
-    export_onnx(nn.Conv2d(3, 5, 1).eval(), 3, f"{d}/wrong_shape.onnx", sample_size=32,
-                metadata={CARD_KEY: json.dumps(good)})
+    export_onnx(
+        nn.Conv2d(3, 5, 1).eval(), 3, f"{d}/wrong_shape.onnx", sample_size=32, metadata={CARD_KEY: json.dumps(good)}
+    )
     export_onnx(net, 3, f"{d}/no_card.onnx", sample_size=32)
     export_onnx(net, 3, f"{d}/card_not_json.onnx", sample_size=32, metadata={CARD_KEY: "{classes: oops"})
-    export_onnx(net, 3, f"{d}/card_wrong_types.onnx", sample_size=32,
-                metadata={CARD_KEY: json.dumps({**good, "in_channels": "3"})})
+    export_onnx(
+        net,
+        3,
+        f"{d}/card_wrong_types.onnx",
+        sample_size=32,
+        metadata={CARD_KEY: json.dumps({**good, "in_channels": "3"})},
+    )
     unet = build_model("unet", 3, 3, base_width=4, depth=2)
     pt_card = {**good, "architecture": "unet", "architecture_options": unet.options}
     save_model(f"{d}/model.pt", unet.state_dict(), ModelCard.from_dict(pt_card))
-    torch.save({"format": FORMAT, "version": 1, "card": json.dumps({**pt_card, "chip_size": "32"}),
-                "state_dict": unet.state_dict()}, f"{d}/card_wrong_types.pt")  # a foreign writer's card
-    torch.save({"format": FORMAT, "version": 1, "card": "{oops", "state_dict": unet.state_dict()},
-               f"{d}/card_not_json.pt")
-    torch.save({"format": FORMAT, "card": json.dumps(pt_card), "payload": Evil(os.path.join(d, MARKER))},
-               f"{d}/evil.pt")
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": 1,
+            "card": json.dumps({**pt_card, "chip_size": "32"}),
+            "state_dict": unet.state_dict(),
+        },
+        f"{d}/card_wrong_types.pt",
+    )  # a foreign writer's card
+    torch.save(
+        {"format": FORMAT, "version": 1, "card": "{oops", "state_dict": unet.state_dict()}, f"{d}/card_not_json.pt"
+    )
+    torch.save(
+        {"format": FORMAT, "card": json.dumps(pt_card), "payload": Evil(os.path.join(d, MARKER))}, f"{d}/evil.pt"
+    )
 
-    export_chips(ExportParams(f"{d}/rgb.tif", f"{d}/labels.gpkg", f"{d}/chips", class_field="cls", chip_size=32,
-                              validation_fraction=0.25))
+    export_chips(
+        ExportParams(
+            f"{d}/rgb.tif", f"{d}/labels.gpkg", f"{d}/chips", class_field="cls", chip_size=32, validation_fraction=0.25
+        )
+    )
     shutil.copytree(f"{d}/chips", f"{d}/chips_missing")
     os.remove(os.path.join(d, "chips_missing", "images", sorted(os.listdir(f"{d}/chips/images"))[1]))
     shutil.copytree(f"{d}/chips", f"{d}/chips_nojson")
     os.remove(f"{d}/chips_nojson/dataset.json")
-    export_chips(ExportParams(f"{d}/rgb.tif", f"{d}/whole.gpkg", f"{d}/chips_single", class_field="cls",
-                              chip_size=32, validation_fraction=0.25))
+    export_chips(
+        ExportParams(
+            f"{d}/rgb.tif",
+            f"{d}/whole.gpkg",
+            f"{d}/chips_single",
+            class_field="cls",
+            chip_size=32,
+            validation_fraction=0.25,
+        )
+    )
 
     ref = np.ones((40, 50), np.uint8)
     ref[:, 25:] = 3
@@ -149,14 +175,20 @@ def build_inputs(d: str) -> None:
 
     spaced = SPACED.format(**{"in": d})
     os.makedirs(spaced)
-    for src, dst in (("rgb.tif", "scène 1.tif"), ("labels.gpkg", "étiquettes 1.gpkg"), ("model.pt", "modèle 1.pt"),
-                     ("pred.tif", "prédiction 1.tif"), ("ref.tif", "référence 1.tif")):
+    for src, dst in (
+        ("rgb.tif", "scène 1.tif"),
+        ("labels.gpkg", "étiquettes 1.gpkg"),
+        ("model.pt", "modèle 1.pt"),
+        ("pred.tif", "prédiction 1.tif"),
+        ("ref.tif", "référence 1.tif"),
+    ):
         shutil.copy(f"{d}/{src}", f"{spaced}/{dst}")
     shutil.copytree(f"{d}/chips", f"{spaced}/chips ø")
 
 
-def _chips_variant(d: str, name: str, dataset: Callable[[dict], object] | None = None,
-                   rows: Callable[[list[dict]], None] | None = None) -> str:
+def _chips_variant(
+    d: str, name: str, dataset: Callable[[dict], object] | None = None, rows: Callable[[list[dict]], None] | None = None
+) -> str:
     """A copy of {in}/chips with dataset.json and/or chips.csv rows changed."""
     folder = f"{d}/{name}"
     shutil.copytree(f"{d}/chips", folder)
@@ -184,8 +216,11 @@ def _chip_file(path: str, bands: int, size: int, values: int | None = None) -> N
     ds.SetProjection(srs(UTM).ExportToWkt())
     rng = np.random.default_rng(0)
     for b in range(bands):
-        ds.GetRasterBand(b + 1).WriteArray(np.full((size, size), values, np.uint8) if values is not None
-                                           else rng.integers(0, 255, (size, size), dtype=np.uint8))
+        ds.GetRasterBand(b + 1).WriteArray(
+            np.full((size, size), values, np.uint8)
+            if values is not None
+            else rng.integers(0, 255, (size, size), dtype=np.uint8)
+        )
     ds = None
 
 
@@ -211,8 +246,13 @@ def build_issue13_inputs(d: str, net, good: dict) -> None:
     _chips_variant(d, "chips_dup_class", dataset=_edit_class(1, value=0))
     _chips_variant(d, "chips_colour_red", dataset=_edit_class(1, color="red"))
     _chips_variant(d, "chips_empty_name", dataset=_edit_class(1, name=""))
-    _chips_variant(d, "chips_in_channels", dataset=lambda data: data.update(
-        in_channels=4, bands=[1, 2, 3, 4], normalization={"mean": [100.0] * 4, "std": [30.0] * 4}))
+    _chips_variant(
+        d,
+        "chips_in_channels",
+        dataset=lambda data: data.update(
+            in_channels=4, bands=[1, 2, 3, 4], normalization={"mean": [100.0] * 4, "std": [30.0] * 4}
+        ),
+    )
     _chips_variant(d, "chips_norm_length", dataset=_norm("mean", [100.0, 100.0]))
     _chips_variant(d, "chips_std_zero", dataset=_norm("std", [30.0, 0.0, 30.0]))
     _chips_variant(d, "chips_std_nan", dataset=_norm("std", [float("nan"), 30.0, 30.0]))
@@ -313,9 +353,11 @@ def prepare(case: Case, root: str, way: str) -> tuple[str, str, dict[str, object
     return inputs, out, {k: fill(v, inputs, out) for k, v in case.params.items()}
 
 
-FSIZE_CHILD = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-               "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.getrlimit("
-               "resource.RLIMIT_FSIZE)[1])); os.execv(sys.argv[2], sys.argv[2:])")
+FSIZE_CHILD = (
+    "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.getrlimit("
+    "resource.RLIMIT_FSIZE)[1])); os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 def run_qgis_process(case: Case, root: str) -> Run:
@@ -330,8 +372,16 @@ def run_qgis_process(case: Case, root: str) -> Run:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     stdout, stderr = proc.communicate(timeout=600)
     text = stdout + stderr
-    return Run(None if proc.returncode == 0 else text, proc.returncode, out, params, out_before, contents(out),
-               inputs_before, tree_snapshot(inputs))
+    return Run(
+        None if proc.returncode == 0 else text,
+        proc.returncode,
+        out,
+        params,
+        out_before,
+        contents(out),
+        inputs_before,
+        tree_snapshot(inputs),
+    )
 
 
 @contextmanager
@@ -369,8 +419,11 @@ def run_processing(case: Case, root: str) -> Run:
 def qgis_process_runs(root, request) -> Iterator[dict[str, Future]]:
     """The selected cases through qgis_process, two at a time, started as soon as the inputs exist
     (test_processing_run asks for this fixture too, so they overlap with the in-process runs)."""
-    selected = {item.callspec.params["case"].id for item in request.session.items
-                if getattr(item, "originalname", "") == "test_qgis_process"}
+    selected = {
+        item.callspec.params["case"].id
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_qgis_process"
+    }
     pool = ThreadPoolExecutor(max_workers=2)
     futures = {c.id: pool.submit(run_qgis_process, c, root) for c in CASES if c.id in selected}
     yield futures
@@ -389,7 +442,7 @@ def check_export_nan_hole(out: str, inputs: str) -> None:
     for r in rows:
         x, y = int(r["xoff"]), int(r["yoff"])
         mask = gdal.Open(os.path.join(chips, r["mask"])).ReadAsArray()
-        nan = np.isnan(src[:, y:y + 32, x:x + 32]).any(axis=0)
+        nan = np.isnan(src[:, y : y + 32, x : x + 32]).any(axis=0)
         np.testing.assert_array_equal(mask == 255, nan)
 
 
@@ -407,8 +460,12 @@ def check_export_spaces(out: str, inputs: str) -> None:
 
 
 def check_train_spaces(out: str, inputs: str) -> None:
-    assert sorted(os.listdir(out)) == ["modèle ø 1.last.pt", "modèle ø 1.metrics.csv", "modèle ø 1.onnx",
-                                       "modèle ø 1.pt"]
+    assert sorted(os.listdir(out)) == [
+        "modèle ø 1.last.pt",
+        "modèle ø 1.metrics.csv",
+        "modèle ø 1.onnx",
+        "modèle ø 1.pt",
+    ]
 
 
 def check_segment_nan_hole(out: str, inputs: str) -> None:
@@ -455,10 +512,14 @@ def check_assess_value_300(out: str, inputs: str) -> None:
 
 CHECKS: dict[str, Callable[[str, str], None]] = {
     "assess-value-300": check_assess_value_300,
-    "export-nan-hole": check_export_nan_hole, "export-degree-raster": check_export_degree,
-    "export-spaces": check_export_spaces, "train-spaces": check_train_spaces,
-    "segment-nan-hole": check_segment_nan_hole, "segment-spaces": check_segment_spaces,
-    "assess-spaces": check_assess_spaces, "exportonnx-spaces": check_exportonnx_spaces,
+    "export-nan-hole": check_export_nan_hole,
+    "export-degree-raster": check_export_degree,
+    "export-spaces": check_export_spaces,
+    "train-spaces": check_train_spaces,
+    "segment-nan-hole": check_segment_nan_hole,
+    "segment-spaces": check_segment_spaces,
+    "assess-spaces": check_assess_spaces,
+    "exportonnx-spaces": check_exportonnx_spaces,
 }
 
 
@@ -496,12 +557,29 @@ def test_table_covers_the_issue():
     assert len(bad) >= 28 and {c.alg for c in CASES} == {"exportchips", "train", "segment", "assess", "exportonnx"}
     assert set(CHECKS) == {c.id for c in CASES if c.ok}
     # issue 13, families 1-3: the dataset validator, path containment, finite outputs, assess, memory
-    issue13 = {"train-dataset-json-list", "train-dataset-no-classes", "train-class-value-300",
-               "train-duplicate-class-values", "train-class-colour-red", "train-in-channels-mismatch",
-               "train-normalization-length", "train-constant-band", "train-mixed-chip-sizes", "train-chip-not-raster",
-               "train-chip-band-count", "train-mask-two-bands", "train-mask-unlisted-class", "train-path-escapes",
-               "train-path-absolute", "train-path-symlink", "train-huge-model", "export-chip-size-huge",
-               "segment-nan-model", "assess-multiband-reference", "assess-value-300"}
+    issue13 = {
+        "train-dataset-json-list",
+        "train-dataset-no-classes",
+        "train-class-value-300",
+        "train-duplicate-class-values",
+        "train-class-colour-red",
+        "train-in-channels-mismatch",
+        "train-normalization-length",
+        "train-constant-band",
+        "train-mixed-chip-sizes",
+        "train-chip-not-raster",
+        "train-chip-band-count",
+        "train-mask-two-bands",
+        "train-mask-unlisted-class",
+        "train-path-escapes",
+        "train-path-absolute",
+        "train-path-symlink",
+        "train-huge-model",
+        "export-chip-size-huge",
+        "segment-nan-model",
+        "assess-multiband-reference",
+        "assess-value-300",
+    }
     assert issue13 <= {c.id for c in CASES}
     assert not [c for c in CASES if c.alg == "assess" and not c.ok and c.message.startswith(("INPUT", "LABELS"))]
 

@@ -56,13 +56,20 @@ def data(tmp_path_factory):
     chips = str(root / "chips")
     export_chips(ExportParams(raster, labels, chips, class_field="cls", chip_size=32, validation_fraction=0.25))
     (root / "m").mkdir()
-    model = train(TrainParams(chips, str(root / "m" / "m.pt"), epochs=1, batch_size=4, device="cpu",
-                              model_options=TINY)).onnx_path
+    model = train(
+        TrainParams(chips, str(root / "m" / "m.pt"), epochs=1, batch_size=4, device="cpu", model_options=TINY)
+    ).onnx_path
     rng = np.random.default_rng(0)
     ref = rng.integers(0, 3, (600, 40)).astype(np.uint8)
     pred = write_classes(str(root / "pred.tif"), (ref + (rng.random(ref.shape) < 0.2)) % 3, 255)
-    return {"raster": raster, "labels": labels, "chips": chips, "model": model, "pred": pred,
-            "ref": write_classes(str(root / "ref.tif"), ref, 255)}
+    return {
+        "raster": raster,
+        "labels": labels,
+        "chips": chips,
+        "model": model,
+        "pred": pred,
+        "ref": write_classes(str(root / "ref.tif"), ref, 255),
+    }
 
 
 def out_folder(tmp_path) -> tuple[str, dict[str, str]]:
@@ -85,9 +92,20 @@ def run_cancelled(alg: str, params: dict, after: int) -> str:
 def test_cancel_exportchips(geoseg_provider, data, tmp_path, after):
     out, before = out_folder(tmp_path)
     ins = hashes(data["raster"], data["labels"])
-    message = run_cancelled("geoseg:exportchips", {
-        "INPUT": data["raster"], "LABELS": data["labels"], "CLASS_FIELD": "cls", "CHIP_SIZE": 32, "STRIDE_X": 8,
-        "STRIDE_Y": 8, "OUTPUT_DIR": os.path.join(out, "chips"), "INDEX": os.path.join(out, "index.gpkg")}, after)
+    message = run_cancelled(
+        "geoseg:exportchips",
+        {
+            "INPUT": data["raster"],
+            "LABELS": data["labels"],
+            "CLASS_FIELD": "cls",
+            "CHIP_SIZE": 32,
+            "STRIDE_X": 8,
+            "STRIDE_Y": 8,
+            "OUTPUT_DIR": os.path.join(out, "chips"),
+            "INDEX": os.path.join(out, "index.gpkg"),
+        },
+        after,
+    )
     assert "Cancelled" in message
     assert hashes(out) == before and sorted(os.listdir(out)) == ["keep.txt", "old.tif"]
     assert hashes(data["raster"], data["labels"]) == ins
@@ -97,9 +115,18 @@ def test_cancel_exportchips(geoseg_provider, data, tmp_path, after):
 def test_cancel_train(geoseg_provider, data, tmp_path, after):
     out, before = out_folder(tmp_path)
     ins = hashes(data["chips"])
-    message = run_cancelled("geoseg:train", {
-        "CHIPS": data["chips"], "OUTPUT_MODEL": os.path.join(out, "m.pt"), "EPOCHS": 2, "BATCH_SIZE": 4, "DEVICE": 1,
-        "MODEL_OPTIONS": json.dumps(TINY)}, after)
+    message = run_cancelled(
+        "geoseg:train",
+        {
+            "CHIPS": data["chips"],
+            "OUTPUT_MODEL": os.path.join(out, "m.pt"),
+            "EPOCHS": 2,
+            "BATCH_SIZE": 4,
+            "DEVICE": 1,
+            "MODEL_OPTIONS": json.dumps(TINY),
+        },
+        after,
+    )
     assert "Training cancelled in epoch" in message
     mine = {f: h for f, h in hashes(out).items() if not os.path.basename(f).startswith("m.")}
     assert mine == before and not any(n.startswith(".") for n in os.listdir(out))
@@ -118,10 +145,21 @@ def test_cancel_train(geoseg_provider, data, tmp_path, after):
 def test_cancel_segment(geoseg_provider, data, tmp_path, after):
     out, before = out_folder(tmp_path)
     ins = hashes(data["raster"], data["model"])
-    message = run_cancelled("geoseg:segment", {
-        "INPUT": data["raster"], "MODEL": data["model"], "CHIP_SIZE": 32, "STRIDE_X": 16, "STRIDE_Y": 16, "CROP": 8,
-        "BATCH_SIZE": 1, "OUTPUT": os.path.join(out, "classes.tif"),
-        "OUTPUT_PROBABILITIES": os.path.join(out, "probabilities.tif")}, after)
+    message = run_cancelled(
+        "geoseg:segment",
+        {
+            "INPUT": data["raster"],
+            "MODEL": data["model"],
+            "CHIP_SIZE": 32,
+            "STRIDE_X": 16,
+            "STRIDE_Y": 16,
+            "CROP": 8,
+            "BATCH_SIZE": 1,
+            "OUTPUT": os.path.join(out, "classes.tif"),
+            "OUTPUT_PROBABILITIES": os.path.join(out, "probabilities.tif"),
+        },
+        after,
+    )
     assert "Cancelled" in message
     assert hashes(out) == before and sorted(os.listdir(out)) == ["keep.txt", "old.tif"]
     assert hashes(data["raster"], data["model"]) == ins
@@ -131,8 +169,11 @@ def test_cancel_segment(geoseg_provider, data, tmp_path, after):
 def test_cancel_assess(geoseg_provider, data, tmp_path, after):
     out, before = out_folder(tmp_path)
     ins = hashes(data["pred"], data["ref"])
-    message = run_cancelled("geoseg:assess", {"PREDICTION": data["pred"], "REFERENCE": data["ref"],
-                                              "OUTPUT_REPORT": os.path.join(out, "report.html")}, after)
+    message = run_cancelled(
+        "geoseg:assess",
+        {"PREDICTION": data["pred"], "REFERENCE": data["ref"], "OUTPUT_REPORT": os.path.join(out, "report.html")},
+        after,
+    )
     assert "Cancelled" in message
     assert hashes(out) == before and sorted(os.listdir(out)) == ["keep.txt", "old.tif"]
     assert hashes(data["pred"], data["ref"]) == ins

@@ -27,8 +27,10 @@ def pair(tmp_path):
     ref += [1, 2, 5, 0, 0, 0]  # 3 pixels of prediction nodata, then 3 of reference nodata
     pred += [255, 255, 255, 1, 2, 1]
     shape = (3, 6)
-    return (write_classes(str(tmp_path / "pred.tif"), np.array(pred, np.uint8).reshape(shape), 255),
-            write_classes(str(tmp_path / "ref.tif"), np.array(ref, np.uint8).reshape(shape), 0))
+    return (
+        write_classes(str(tmp_path / "pred.tif"), np.array(pred, np.uint8).reshape(shape), 255),
+        write_classes(str(tmp_path / "ref.tif"), np.array(ref, np.uint8).reshape(shape), 0),
+    )
 
 
 def test_known_confusion_matrix(pair, tmp_path):
@@ -47,7 +49,7 @@ def test_known_confusion_matrix(pair, tmp_path):
     assert five["value"] == 5 and five["recall"] == 0.0 and five["precision"] is None and five["predicted"] == 0
     assert report["classes"][0]["precision"] == pytest.approx(4 / 7)
     page = (tmp_path / "report.html").read_text()
-    assert "Overall accuracy 58.3 %" in page and "<td class=\"d\">4</td>" in page and "<svg" in page
+    assert "Overall accuracy 58.3 %" in page and '<td class="d">4</td>' in page and "<svg" in page
 
 
 def test_reference_polygons(tmp_path):
@@ -60,15 +62,23 @@ def test_reference_polygons(tmp_path):
     assert r.values == [1, 2] and r.confusion == [[200, 0], [100, 100]] and r.pixels == 400
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"shape": (3, 7)}, "REFERENCE is 7 × 3 pixels but PREDICTION is 6 × 3"),
-    ({"gt": (500002.0, 2.0, 0.0, 5300000.0, 0.0, -2.0)}, "different geotransform"),
-    ({"epsg": 32634}, "different CRSs"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"shape": (3, 7)}, "REFERENCE is 7 × 3 pixels but PREDICTION is 6 × 3"),
+        ({"gt": (500002.0, 2.0, 0.0, 5300000.0, 0.0, -2.0)}, "different geotransform"),
+        ({"epsg": 32634}, "different CRSs"),
+    ],
+)
 def test_grid_mismatch(pair, tmp_path, change, message):
     pred, _ = pair
-    other = write_classes(str(tmp_path / "other.tif"), np.ones(change.get("shape", (3, 6)), np.uint8), None,
-                  gt=change.get("gt", CLASS_GT), epsg=change.get("epsg", 32633))
+    other = write_classes(
+        str(tmp_path / "other.tif"),
+        np.ones(change.get("shape", (3, 6)), np.uint8),
+        None,
+        gt=change.get("gt", CLASS_GT),
+        epsg=change.get("epsg", 32633),
+    )
     with pytest.raises(GeoSegError, match=message):
         assess(AssessParams(pred, str(tmp_path / "r.json"), reference_path=other))
     assert not os.path.exists(tmp_path / "r.json") and not os.path.exists(tmp_path / "r.html")

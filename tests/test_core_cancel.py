@@ -103,9 +103,19 @@ def assert_untouched(before: dict[str, str], folder, *inputs: str, inputs_before
 @pytest.mark.parametrize("point", POINTS)
 def test_cancel_export(inputs, tmp_path, point):
     def run(cancelled, out):
-        return export_chips(ExportParams(inputs["raster"], inputs["labels"], str(out / "chips"), class_field="cls",
-                                         chip_size=32, stride_x=16, stride_y=16,
-                                         index_path=str(out / "index.gpkg")), cancelled=cancelled)
+        return export_chips(
+            ExportParams(
+                inputs["raster"],
+                inputs["labels"],
+                str(out / "chips"),
+                class_field="cls",
+                chip_size=32,
+                stride_x=16,
+                stride_y=16,
+                index_path=str(out / "index.gpkg"),
+            ),
+            cancelled=cancelled,
+        )
 
     total = count_polls(lambda c: run(c, tmp_path / "probe"), "export")
     assert total > 10  # one check per grid chip, then before the index and before the final rename
@@ -125,9 +135,20 @@ def test_cancel_export(inputs, tmp_path, point):
 @pytest.mark.parametrize("point", POINTS)
 def test_cancel_segment(inputs, tmp_path, point, model):
     def run(cancelled, out):
-        return segment(SegmentParams(inputs["raster"], inputs[model], str(out / "classes.tif"),
-                                     str(out / "probabilities.tif"), chip_size=32, stride_x=16, stride_y=16, crop=8,
-                                     batch_size=2), cancelled=cancelled)
+        return segment(
+            SegmentParams(
+                inputs["raster"],
+                inputs[model],
+                str(out / "classes.tif"),
+                str(out / "probabilities.tif"),
+                chip_size=32,
+                stride_x=16,
+                stride_y=16,
+                crop=8,
+                batch_size=2,
+            ),
+            cancelled=cancelled,
+        )
 
     (tmp_path / "probe").mkdir()
     total = count_polls(lambda c: run(c, tmp_path / "probe"), model)

@@ -21,24 +21,36 @@ SCHEMA_FILE = os.path.join(REPO, "docs", "model_card.schema.json")
 
 
 def good() -> dict:
-    return {"classes": [{"value": 0, "name": "background", "color": "#000000"},
-                        {"value": 3, "name": "water", "color": "#1f77b4"},
-                        {"value": 7, "name": "forest", "color": "#2CA02C"}],
-            "bands": [1, 2, 4], "in_channels": 3, "chip_size": 64,
-            "normalization": {"mean": [10.0, 20, 30.5], "std": [1.0, 2.0, 3.0]},
-            "architecture": "unet", "architecture_options": {"depth": 3},
-            "crs": {"wkt": "PROJCS[...]", "authid": None}, "pixel_size": [10.0, 10.0],
-            "recommended": {"crop": 8, "stride": 48, "receptive_field_radius": 30},
-            "metrics": {"epoch": 3, "val_miou": 0.5, "per_class_iou": {"water": None}},
-            "nodata": [None, 0, -9999.5], "background": 0, "ignore_background": False,
-            "dataset_sha256": "0" * 64, "some_writer_extension": {"anything": [1, 2]}}
+    return {
+        "classes": [
+            {"value": 0, "name": "background", "color": "#000000"},
+            {"value": 3, "name": "water", "color": "#1f77b4"},
+            {"value": 7, "name": "forest", "color": "#2CA02C"},
+        ],
+        "bands": [1, 2, 4],
+        "in_channels": 3,
+        "chip_size": 64,
+        "normalization": {"mean": [10.0, 20, 30.5], "std": [1.0, 2.0, 3.0]},
+        "architecture": "unet",
+        "architecture_options": {"depth": 3},
+        "crs": {"wkt": "PROJCS[...]", "authid": None},
+        "pixel_size": [10.0, 10.0],
+        "recommended": {"crop": 8, "stride": 48, "receptive_field_radius": 30},
+        "metrics": {"epoch": 3, "val_miou": 0.5, "per_class_iou": {"water": None}},
+        "nodata": [None, 0, -9999.5],
+        "background": 0,
+        "ignore_background": False,
+        "dataset_sha256": "0" * 64,
+        "some_writer_extension": {"anything": [1, 2]},
+    }
 
 
 def test_published_json_schema_is_generated_from_the_declarative_one():
     with open(SCHEMA_FILE, encoding="utf-8") as f:
         published = json.load(f)
-    assert published == json_schema(), ("docs/model_card.schema.json is stale: "
-                                        "python -m geoseg.core.card > docs/model_card.schema.json")
+    assert published == json_schema(), (
+        "docs/model_card.schema.json is stale: " "python -m geoseg.core.card > docs/model_card.schema.json"
+    )
     assert published["required"] == ["classes", "bands", "in_channels", "chip_size", "normalization"]
     assert set(published["properties"]) == set(SCHEMA.fields)
 
@@ -48,39 +60,67 @@ def test_a_complete_card_is_valid_and_returned_unchanged():
     assert validate_card(card) is card and card == good() and card_errors(card) == []
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["classes"][2].update(value="x"),
-     "MODEL: card field classes[2].value must be an integer 0–254 (got 'x')."),
-    (lambda c: c["classes"][1].update(value=255), "card field classes[1].value must be an integer 0–254 (got 255)"),
-    (lambda c: c["classes"][1].update(value=True), "card field classes[1].value must be an integer 0–254 (got True)"),
-    (lambda c: c["classes"][2].update(value=0), "card field classes[2].value repeats 0, already used by an earlier"),
-    (lambda c: c["classes"][0].update(color="red"), "card field classes[0].color must be a colour like #1a2b3c"),
-    (lambda c: c["classes"][0].pop("name"), "card field classes[0].name is missing (it must be a non-empty string)"),
-    (lambda c: c["classes"].__setitem__(1, "water"), "card field classes[1] must be an object (got 'water')"),
-    (lambda c: c.update(classes=c["classes"][:1]),
-     "card field classes must be a list of at least 2 objects (got 1 item)"),
-    (lambda c: c.pop("chip_size"), "card field chip_size is missing (it must be an integer ≥ 8)"),
-    (lambda c: c.update(chip_size=4), "card field chip_size must be an integer ≥ 8 (got 4)"),
-    (lambda c: c.update(chip_size=64.0), "card field chip_size must be an integer ≥ 8 (got 64.0)"),
-    (lambda c: c.update(in_channels=0), "card field in_channels must be a positive integer (got 0)"),
-    (lambda c: c.update(bands=[1, 2]), "card field bands must list 3 items, one per input channel (in_channels is 3; "
-                                       "got 2)"),
-    (lambda c: c.update(bands=[0, 1, 2]), "card field bands[0] must be a positive integer (got 0)"),
-    (lambda c: c["normalization"].update(std=[1.0, 0.0, 2.0]),
-     "card field normalization.std[1] must be a finite number > 0 (got 0.0)"),
-    (lambda c: c["normalization"].update(mean=[1.0, float("nan"), 2.0]),
-     "card field normalization.mean[1] must be a finite number (got nan)"),
-    (lambda c: c["normalization"].update(mean=[1.0]), "card field normalization.mean must list 3 items"),
-    (lambda c: c.update(normalization=[1, 2]), "card field normalization must be an object (got [1, 2])"),
-    (lambda c: c["recommended"].pop("stride"), "card field recommended.stride is missing"),
-    (lambda c: c["recommended"].update(crop=-1), "card field recommended.crop must be an integer ≥ 0 (got -1)"),
-    (lambda c: c.update(pixel_size=[10.0]), "card field pixel_size must be a list of 2 numbers or null (got 1 item)"),
-    (lambda c: c.update(pixel_size=[10.0, -10.0]), "card field pixel_size[1] must be a finite number > 0"),
-    (lambda c: c["crs"].update(wkt=5), "card field crs.wkt must be a string or null (got 5)"),
-    (lambda c: c["metrics"].update(val_miou=1.5), "card field metrics.val_miou must be a finite number in 0–1 or null"),
-    (lambda c: c.update(dataset_sha256="abc"), "card field dataset_sha256 must be 64 lower-case hex digits"),
-    (lambda c: c.update(ignore_background="no"), "card field ignore_background must be true or false (got 'no')"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c["classes"][2].update(value="x"),
+            "MODEL: card field classes[2].value must be an integer 0–254 (got 'x').",
+        ),
+        (lambda c: c["classes"][1].update(value=255), "card field classes[1].value must be an integer 0–254 (got 255)"),
+        (
+            lambda c: c["classes"][1].update(value=True),
+            "card field classes[1].value must be an integer 0–254 (got True)",
+        ),
+        (
+            lambda c: c["classes"][2].update(value=0),
+            "card field classes[2].value repeats 0, already used by an earlier",
+        ),
+        (lambda c: c["classes"][0].update(color="red"), "card field classes[0].color must be a colour like #1a2b3c"),
+        (
+            lambda c: c["classes"][0].pop("name"),
+            "card field classes[0].name is missing (it must be a non-empty string)",
+        ),
+        (lambda c: c["classes"].__setitem__(1, "water"), "card field classes[1] must be an object (got 'water')"),
+        (
+            lambda c: c.update(classes=c["classes"][:1]),
+            "card field classes must be a list of at least 2 objects (got 1 item)",
+        ),
+        (lambda c: c.pop("chip_size"), "card field chip_size is missing (it must be an integer ≥ 8)"),
+        (lambda c: c.update(chip_size=4), "card field chip_size must be an integer ≥ 8 (got 4)"),
+        (lambda c: c.update(chip_size=64.0), "card field chip_size must be an integer ≥ 8 (got 64.0)"),
+        (lambda c: c.update(in_channels=0), "card field in_channels must be a positive integer (got 0)"),
+        (
+            lambda c: c.update(bands=[1, 2]),
+            "card field bands must list 3 items, one per input channel (in_channels is 3; " "got 2)",
+        ),
+        (lambda c: c.update(bands=[0, 1, 2]), "card field bands[0] must be a positive integer (got 0)"),
+        (
+            lambda c: c["normalization"].update(std=[1.0, 0.0, 2.0]),
+            "card field normalization.std[1] must be a finite number > 0 (got 0.0)",
+        ),
+        (
+            lambda c: c["normalization"].update(mean=[1.0, float("nan"), 2.0]),
+            "card field normalization.mean[1] must be a finite number (got nan)",
+        ),
+        (lambda c: c["normalization"].update(mean=[1.0]), "card field normalization.mean must list 3 items"),
+        (lambda c: c.update(normalization=[1, 2]), "card field normalization must be an object (got [1, 2])"),
+        (lambda c: c["recommended"].pop("stride"), "card field recommended.stride is missing"),
+        (lambda c: c["recommended"].update(crop=-1), "card field recommended.crop must be an integer ≥ 0 (got -1)"),
+        (
+            lambda c: c.update(pixel_size=[10.0]),
+            "card field pixel_size must be a list of 2 numbers or null (got 1 item)",
+        ),
+        (lambda c: c.update(pixel_size=[10.0, -10.0]), "card field pixel_size[1] must be a finite number > 0"),
+        (lambda c: c["crs"].update(wkt=5), "card field crs.wkt must be a string or null (got 5)"),
+        (
+            lambda c: c["metrics"].update(val_miou=1.5),
+            "card field metrics.val_miou must be a finite number in 0–1 or null",
+        ),
+        (lambda c: c.update(dataset_sha256="abc"), "card field dataset_sha256 must be 64 lower-case hex digits"),
+        (lambda c: c.update(ignore_background="no"), "card field ignore_background must be true or false (got 'no')"),
+    ],
+)
 def test_each_wrong_field_is_named(change, message):
     card = good()
     change(card)
@@ -97,7 +137,12 @@ def test_every_wrong_field_gets_a_message_up_to_a_limit():
     card["normalization"]["std"] = [0, 0, 0]
     errors = card_errors(card)
     assert len(errors) == 5 and [e.split()[2] for e in errors] == [
-        "classes[0].value", "chip_size", "normalization.std[0]", "normalization.std[1]", "normalization.std[2]"]
+        "classes[0].value",
+        "chip_size",
+        "normalization.std[0]",
+        "normalization.std[1]",
+        "normalization.std[2]",
+    ]
     card["bands"] = ["a"] * 3
     with pytest.raises(GeoSegError, match=r"; and 2 more\.$"):
         validate_card(card, "RESUME")
@@ -105,12 +150,15 @@ def test_every_wrong_field_gets_a_message_up_to_a_limit():
         validate_card(card, "RESUME")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "MODEL: the model card in m.onnx is not valid JSON"),
-    ("[1, 2]", "MODEL: the model card must be a JSON object (got list)"),
-    ('"card"', "MODEL: the model card must be a JSON object (got str)"),
-    ("[" * 100000, "MODEL: the model card in m.onnx is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "MODEL: the model card in m.onnx is not valid JSON"),
+        ("[1, 2]", "MODEL: the model card must be a JSON object (got list)"),
+        ('"card"', "MODEL: the model card must be a JSON object (got str)"),
+        ("[" * 100000, "MODEL: the model card in m.onnx is not valid JSON"),
+    ],
+)
 def test_not_a_card_at_all(text, message):
     with pytest.raises(GeoSegError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
         card_from_json(text, "m.onnx")
@@ -146,8 +194,9 @@ def onnx_with(card: dict | None, broken: bool = False) -> onnx.ModelProto:
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3, "h", "w"])
     w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3, 1, 1], [1.0, 0, 0, 0, 1, 0, 0, 0, 1])
     node = helper.make_node("Conv", ["input", "nowhere" if broken else "w"], ["logits"])
-    model = helper.make_model(helper.make_graph([node], "g", [x], [y], [w]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([node], "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     if card is not None:
         helper.set_model_props(model, {CARD_KEY: json.dumps(card)})

@@ -62,13 +62,16 @@ def test_the_card_is_frozen_and_hands_out_copies():
     assert c.architecture_options == {"depth": 3}
 
 
-@pytest.mark.parametrize("change", [
-    lambda c: c["classes"][2].update(value="x"),
-    lambda c: c.pop("chip_size"),
-    lambda c: c["normalization"].update(std=[1.0, 0.0, 2.0]),
-    lambda c: c.update(schema_version=0),
-    lambda c: c.update(schema_version="1"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: c["classes"][2].update(value="x"),
+        lambda c: c.pop("chip_size"),
+        lambda c: c["normalization"].update(std=[1.0, 0.0, 2.0]),
+        lambda c: c.update(schema_version=0),
+        lambda c: c.update(schema_version="1"),
+    ],
+)
 def test_wrong_cards_get_the_validators_messages(change):
     card = good()
     change(card)
@@ -100,8 +103,11 @@ def test_schema_version_missing_is_1_and_is_written():
 
 
 def test_a_card_from_a_newer_geoseg_is_refused_clearly():
-    with pytest.raises(GeoSegError, match=r"^MODEL: the model card has schema_version 2, but this GeoSeg reads cards "
-                                          r"up to version 1; update GeoSeg"):
+    with pytest.raises(
+        GeoSegError,
+        match=r"^MODEL: the model card has schema_version 2, but this GeoSeg reads cards "
+        r"up to version 1; update GeoSeg",
+    ):
         ModelCard.from_json(json.dumps({**good(), "schema_version": 2}), "m.onnx")
 
 
@@ -217,8 +223,10 @@ def test_retry_halving_batch_halves_until_the_work_fits(caplog):
         assert retry_halving_batch(work, 8, "segmentation", resets.append) == ("done at 2", 2)
     assert calls == [8, 4, 2] and resets == [4, 2]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["Out of memory in segmentation at batch size 8; retrying with batch size 4.",
-                        "Out of memory in segmentation at batch size 4; retrying with batch size 2."]
+    assert warnings == [
+        "Out of memory in segmentation at batch size 8; retrying with batch size 4.",
+        "Out of memory in segmentation at batch size 4; retrying with batch size 2.",
+    ]
 
 
 def test_retry_halving_batch_gives_up_at_one_and_passes_other_errors():

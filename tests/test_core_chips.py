@@ -60,8 +60,8 @@ def test_chips_equal_source_windows_and_whole_raster_rasterization(scene, tmp_pa
         x, y = int(r["xoff"]), int(r["yoff"])
         img = gdal.Open(str(out / r["image"]))
         msk = gdal.Open(str(out / r["mask"]))
-        np.testing.assert_array_equal(img.ReadAsArray(), pixels[:, y:y + 64, x:x + 64])
-        np.testing.assert_array_equal(msk.ReadAsArray(), reference[y:y + 64, x:x + 64])
+        np.testing.assert_array_equal(img.ReadAsArray(), pixels[:, y : y + 64, x : x + 64])
+        np.testing.assert_array_equal(msk.ReadAsArray(), reference[y : y + 64, x : x + 64])
         gt = img.GetGeoTransform()
         assert gt == pytest.approx((src_gt[0] + x * 2.0, 2.0, 0, src_gt[3] - y * 2.0, 0, -2.0))
         assert msk.GetGeoTransform() == gt
@@ -82,7 +82,7 @@ def test_dataset_json_statistics_match_numpy(scene, tmp_path):
     counts = {}
     for r in train:
         x, y = int(r["xoff"]), int(r["yoff"])
-        win = pixels[:, y:y + 64, x:x + 64].reshape(4, -1).astype(np.float64)
+        win = pixels[:, y : y + 64, x : x + 64].reshape(4, -1).astype(np.float64)
         stack.append(win[:, (win != 0).all(axis=0)])
         m = gdal.Open(str(out / r["mask"])).ReadAsArray()
         for v in (0, 1, 2, 3):
@@ -216,8 +216,17 @@ def test_cancel_leaves_nothing(scene, tmp_path):
         return len(calls) > 5
 
     with pytest.raises(Cancelled):
-        export_chips(ExportParams(raster, labels, str(tmp_path / "chips"), class_field="cls", chip_size=32,
-                                  index_path=str(tmp_path / "i.gpkg")), cancelled=cancelled)
+        export_chips(
+            ExportParams(
+                raster,
+                labels,
+                str(tmp_path / "chips"),
+                class_field="cls",
+                chip_size=32,
+                index_path=str(tmp_path / "i.gpkg"),
+            ),
+            cancelled=cancelled,
+        )
     assert sorted(os.listdir(tmp_path)) == ["labels.gpkg", "scene.tif"]
 
 
@@ -259,15 +268,18 @@ def test_output_parent_is_a_file(scene, tmp_path):
         run(raster, labels, tmp_path / "f" / "chips")
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"chip_size": 4}, "CHIP_SIZE must be at least 8"),
-    ({"mode": "some"}, "MODE must be one of"),
-    ({"background": 255}, "BACKGROUND must be 0-254"),
-    ({"validation_fraction": 1.0}, "VALIDATION_FRACTION"),
-    ({"max_nodata_fraction": 0}, "MAX_NODATA_FRACTION"),
-    ({"stride_x": 0}, "STRIDE_X must be a positive"),
-    ({"split_method": "blocks", "block_size": 10_000}, "at least 2 blocks"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"chip_size": 4}, "CHIP_SIZE must be at least 8"),
+        ({"mode": "some"}, "MODE must be one of"),
+        ({"background": 255}, "BACKGROUND must be 0-254"),
+        ({"validation_fraction": 1.0}, "VALIDATION_FRACTION"),
+        ({"max_nodata_fraction": 0}, "MAX_NODATA_FRACTION"),
+        ({"stride_x": 0}, "STRIDE_X must be a positive"),
+        ({"split_method": "blocks", "block_size": 10_000}, "at least 2 blocks"),
+    ],
+)
 def test_bad_parameters(scene, tmp_path, kw, message):
     raster, labels, _ = scene
     with pytest.raises(GeoSegError, match=message):

@@ -27,8 +27,11 @@ def chips(tmp_path_factory) -> str:
     d = str(tmp_path_factory.mktemp("chips"))
     make_raster(f"{d}/rgb.tif", 64, 48, bands=3, dtype=gdal.GDT_Byte, nodata=None)
     standard_labels(f"{d}/labels.gpkg")
-    export_chips(ExportParams(f"{d}/rgb.tif", f"{d}/labels.gpkg", f"{d}/chips", class_field="cls", chip_size=32,
-                              validation_fraction=0.25))
+    export_chips(
+        ExportParams(
+            f"{d}/rgb.tif", f"{d}/labels.gpkg", f"{d}/chips", class_field="cls", chip_size=32, validation_fraction=0.25
+        )
+    )
     return f"{d}/chips"
 
 
@@ -59,11 +62,18 @@ def _write_rows(folder: str, rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------ paths.inside
-@pytest.mark.parametrize("rel, why", [
-    ("../x.tif", "leads outside"), ("images/../../x.tif", "leads outside"), ("/etc/passwd", "an absolute path"),
-    ("C:\\data\\x.tif", "an absolute path"), ("\\\\server\\share\\x.tif", "an absolute path"), ("", "empty"),
-    (".", "leads outside"),
-])
+@pytest.mark.parametrize(
+    "rel, why",
+    [
+        ("../x.tif", "leads outside"),
+        ("images/../../x.tif", "leads outside"),
+        ("/etc/passwd", "an absolute path"),
+        ("C:\\data\\x.tif", "an absolute path"),
+        ("\\\\server\\share\\x.tif", "an absolute path"),
+        ("", "empty"),
+        (".", "leads outside"),
+    ],
+)
 def test_inside_refuses(tmp_path, rel, why):
     with pytest.raises(GeoSegError, match=why) as e:
         inside(str(tmp_path), rel, "CHIPS: chips.csv row 7, image", "CHIPS")
@@ -81,33 +91,42 @@ def test_inside_follows_links(tmp_path):
 
 
 # ------------------------------------------------------------------ dataset.json as a whole
-GOOD = {"classes": [{"value": 0, "name": "bg", "color": "#000000"}, {"value": 4, "name": "x", "color": "#AbCdEf"}],
-        "in_channels": 2, "bands": [1, 2], "chip_size": 32, "normalization": {"mean": [1, 2], "std": [1, 0.5]}}
+GOOD = {
+    "classes": [{"value": 0, "name": "bg", "color": "#000000"}, {"value": 4, "name": "x", "color": "#AbCdEf"}],
+    "in_channels": 2,
+    "bands": [1, 2],
+    "chip_size": 32,
+    "normalization": {"mean": [1, 2], "std": [1, 0.5]},
+}
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.__setitem__("classes", {"0": "bg"}), "'classes' must be a non-empty list"),
-    (lambda d: d.__setitem__("classes", []), "'classes' must be a non-empty list"),
-    (lambda d: d["classes"].append("forest"), "class 3 must be an object"),
-    (lambda d: d["classes"][1].update(value=True), "class 2 has value True"),
-    (lambda d: d["classes"][1].update(value=255), "class 2 has value 255"),
-    (lambda d: d["classes"][1].update(value=-1), "class 2 has value -1"),
-    (lambda d: d["classes"][1].update(value=2.0), "class 2 has value 2.0"),
-    (lambda d: d["classes"][1].update(name="  "), "needs a non-empty name"),
-    (lambda d: d["classes"][1].update(color="#12345"), "has color '#12345'"),
-    (lambda d: d.__setitem__("in_channels", "2"), "'in_channels' must be a positive integer"),
-    (lambda d: d.__setitem__("bands", [1, 2, 3]), "lists 3 bands, but in_channels is 2"),
-    (lambda d: d.__setitem__("chip_size", None), "'chip_size' must be a positive integer"),
-    (lambda d: d.pop("normalization"), "has no 'normalization' object"),
-    (lambda d: d["normalization"].update(std=[1, "2"]), "std of band 2 is '2', not a finite number"),
-    (lambda d: d["normalization"].update(mean=[1, float("inf")]), "mean of band 2 is inf"),
-    (lambda d: d["normalization"].update(std=[-1, 1]), "std of band 1 is -1: the band is constant"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.__setitem__("classes", {"0": "bg"}), "'classes' must be a non-empty list"),
+        (lambda d: d.__setitem__("classes", []), "'classes' must be a non-empty list"),
+        (lambda d: d["classes"].append("forest"), "class 3 must be an object"),
+        (lambda d: d["classes"][1].update(value=True), "class 2 has value True"),
+        (lambda d: d["classes"][1].update(value=255), "class 2 has value 255"),
+        (lambda d: d["classes"][1].update(value=-1), "class 2 has value -1"),
+        (lambda d: d["classes"][1].update(value=2.0), "class 2 has value 2.0"),
+        (lambda d: d["classes"][1].update(name="  "), "needs a non-empty name"),
+        (lambda d: d["classes"][1].update(color="#12345"), "has color '#12345'"),
+        (lambda d: d.__setitem__("in_channels", "2"), "'in_channels' must be a positive integer"),
+        (lambda d: d.__setitem__("bands", [1, 2, 3]), "lists 3 bands, but in_channels is 2"),
+        (lambda d: d.__setitem__("chip_size", None), "'chip_size' must be a positive integer"),
+        (lambda d: d.pop("normalization"), "has no 'normalization' object"),
+        (lambda d: d["normalization"].update(std=[1, "2"]), "std of band 2 is '2', not a finite number"),
+        (lambda d: d["normalization"].update(mean=[1, float("inf")]), "mean of band 2 is inf"),
+        (lambda d: d["normalization"].update(std=[-1, 1]), "std of band 1 is -1: the band is constant"),
+    ],
+)
 def test_description_refused(change, message):
     data = json.loads(json.dumps(GOOD))
     change(data)
-    with pytest.raises(GeoSegError, match=message.replace("(", r"\(").replace("'", ".")
-                       .replace("[", r"\[").replace(")", r"\)")) as e:
+    with pytest.raises(
+        GeoSegError, match=message.replace("(", r"\(").replace("'", ".").replace("[", r"\[").replace(")", r"\)")
+    ) as e:
         check_description(data)
     assert str(e.value).startswith("CHIPS: dataset.json ")
 

@@ -78,7 +78,10 @@ def test_cuda_detection():
 
 def test_packages_and_index_choice():
     assert deps.pip_packages(["torch", "onnxruntime"], cuda=False, numpy_version="1.24.2") == [
-        "torch>=2.1", "onnxruntime>=1.17", "numpy==1.24.2"]
+        "torch>=2.1",
+        "onnxruntime>=1.17",
+        "numpy==1.24.2",
+    ]
     assert deps.pip_packages(["onnxruntime"], cuda=True) == ["onnxruntime-gpu>=1.17"]
     assert deps.pip_packages([], cuda=True, numpy_version="1.24.2") == []
     assert deps.index_args(cuda=False, system="Linux") == ["--extra-index-url", deps.CPU_INDEX]
@@ -89,8 +92,7 @@ def test_packages_and_index_choice():
 
 
 def test_pip_command():
-    cmd = deps.pip_command("/usr/bin/python3.11", "/t", ["torch>=2.1"], ["--extra-index-url", "X"],
-                           ["--no-index"])
+    cmd = deps.pip_command("/usr/bin/python3.11", "/t", ["torch>=2.1"], ["--extra-index-url", "X"], ["--no-index"])
     assert cmd[:4] == ["/usr/bin/python3.11", "-m", "pip", "install"]
     assert cmd[cmd.index("--target") + 1] == "/t"
     assert cmd.index("--extra-index-url") < cmd.index("--no-index") < cmd.index("torch>=2.1") == len(cmd) - 1
@@ -107,8 +109,9 @@ def test_python_candidates_inside_qgis():
     # embedded Python guesses sys.executable from the PATH: a python outside QGIS's prefix is not trusted first
     shim = deps.python_candidates("/home/u/.pyenv/shims/python3", None, "/usr", "Linux", (3, 11), which)
     assert shim[0] == "/usr/bin/python3.11" and "/home/u/.pyenv/shims/python3" not in shim
-    win = deps.python_candidates(r"C:\OSGeo4W\bin\qgis-bin.exe", None, r"C:\OSGeo4W\apps\Python39", "Windows",
-                                 (3, 9), lambda n: None)
+    win = deps.python_candidates(
+        r"C:\OSGeo4W\bin\qgis-bin.exe", None, r"C:\OSGeo4W\apps\Python39", "Windows", (3, 9), lambda n: None
+    )
     assert win[0] == os.path.join(r"C:\OSGeo4W\apps\Python39", "python.exe")
     assert not any(c.endswith("qgis-bin.exe") for c in win)
 
@@ -128,6 +131,7 @@ def test_device_summary_here():
     assert "CPUExecutionProvider" in info["providers"]
     lines = deps.summary_lines(info)
     assert lines[0].startswith("device: ") and "onnxruntime" in lines[1] and "CPUExecutionProvider" in lines[1]
-    empty = deps.summary_lines({"torch": None, "cuda": False, "gpu": None, "onnxruntime": None, "providers": [],
-                                "errors": []})
+    empty = deps.summary_lines(
+        {"torch": None, "cuda": False, "gpu": None, "onnxruntime": None, "providers": [], "errors": []}
+    )
     assert "not installed" in empty[0] and "not installed" in empty[1]

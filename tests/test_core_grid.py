@@ -68,8 +68,9 @@ def test_axis_properties(length, chip, stride):
 
 
 @settings(deadline=None, max_examples=150)
-@given(w=st.integers(1, 160), h=st.integers(1, 160), chip=st.integers(4, 96),
-       sx=st.integers(1, 96), sy=st.integers(1, 96))
+@given(
+    w=st.integers(1, 160), h=st.integers(1, 160), chip=st.integers(4, 96), sx=st.integers(1, 96), sy=st.integers(1, 96)
+)
 def test_grid_covers_every_pixel_when_stride_fits(w, h, chip, sx, sy):
     sx, sy = max(1, min(sx, chip), chip // 8), max(1, min(sy, chip), chip // 8)
     g = make_grid(w, h, chip, sx, sy)
@@ -80,6 +81,6 @@ def test_grid_covers_every_pixel_when_stride_fits(w, h, chip, sx, sy):
         seen.add((win.xoff, win.yoff))
         assert win.width + win.pad_x == chip and win.height + win.pad_y == chip
         assert win.xoff + win.width <= w and win.yoff + win.height <= h
-        cover[win.yoff:win.yoff + win.height, win.xoff:win.xoff + win.width] += 1
+        cover[win.yoff : win.yoff + win.height, win.xoff : win.xoff + win.width] += 1
     assert cover.min() >= 1
     assert len(seen) == len(g)

@@ -127,6 +127,6 @@ def test_same_crs_labels_match_whole_rasterization(tmp_path):
         ds = gdal.Open(str(tmp_path / "out" / "masks" / f))
         gt = ds.GetGeoTransform()
         x, y = round((gt[0] - 500000) / 2), round((5300000 - gt[3]) / 2)
-        got[y:y + 32, x:x + 32] = ds.ReadAsArray()
+        got[y : y + 32, x : x + 32] = ds.ReadAsArray()
     np.testing.assert_array_equal(got, ref)
     assert res.n_validation == 0

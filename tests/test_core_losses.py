@@ -73,12 +73,11 @@ def test_cross_entropy_matches_torch():
 
 
 def test_focal_by_hand():
-    expected = (1.0 * 0.30 ** 2 * -math.log(0.70)
-                + 0.5 * 0.70 ** 2 * -math.log(0.30)
-                + 2.0 * 0.75 ** 2 * -math.log(0.25)) / W_PIX
+    expected = (
+        1.0 * 0.30**2 * -math.log(0.70) + 0.5 * 0.70**2 * -math.log(0.30) + 2.0 * 0.75**2 * -math.log(0.25)
+    ) / W_PIX
     assert loss_value("focal") == pytest.approx(expected, rel=1e-5)
-    expected_g1 = (1.0 * 0.30 * -math.log(0.70) + 0.5 * 0.70 * -math.log(0.30)
-                   + 2.0 * 0.75 * -math.log(0.25)) / W_PIX
+    expected_g1 = (1.0 * 0.30 * -math.log(0.70) + 0.5 * 0.70 * -math.log(0.30) + 2.0 * 0.75 * -math.log(0.25)) / W_PIX
     assert loss_value("focal", gamma=1.0) == pytest.approx(expected_g1, rel=1e-5)
 
 
@@ -105,9 +104,11 @@ def test_tversky_by_hand(n_images):
 
 def test_unified_focal_by_hand():
     # mF: δ = 0.6, exponent 1 - γ = 0.5
-    m_f = (1.0 * 0.6 * 0.30 ** 0.5 * -math.log(0.70)
-           + 0.5 * 0.6 * 0.70 ** 0.5 * -math.log(0.30)
-           + 2.0 * 0.6 * 0.75 ** 0.5 * -math.log(0.25)) / W_PIX
+    m_f = (
+        1.0 * 0.6 * 0.30**0.5 * -math.log(0.70)
+        + 0.5 * 0.6 * 0.70**0.5 * -math.log(0.30)
+        + 2.0 * 0.6 * 0.75**0.5 * -math.log(0.25)
+    ) / W_PIX
     # mTI_c = (TP + 1) / (TP + 0.6 FN + 0.4 FP + 1), eps = 1
     m0 = (0.70 + 1) / (0.70 + 0.6 * 0.30 + 0.4 * 0.35 + 1)
     m1 = (0.25 + 1) / (0.25 + 0.6 * 0.75 + 0.4 * 0.80 + 1)
@@ -259,7 +260,8 @@ def test_input_checks():
     # the unweighted default equals all-ones weights
     logits, target = example()
     assert build_loss("dice_ce", 3)(logits, target).item() == pytest.approx(
-        build_loss("dice_ce", 3, torch.ones(3))(logits, target).item())
+        build_loss("dice_ce", 3, torch.ones(3))(logits, target).item()
+    )
 
 
 def test_weights_are_copied_non_persistent_buffers():

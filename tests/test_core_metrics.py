@@ -19,13 +19,15 @@ NAMES = ["water", "forest", "urban", "crop", "bare"]
 #   class 2 (urban) is in the reference but never predicted,
 #   class 3 (crop) is predicted once but absent from the reference,
 #   class 4 (bare) is absent from both.
-CM = np.array([
-    [5, 1, 0, 1, 0],
-    [2, 6, 0, 0, 0],
-    [1, 2, 0, 0, 0],
-    [0, 0, 0, 0, 0],
-    [0, 0, 0, 0, 0],
-])
+CM = np.array(
+    [
+        [5, 1, 0, 1, 0],
+        [2, 6, 0, 0, 0],
+        [1, 2, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+    ]
+)
 NAN = math.nan
 
 
@@ -85,8 +87,9 @@ def test_confusion_matrix_matches_a_pixel_loop():
             loop[r, p] += 1
     np.testing.assert_array_equal(confusion_matrix(ref, pred, 6, valid=valid), loop)
     # matrices of parts add up to the matrix of the whole
-    halves = confusion_matrix(ref[:20], pred[:20], 6, valid=valid[:20]) + \
-        confusion_matrix(ref[20:], pred[20:], 6, valid=valid[20:])
+    halves = confusion_matrix(ref[:20], pred[:20], 6, valid=valid[:20]) + confusion_matrix(
+        ref[20:], pred[20:], 6, valid=valid[20:]
+    )
     np.testing.assert_array_equal(halves, loop)
 
 

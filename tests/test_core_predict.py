@@ -43,11 +43,16 @@ def conv_stack(in_channels: int = 3, classes: int = 3, layers: int = 3) -> torch
 
 
 def card(radius: int = 3, chip: int = 32) -> dict:
-    return {"classes": [{"value": v, "name": f"c{v}", "color": f"#0{v}0{v}0{v}"} for v in VALUES],
-            "bands": [1, 2, 3], "in_channels": 3, "chip_size": chip,
-            "normalization": {"mean": [20000.0, 30000.0, 25000.0], "std": [15000.0, 17000.0, 16000.0]},
-            "recommended": {"crop": radius, "stride": chip - 2 * radius, "receptive_field_radius": radius},
-            "architecture": "custom", "pixel_size": [2.0, 2.0]}
+    return {
+        "classes": [{"value": v, "name": f"c{v}", "color": f"#0{v}0{v}0{v}"} for v in VALUES],
+        "bands": [1, 2, 3],
+        "in_channels": 3,
+        "chip_size": chip,
+        "normalization": {"mean": [20000.0, 30000.0, 25000.0], "std": [15000.0, 17000.0, 16000.0]},
+        "recommended": {"crop": radius, "stride": chip - 2 * radius, "receptive_field_radius": radius},
+        "architecture": "custom",
+        "pixel_size": [2.0, 2.0],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +86,19 @@ def whole_image(model: str, pixels: np.ndarray, c: dict) -> tuple[np.ndarray, np
 def test_tiled_map_equals_whole_image_inference(scene, tmp_path, chip, stride_x, stride_y, crop):
     raster, model, pixels = scene
     out, probs = str(tmp_path / "classes.tif"), str(tmp_path / "probs.tif")
-    r = segment(SegmentParams(raster, model, out, probs, chip_size=chip, stride_x=stride_x, stride_y=stride_y,
-                              crop=crop, batch_size=3))
+    r = segment(
+        SegmentParams(
+            raster, model, out, probs, chip_size=chip, stride_x=stride_x, stride_y=stride_y, crop=crop, batch_size=3
+        )
+    )
     ref_classes, ref_probs = whole_image(model, pixels, card())
     got = gdal.Open(out).ReadAsArray()
     np.testing.assert_array_equal(got, ref_classes)  # every pixel, edges and corners included
     got_probs = gdal.Open(probs).ReadAsArray()
     assert np.abs(got_probs - ref_probs).max() <= 1e-4
-    assert r.tiles == len(make_tiling(W, H, chip, stride_x, stride_y, crop).xs) * \
-        len(make_tiling(W, H, chip, stride_x, stride_y, crop).ys)
+    assert r.tiles == len(make_tiling(W, H, chip, stride_x, stride_y, crop).xs) * len(
+        make_tiling(W, H, chip, stride_x, stride_y, crop).ys
+    )
 
 
 def test_crop_below_receptive_field_shows_seams(scene, tmp_path):
@@ -111,7 +120,7 @@ def test_output_grid_nodata_and_legend(scene, tmp_path):
     band = ds.GetRasterBand(1)
     assert band.DataType == gdal.GDT_Byte and band.GetNoDataValue() == 255
     x, y, w, h = HOLE
-    assert (band.ReadAsArray()[y:y + h, x:x + w] == 255).all()
+    assert (band.ReadAsArray()[y : y + h, x : x + w] == 255).all()
     table = band.GetColorTable()
     assert table.GetColorEntry(3) == (3, 3, 3, 255) and table.GetColorEntry(7) == (7, 7, 7, 255)
     assert band.GetOverviewCount() == 0  # too small for overviews
@@ -158,8 +167,11 @@ def trained(tmp_path_factory):
     make_raster(raster, 96, 64, bands=3)
     chips = str(root / "chips")
     export_chips(ExportParams(raster, standard_labels(str(root / "l.gpkg")), chips, class_field="cls", chip_size=32))
-    r = train(TrainParams(chips, str(root / "m.pt"), epochs=1, batch_size=4, device="cpu",
-                          model_options={"base_width": 4, "depth": 2}))
+    r = train(
+        TrainParams(
+            chips, str(root / "m.pt"), epochs=1, batch_size=4, device="cpu", model_options={"base_width": 4, "depth": 2}
+        )
+    )
     return raster, r.model_path, r.onnx_path
 
 
@@ -182,8 +194,10 @@ def test_cancel_leaves_nothing(scene, tmp_path):
         return len(calls) > 3
 
     with pytest.raises(Cancelled):
-        segment(SegmentParams(raster, model, str(tmp_path / "c.tif"), str(tmp_path / "p.tif"), batch_size=1),
-                cancelled=cancelled)
+        segment(
+            SegmentParams(raster, model, str(tmp_path / "c.tif"), str(tmp_path / "p.tif"), batch_size=1),
+            cancelled=cancelled,
+        )
     assert os.listdir(tmp_path) == []
 
 
@@ -233,8 +247,7 @@ def test_overviews_are_written_while_streaming(tmp_path):
     model = str(tmp_path / "m.onnx")
     export_onnx(conv_stack(), 3, model, metadata={CARD_KEY: json.dumps(card())})
     out = str(tmp_path / "c.tif")
-    segment(SegmentParams(raster, model, out, str(tmp_path / "p.tif"), chip_size=64, crop=4, stride_x=56,
-                          stride_y=56))
+    segment(SegmentParams(raster, model, out, str(tmp_path / "p.tif"), chip_size=64, crop=4, stride_x=56, stride_y=56))
     ds = gdal.Open(out)
     band = ds.GetRasterBand(1)
     full = band.ReadAsArray()
@@ -247,11 +260,14 @@ def test_overviews_are_written_while_streaming(tmp_path):
         np.testing.assert_array_equal(ov, full[np.ix_(rows, cols)])
     probs = gdal.Open(str(tmp_path / "p.tif"))
     assert probs.GetRasterBand(2).GetOverviewCount() == 2
-    np.testing.assert_array_equal(probs.GetRasterBand(2).GetOverview(0).ReadAsArray(),
-                                  probs.GetRasterBand(2).ReadAsArray()[1::2, 1::2][:265, :550])
+    np.testing.assert_array_equal(
+        probs.GetRasterBand(2).GetOverview(0).ReadAsArray(),
+        probs.GetRasterBand(2).ReadAsArray()[1::2, 1::2][:265, :550],
+    )
 
 
 # ---------------------------------------------------------------- pipeline (reader, model, writer threads)
+
 
 def geoseg_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("geoseg-")]
@@ -296,8 +312,10 @@ def test_out_of_memory_halves_the_batch_and_retries_the_same_tiles(scene, tmp_pa
     np.testing.assert_array_equal(probs, ref_probs)
     assert (r.batch_size, r.final_batch_size) == (8, 2)
     halvings = [m for m in caplog.messages if m.startswith("Out of memory in segmentation")]
-    assert halvings == ["Out of memory in segmentation at batch size 8; retrying with batch size 4.",
-                        "Out of memory in segmentation at batch size 4; retrying with batch size 2."]
+    assert halvings == [
+        "Out of memory in segmentation at batch size 8; retrying with batch size 4.",
+        "Out of memory in segmentation at batch size 4; retrying with batch size 2.",
+    ]
     # the same through the environment variable, as a user would set it
     monkeypatch.setenv("GEOSEG_MEMORY_BUDGET_MB", str(1.5 * per_tile_bytes(model) / 1e6))
     classes, _, r = run_segment(raster, model, tmp_path, "env", batch_size=4)
@@ -343,8 +361,19 @@ def test_read_error_in_the_reader_thread_is_reported_and_leaves_no_output(scene,
     broken = str(data / "broken.tif")
     corrupt_copy(raster, broken, (3, 3))  # rows 96-127: the reader fails after earlier strips were written
     with pytest.raises(GeoSegError, match=r"INPUT: GDAL could not read columns \d+-\d+ of rows \d+-\d+ of .*broken"):
-        segment(SegmentParams(broken, model, str(tmp_path / "c.tif"), str(tmp_path / "p.tif"), chip_size=32,
-                              stride_x=24, stride_y=20, crop=3, batch_size=2))
+        segment(
+            SegmentParams(
+                broken,
+                model,
+                str(tmp_path / "c.tif"),
+                str(tmp_path / "p.tif"),
+                chip_size=32,
+                stride_x=24,
+                stride_y=20,
+                crop=3,
+                batch_size=2,
+            )
+        )
     assert sorted(os.listdir(tmp_path)) == ["data"] and geoseg_threads() == []
 
 
@@ -361,8 +390,19 @@ def test_write_error_in_the_writer_thread_is_reported_and_leaves_no_output(scene
     original = predict.PyramidWriter.write
     monkeypatch.setattr(predict.PyramidWriter, "write", failing_write)
     with pytest.raises(GeoSegError, match=r"OUTPUT: writing the result failed \(TIFFAppendToStrip: Write error"):
-        segment(SegmentParams(raster, model, str(tmp_path / "c.tif"), None, chip_size=32, stride_x=24, stride_y=20,
-                              crop=3, batch_size=2))
+        segment(
+            SegmentParams(
+                raster,
+                model,
+                str(tmp_path / "c.tif"),
+                None,
+                chip_size=32,
+                stride_x=24,
+                stride_y=20,
+                crop=3,
+                batch_size=2,
+            )
+        )
     assert len(writes) == 3 and os.listdir(tmp_path) == [] and geoseg_threads() == []
 
 
@@ -374,7 +414,19 @@ def test_cancel_mid_run_stops_every_stage_and_leaves_nothing(scene, tmp_path):
         return bool(seen) and seen[-1] > 0.5  # after half the tiles: strips were written already
 
     with pytest.raises(Cancelled):
-        segment(SegmentParams(raster, model, str(tmp_path / "c.tif"), str(tmp_path / "p.tif"), chip_size=32,
-                              stride_x=24, stride_y=20, crop=3, batch_size=2), progress=seen.append,
-                cancelled=cancelled)
+        segment(
+            SegmentParams(
+                raster,
+                model,
+                str(tmp_path / "c.tif"),
+                str(tmp_path / "p.tif"),
+                chip_size=32,
+                stride_x=24,
+                stride_y=20,
+                crop=3,
+                batch_size=2,
+            ),
+            progress=seen.append,
+            cancelled=cancelled,
+        )
     assert 0.5 < max(seen) < 0.97 and os.listdir(tmp_path) == [] and geoseg_threads() == []

@@ -24,8 +24,13 @@ FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCh
 
 # ---------------------------------------------------------------- chip grid
 @FAST
-@given(w=st.integers(1, 300), h=st.integers(1, 300), chip=st.integers(1, 128),
-       sx=st.integers(1, 200), sy=st.integers(1, 200))
+@given(
+    w=st.integers(1, 300),
+    h=st.integers(1, 300),
+    chip=st.integers(1, 128),
+    sx=st.integers(1, 200),
+    sy=st.integers(1, 200),
+)
 def test_grid_windows_are_unique_inside_and_chip_sized_for_any_stride(w, h, chip, sx, sy):
     g = make_grid(w, h, chip, sx, sy)
     wins = list(g)
@@ -38,7 +43,7 @@ def test_grid_windows_are_unique_inside_and_chip_sized_for_any_stride(w, h, chip
     if sx <= chip and sy <= chip:
         cover = np.zeros((h, w), bool)
         for x in wins:
-            cover[x.yoff:x.yoff + x.height, x.xoff:x.xoff + x.width] = True
+            cover[x.yoff : x.yoff + x.height, x.xoff : x.xoff + x.width] = True
         assert cover.all(), "every pixel is in some chip"
 
 
@@ -48,8 +53,14 @@ def tilings(draw):
     chip = draw(st.integers(8, 96))
     crop = draw(st.integers(0, (chip - 1) // 2))
     top = chip - 2 * crop
-    return (draw(st.integers(1, 400)), draw(st.integers(1, 400)), chip, draw(st.integers(1, top)),
-            draw(st.integers(1, top)), crop)
+    return (
+        draw(st.integers(1, 400)),
+        draw(st.integers(1, 400)),
+        chip,
+        draw(st.integers(1, top)),
+        draw(st.integers(1, top)),
+        crop,
+    )
 
 
 @FAST
@@ -74,8 +85,14 @@ def test_tile_centres_cover_every_pixel_exactly_once(args):
 
 
 @FAST
-@given(w=st.integers(-5, 300), h=st.integers(1, 300), chip=st.integers(-4, 80), sx=st.integers(-3, 90),
-       sy=st.integers(-3, 90), crop=st.integers(-3, 50))
+@given(
+    w=st.integers(-5, 300),
+    h=st.integers(1, 300),
+    chip=st.integers(-4, 80),
+    sx=st.integers(-3, 90),
+    sy=st.integers(-3, 90),
+    crop=st.integers(-3, 50),
+)
 def test_tiling_parameters_are_either_valid_or_a_named_error(w, h, chip, sx, sy, crop):
     assume(w >= 1)
     try:
@@ -95,13 +112,21 @@ def cards(draw) -> dict:
     n = draw(st.integers(1, 6))
     finite = st.floats(-1e6, 1e6, allow_nan=False)
     card = {
-        "classes": [{"value": v, "name": draw(st.text(min_size=1, max_size=8)),
-                     "color": "#" + draw(st.from_regex(r"[0-9a-fA-F]{6}", fullmatch=True))} for v in values],
+        "classes": [
+            {
+                "value": v,
+                "name": draw(st.text(min_size=1, max_size=8)),
+                "color": "#" + draw(st.from_regex(r"[0-9a-fA-F]{6}", fullmatch=True)),
+            }
+            for v in values
+        ],
         "bands": draw(st.lists(st.integers(1, 20), min_size=n, max_size=n)),
         "in_channels": n,
         "chip_size": draw(st.integers(8, 1024)),
-        "normalization": {"mean": draw(st.lists(finite, min_size=n, max_size=n)),
-                          "std": draw(st.lists(st.floats(1e-6, 1e6), min_size=n, max_size=n))},
+        "normalization": {
+            "mean": draw(st.lists(finite, min_size=n, max_size=n)),
+            "std": draw(st.lists(st.floats(1e-6, 1e6), min_size=n, max_size=n)),
+        },
     }
     if draw(st.booleans()):
         crop = draw(st.integers(0, 16))
@@ -114,10 +139,14 @@ def cards(draw) -> dict:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-300, 300) | st.floats(allow_nan=True, allow_infinity=True) |
-    st.text(max_size=6),
+    st.none()
+    | st.booleans()
+    | st.integers(-300, 300)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=6)
+    max_leaves=6,
+)
 
 
 def paths(obj, prefix=()) -> list[tuple]:
@@ -143,11 +172,13 @@ def mutated_cards(draw) -> dict:
         if op == "delete":
             del parent[key]
         elif op == "add" and isinstance(parent, dict):
-            parent[draw(st.sampled_from([*SCHEMA.fields, "value", "name", "color", "mean", "std", "zz"]))] = \
-                draw(json_values)
+            parent[draw(st.sampled_from([*SCHEMA.fields, "value", "name", "color", "mean", "std", "zz"]))] = draw(
+                json_values
+            )
         elif op == "swap_type":
             parent[key] = {int: str, float: str, str: len, list: tuple, dict: list, bool: int}.get(
-                type(parent[key]), lambda x: None)(parent[key])
+                type(parent[key]), lambda x: None
+            )(parent[key])
             if isinstance(parent[key], tuple):
                 parent[key] = list(parent[key])[::-1] + [None]
         else:

@@ -34,7 +34,7 @@ from helpers import make_raster, standard_labels
 EPOCHS = 4
 TINY = {"base_width": 4, "depth": 2}
 
-CHILD = r'''
+CHILD = r"""
 import os, sys, time
 import torch
 from geoseg.core.train import EpochReport, TrainParams, train
@@ -81,7 +81,7 @@ if mode == "in_checkpoint_write":  # killed halfway through writing epoch 2's .l
 
 train(TrainParams(chips, model, epochs=EPOCHS, batch_size=4, device="cpu", seed=3, model_options=TINY),
       cancelled=cancelled, report=report)
-'''.replace("EPOCHS", str(EPOCHS)).replace("TINY", repr(TINY))
+""".replace("EPOCHS", str(EPOCHS)).replace("TINY", repr(TINY))
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,16 @@ def chips(tmp_path_factory) -> str:
     raster = str(root / "r.tif")
     make_raster(raster, 128, 96, bands=3)
     out = str(root / "chips")
-    export_chips(ExportParams(raster, standard_labels(str(root / "l.gpkg")), out, class_field="cls", chip_size=32,
-                              validation_fraction=0.25))
+    export_chips(
+        ExportParams(
+            raster,
+            standard_labels(str(root / "l.gpkg")),
+            out,
+            class_field="cls",
+            chip_size=32,
+            validation_fraction=0.25,
+        )
+    )
     return out
 
 
@@ -110,8 +118,11 @@ def run_and_kill(chips: str, folder, mode: str) -> None:
     folder.mkdir()
     script, marker = folder / "child.py", folder / "reached"
     script.write_text(CHILD)
-    child = subprocess.Popen([sys.executable, str(script), chips, str(folder / "model.pt"), mode, str(marker)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        [sys.executable, str(script), chips, str(folder / "model.pt"), mode, str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 300  # a guard against a hung child, not a timing assertion
     try:
         while not marker.exists():
@@ -171,11 +182,14 @@ def sha(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncate", r"RESUME: .*model\.last\.pt is truncated or damaged \(its zip directory is missing\)"),
-    ("flip", r"RESUME: .*model\.last\.pt is damaged \(checksum mismatch in archive/"),
-    ("empty", r"RESUME: .*model\.last\.pt is not a readable PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", r"RESUME: .*model\.last\.pt is truncated or damaged \(its zip directory is missing\)"),
+        ("flip", r"RESUME: .*model\.last\.pt is damaged \(checksum mismatch in archive/"),
+        ("empty", r"RESUME: .*model\.last\.pt is not a readable PyTorch checkpoint"),
+    ],
+)
 def test_resume_refuses_a_damaged_checkpoint(chips, tmp_path, damage, message):
     p = params(chips, tmp_path, epochs=1)
     train(p)
@@ -187,9 +201,9 @@ def test_resume_refuses_a_damaged_checkpoint(chips, tmp_path, damage, message):
         with zipfile.ZipFile(last) as z:
             info = max(z.infolist(), key=lambda i: i.file_size)
         h = info.header_offset
-        name_len, extra_len = struct.unpack("<HH", bytes(data[h + 26:h + 30]))
+        name_len, extra_len = struct.unpack("<HH", bytes(data[h + 26 : h + 30]))
         start = h + 30 + name_len + extra_len + info.file_size // 2
-        data[start:start + 16] = bytes(255 - b for b in data[start:start + 16])
+        data[start : start + 16] = bytes(255 - b for b in data[start : start + 16])
     else:
         data = bytearray()
     with open(last, "wb") as f:

@@ -66,8 +66,17 @@ def test_raster_format(scene):
 
 
 def test_options(tmp_path):
-    s = make_sample_scene(str(tmp_path / "x"), seed=1, width=120, height=90, bands=6, pixel_size=10.0,
-                          epsg=32632, labels_epsg=32632, nodata_hole=False)
+    s = make_sample_scene(
+        str(tmp_path / "x"),
+        seed=1,
+        width=120,
+        height=90,
+        bands=6,
+        pixel_size=10.0,
+        epsg=32632,
+        labels_epsg=32632,
+        nodata_hole=False,
+    )
     ds = gdal.Open(s.raster)
     assert (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) == (120, 90, 6)
     assert ds.GetGeoTransform()[1] == 10.0

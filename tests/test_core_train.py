@@ -119,11 +119,17 @@ def test_not_a_checkpoint_and_garbled_card(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a zip file at all")
     with pytest.raises(GeoSegError, match="not a readable PyTorch checkpoint"):
         load_checkpoint(str(tmp_path / "junk.pt"))
-    card = {"classes": [], "bands": [1], "in_channels": 1, "chip_size": 32,
-            "normalization": {"mean": [0.0], "std": [1.0]}}
+    card = {
+        "classes": [],
+        "bands": [1],
+        "in_channels": 1,
+        "chip_size": 32,
+        "normalization": {"mean": [0.0], "std": [1.0]},
+    }
     torch.save({"format": "geoseg-checkpoint", "card": json.dumps(card), "state_dict": {}}, tmp_path / "card.pt")
-    with pytest.raises(GeoSegError, match=r"MODEL: card field classes must be a list of at least 2 objects "
-                                          r"\(got 0 items\)"):
+    with pytest.raises(
+        GeoSegError, match=r"MODEL: card field classes must be a list of at least 2 objects " r"\(got 0 items\)"
+    ):
         load_checkpoint(str(tmp_path / "card.pt"))
 
 
@@ -180,12 +186,15 @@ def test_never_overwrites_and_resume_needs_state(chips, tmp_path):
         train(params(chips, tmp_path, resume=True))
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"architecture": "resnet"}, "ARCHITECTURE must be one of"),
-    ({"loss": "l2"}, "LOSS must be one of"),
-    ({"epochs": 0}, "EPOCHS must be at least 1"),
-    ({"device": "cuda"}, "CUDA was requested"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"architecture": "resnet"}, "ARCHITECTURE must be one of"),
+        ({"loss": "l2"}, "LOSS must be one of"),
+        ({"epochs": 0}, "EPOCHS must be at least 1"),
+        ({"device": "cuda"}, "CUDA was requested"),
+    ],
+)
 def test_bad_parameters(chips, tmp_path, kw, message):
     if kw.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA, so asking for it is not an error")
@@ -209,8 +218,15 @@ def test_chips_folder_problems(chips, tmp_path):
     raster = str(tmp_path / "r.tif")
     make_raster(raster, 64, 64, bands=2)
     one = str(tmp_path / "one")
-    export_chips(ExportParams(raster, make_vector(str(tmp_path / "l.gpkg"), [(utm_box(0, 0, 64, 64), 1)]), one,
-                              class_field="cls", chip_size=32))
+    export_chips(
+        ExportParams(
+            raster,
+            make_vector(str(tmp_path / "l.gpkg"), [(utm_box(0, 0, 64, 64), 1)]),
+            one,
+            class_field="cls",
+            chip_size=32,
+        )
+    )
     with pytest.raises(GeoSegError, match="1 class besides the background"):
         open_chips(one, ignore_background=True)
 
@@ -219,8 +235,9 @@ def test_ignore_background_and_class_weights(chips, tmp_path):
     folder = open_chips(chips, ignore_background=True)
     assert [c["value"] for c in folder.classes] == [1, 2, 3]
     assert folder.lut[0] == 255 and list(folder.lut[1:4]) == [0, 1, 2] and folder.lut[255] == 255
-    r = train(params(chips, tmp_path, epochs=1, ignore_background=True, class_weights="inverse_frequency",
-                     loss="focal"))
+    r = train(
+        params(chips, tmp_path, epochs=1, ignore_background=True, class_weights="inverse_frequency", loss="focal")
+    )
     assert [c.value for c in r.card.classes] == [1, 2, 3] and r.card.ignore_background is True
 
 
@@ -246,8 +263,7 @@ def test_batch_reports_and_early_stopping(chips, tmp_path):
 
     reports = []
     # a learning rate this small cannot improve the validation mIoU: patience 1 stops after one more epoch
-    r = train(params(chips, tmp_path, epochs=6, patience=1, learning_rate=1e-7, augment=False),
-              report=reports.append)
+    r = train(params(chips, tmp_path, epochs=6, patience=1, learning_rate=1e-7, augment=False), report=reports.append)
     batches = [x for x in reports if isinstance(x, BatchReport)]
     epochs = [x for x in reports if isinstance(x, EpochReport)]
     assert r.stopped_early and r.epochs_run == len(epochs) == r.best_epoch + 1 < 6
@@ -287,8 +303,7 @@ def test_memory_budget_halves_the_batch_and_says_so(chips, tmp_path, caplog):
         assert a["val_miou"] == pytest.approx(b["val_miou"], abs=1e-9)
 
 
-def test_memory_budget_from_the_environment_and_resume_keeps_the_smaller_batch(chips, tmp_path, monkeypatch,
-                                                                              caplog):
+def test_memory_budget_from_the_environment_and_resume_keeps_the_smaller_batch(chips, tmp_path, monkeypatch, caplog):
     from geoseg.core.memory import BUDGET_ENV
 
     monkeypatch.setenv(BUDGET_ENV, str(budget_between(chips, tmp_path, 2, 4)))
@@ -306,8 +321,11 @@ def test_memory_budget_from_the_environment_and_resume_keeps_the_smaller_batch(c
 
 
 def test_budget_too_small_for_batch_one_is_a_clear_error(chips, tmp_path):
-    with pytest.raises(GeoSegError, match=r"Out of memory in training even with batch size 1 \(A training step at "
-                                          r"batch size 1 needs about [\d.]+ MB, over the 0.001 MB budget\)"):
+    with pytest.raises(
+        GeoSegError,
+        match=r"Out of memory in training even with batch size 1 \(A training step at "
+        r"batch size 1 needs about [\d.]+ MB, over the 0.001 MB budget\)",
+    ):
         train(params(chips, tmp_path, memory_budget_mb=0.001))
     assert os.listdir(tmp_path) == []
     with pytest.raises(GeoSegError, match="MEMORY_BUDGET must be 0"):
@@ -357,8 +375,7 @@ def test_oom_in_validation_halves_only_the_validation_batch(chips, tmp_path, mon
 
 
 def test_missing_output_folder_is_created_and_removed_again_on_cancel(chips, tmp_path):
-    p = TrainParams(chips, str(tmp_path / "new" / "model.pt"), device="cpu", model_options=TINY, epochs=1,
-                    batch_size=4)
+    p = TrainParams(chips, str(tmp_path / "new" / "model.pt"), device="cpu", model_options=TINY, epochs=1, batch_size=4)
     with pytest.raises(Cancelled):
         train(p, cancelled=lambda: True)
     assert os.listdir(tmp_path) == []

@@ -106,8 +106,13 @@ def test_predicted_values_absent_from_reference_are_errors(tmp_path):
     pred[0, :5] = 300  # 5 pixels, reference 1
     pred[1, :2] = 7  # 2 pixels of an in-range value the reference never holds
     pred[9, 9] = 65535  # prediction nodata: excluded
-    r = assess(AssessParams(_uint16(str(tmp_path / "p.tif"), pred, 65535), str(tmp_path / "r.json"),
-                            write_classes(str(tmp_path / "ref.tif"), ref, None)))
+    r = assess(
+        AssessParams(
+            _uint16(str(tmp_path / "p.tif"), pred, 65535),
+            str(tmp_path / "r.json"),
+            write_classes(str(tmp_path / "ref.tif"), ref, None),
+        )
+    )
     report = json.load(open(r.report_path))
     assert report["values"] == [1, 2, 7, 300]
     assert report["predicted_values_not_in_reference"] == [{"value": 7, "pixels": 2}, {"value": 300, "pixels": 5}]
@@ -139,8 +144,11 @@ def test_multiband_reference_refused(tmp_path):
 def test_assess_names_only_its_parameters(tmp_path):
     pred = write_classes(str(tmp_path / "p.tif"), np.ones((10, 10), np.uint8), 255)
     with pytest.raises(GeoSegError) as e:
-        assess(AssessParams(pred, str(tmp_path / "r.json"), reference_vector=str(tmp_path / "missing.gpkg"),
-                            class_field="cls"))
+        assess(
+            AssessParams(
+                pred, str(tmp_path / "r.json"), reference_vector=str(tmp_path / "missing.gpkg"), class_field="cls"
+            )
+        )
     assert str(e.value).startswith("REFERENCE_VECTOR: ") and "LABELS" not in str(e.value)
 
 

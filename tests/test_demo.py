@@ -15,8 +15,14 @@ from helpers import REPO
 def test_demo_runs_the_whole_workflow(qgis_app, tmp_path):
     out = tmp_path / "demo out"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", GDAL_PAM_ENABLED="NO")
-    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh"), str(out)], capture_output=True,
-                          text=True, timeout=900, env=env, check=False)
+    proc = subprocess.run(
+        ["bash", os.path.join(REPO, "scripts", "demo.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "validation mIoU" in proc.stdout and "held-out scene" in proc.stdout
     report = json.load(open(out / "heldout_report.json"))
@@ -31,6 +37,11 @@ def test_demo_runs_the_whole_workflow(qgis_app, tmp_path):
     assert isinstance(layers["held-out — GeoSeg classes"].renderer(), QgsPalettedRasterRenderer)
     # a second run into the same folder replaces only what the demo made; anything else is refused
     (tmp_path / "mine").mkdir()
-    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh"), str(tmp_path / "mine")],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        ["bash", os.path.join(REPO, "scripts", "demo.sh"), str(tmp_path / "mine")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert proc.returncode != 0 and "was not made by the demo" in proc.stderr

@@ -24,7 +24,7 @@ def make_wheel(folder: Path, name: str = NAME, version: str = "0.1") -> Path:
         f"{name}/__init__.py": b"ANSWER = 42\n",
         f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
         f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\n"
-                                             b"Tag: py3-none-any\n",
+        b"Tag: py3-none-any\n",
     }
     record_name = f"{name}-{version}.dist-info/RECORD"
     rows = []
@@ -54,8 +54,15 @@ def test_installs_a_local_wheel(qgis_app, tmp_path, clean_import_path):
     wheels.mkdir()
     make_wheel(wheels)
     target = tmp_path / "target" / "py3"
-    dlg = DepsDialog(None, modules=[NAME], packages=[NAME], target=str(target), python=sys.executable,
-                     extra_args=["--no-index", "--find-links", str(wheels)], cuda=False)
+    dlg = DepsDialog(
+        None,
+        modules=[NAME],
+        packages=[NAME],
+        target=str(target),
+        python=sys.executable,
+        extra_args=["--no-index", "--find-links", str(wheels)],
+        cuda=False,
+    )
     try:
         assert dlg.installButton.isEnabled() and not dlg.cancelButton.isEnabled()
         command = dlg.commandView.toPlainText()
@@ -85,8 +92,15 @@ def test_installs_a_local_wheel(qgis_app, tmp_path, clean_import_path):
 
 def test_pip_failure_is_reported(qgis_app, tmp_path, clean_import_path):
     """No such package in the local index: pip's error is shown with its exit status, nothing is imported."""
-    dlg = DepsDialog(None, modules=["geoseg_nothere"], packages=["geoseg_nothere"], target=str(tmp_path / "t"),
-                     python=sys.executable, extra_args=["--no-index", "--find-links", str(tmp_path)], cuda=False)
+    dlg = DepsDialog(
+        None,
+        modules=["geoseg_nothere"],
+        packages=["geoseg_nothere"],
+        target=str(tmp_path / "t"),
+        python=sys.executable,
+        extra_args=["--no-index", "--find-links", str(tmp_path)],
+        cuda=False,
+    )
     try:
         dlg.install()
         assert dlg.wait(120)
@@ -101,8 +115,9 @@ def test_cancel_stops_pip(qgis_app, tmp_path, clean_import_path):
     """Cancel kills the process; the dialog says so and is ready to try again."""
     slow = tmp_path / "slow.py"
     slow.write_text("import sys, time\nprint('starting', flush=True)\ntime.sleep(60)\n")
-    dlg = DepsDialog(None, modules=[NAME], packages=[NAME], target=str(tmp_path / "t"), python=sys.executable,
-                     cuda=False)
+    dlg = DepsDialog(
+        None, modules=[NAME], packages=[NAME], target=str(tmp_path / "t"), python=sys.executable, cuda=False
+    )
     try:
         dlg.command = lambda: [sys.executable, str(slow)]  # a pip that would take a minute
         dlg.install()

@@ -23,17 +23,35 @@ def test_make_package(tmp_path):
         names = z.namelist()
         z.extractall(tmp_path)
     assert all(n.startswith("geoseg/") for n in names)
-    for required in ("geoseg/metadata.txt", "geoseg/__init__.py", "geoseg/plugin.py", "geoseg/resources.py",
-                     "geoseg/core/chips.py", "geoseg/algorithms/exportchips.py", "geoseg/ui/export_dialog.py",
-                     "geoseg/icons/geoseg.svg", "geoseg/LICENSE", "geoseg/core/deps.py", "geoseg/ui/deps_dialog.py",
-                     "geoseg/ui/settings.py", "geoseg/adapter/layers.py", "geoseg/adapter/style.py"):
+    for required in (
+        "geoseg/metadata.txt",
+        "geoseg/__init__.py",
+        "geoseg/plugin.py",
+        "geoseg/resources.py",
+        "geoseg/core/chips.py",
+        "geoseg/algorithms/exportchips.py",
+        "geoseg/ui/export_dialog.py",
+        "geoseg/icons/geoseg.svg",
+        "geoseg/LICENSE",
+        "geoseg/core/deps.py",
+        "geoseg/ui/deps_dialog.py",
+        "geoseg/ui/settings.py",
+        "geoseg/adapter/layers.py",
+        "geoseg/adapter/style.py",
+    ):
         assert required in names
     banned = ("tests/", ".venv", "__pycache__", ".git", ".build", "benchmarks/", ".pyc", "demo_output")
     assert not [n for n in names if any(b in n for b in banned)]
     # the zipped plugin is importable on its own and exposes classFactory
     code = "import geoseg, geoseg.algorithms.provider; print(callable(geoseg.classFactory))"
-    out = subprocess.run(["/usr/bin/python3", "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(tmp_path)}, check=False)
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        check=False,
+    )
     assert out.stdout.strip() == "True", out.stderr
 
 

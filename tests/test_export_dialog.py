@@ -37,9 +37,28 @@ from helpers import (
     wait_for,
 )
 
-WIDGETS = ("inputLayer", "labelsLayer", "classField", "nameField", "chipSize", "strideX", "strideY",
-           "mode", "background", "maxNodata", "validationFraction", "splitMethod", "blockSize", "seed",
-           "outputDir", "indexCheck", "progress", "runButton", "cancelButton", "messageLabel")
+WIDGETS = (
+    "inputLayer",
+    "labelsLayer",
+    "classField",
+    "nameField",
+    "chipSize",
+    "strideX",
+    "strideY",
+    "mode",
+    "background",
+    "maxNodata",
+    "validationFraction",
+    "splitMethod",
+    "blockSize",
+    "seed",
+    "outputDir",
+    "indexCheck",
+    "progress",
+    "runButton",
+    "cancelButton",
+    "messageLabel",
+)
 
 
 # ---------------------------------------------------------------- data helpers
@@ -50,8 +69,9 @@ NAMES = {1: "water", 2: "forest", 3: "urban"}
 WIDE = [(utm_box(0, 0, 1500, 1500), 1)]  # for the 2000 x 2000 px raster
 
 
-def raster_layer(path: str, width: int = 120, height: int = 90, bands: int = 3,
-                 dtype: int = gdal.GDT_UInt16) -> QgsRasterLayer:
+def raster_layer(
+    path: str, width: int = 120, height: int = 90, bands: int = 3, dtype: int = gdal.GDT_UInt16
+) -> QgsRasterLayer:
     """Random raster (nodata 0, values never 0) added to the project."""
     make_raster(path, width, height, bands=bands, dtype=dtype)
     return add(QgsRasterLayer(path, os.path.splitext(os.path.basename(path))[0], "gdal"))
@@ -64,8 +84,7 @@ def labels_layer(path: str, features=LABELS, names=NAMES, uri_suffix: str = "") 
 
 
 def memory_labels() -> QgsVectorLayer:
-    layer = QgsVectorLayer("Polygon?crs=EPSG:4326&field=cls:integer&field=name:string(20)",
-                           "memory labels", "memory")
+    layer = QgsVectorLayer("Polygon?crs=EPSG:4326&field=cls:integer&field=name:string(20)", "memory labels", "memory")
     feats = []
     for wkt, value in LABELS:
         f = QgsFeature(layer.fields())
@@ -156,19 +175,47 @@ def test_params_maps_widgets(layers, dialog, tmp_path):
     raster, labels = layers
     out = str(tmp_path / "chips")
     setup(dialog, raster, labels, out)
-    set_widgets(dialog, nameField="name", strideX=16, mode=2, background=7, maxNodata=0.5,
-                validationFraction=0.3, splitMethod=1, blockSize=64, seed=42)
+    set_widgets(
+        dialog,
+        nameField="name",
+        strideX=16,
+        mode=2,
+        background=7,
+        maxNodata=0.5,
+        validationFraction=0.3,
+        splitMethod=1,
+        blockSize=64,
+        seed=42,
+    )
     p = dialog.params()
     assert p == ExportParams(
-        input_path=raster.source(), labels_path=f"{tmp_path / 'labels.gpkg'}|layername=labels",
-        output_dir=out, class_field="cls", name_field="name", chip_size=32, stride_x=16, stride_y=None,
-        mode="divided", background=7, max_nodata_fraction=0.5, validation_fraction=0.3,
-        split_method="blocks", block_size=64, seed=42, index_path=str(tmp_path / "chips_index.gpkg"))
+        input_path=raster.source(),
+        labels_path=f"{tmp_path / 'labels.gpkg'}|layername=labels",
+        output_dir=out,
+        class_field="cls",
+        name_field="name",
+        chip_size=32,
+        stride_x=16,
+        stride_y=None,
+        mode="divided",
+        background=7,
+        max_nodata_fraction=0.5,
+        validation_fraction=0.3,
+        split_method="blocks",
+        block_size=64,
+        seed=42,
+        index_path=str(tmp_path / "chips_index.gpkg"),
+    )
 
     set_widgets(dialog, classField="", mode=1, splitMethod=0, blockSize=0, indexCheck=False)
     p = dialog.params()
     assert (p.class_field, p.mode, p.split_method, p.block_size, p.index_path) == (
-        None, "positive", "random", None, None)
+        None,
+        "positive",
+        "random",
+        None,
+        None,
+    )
 
 
 def test_index_path_is_sibling_of_output_folder():
@@ -229,8 +276,7 @@ def test_run_exports_and_adds_index(layers, dialog, tmp_path, qgis_app, qgis_ifa
     assert len(added) == 1 and added[0].isValid() and added[0].featureCount() == 12
     messages = qgis_iface.messageBar().get_messages(Qgis.Success)
     assert len(messages) == n_success + 1
-    assert f"Exported 12 chips ({result.n_train} train, {result.n_validation} validation) to {out}" \
-        in messages[-1]
+    assert f"Exported 12 chips ({result.n_train} train, {result.n_validation} validation) to {out}" in messages[-1]
     assert dialog.runButton.isEnabled() and not dialog.cancelButton.isEnabled()
     assert dialog.progress.value() == 100
     assert "Exported 12 chips" in dialog.messageLabel.text()
@@ -333,8 +379,7 @@ def test_non_gdal_raster_is_refused(layers, dialog, tmp_path):
     ref = QgsRasterDataProvider.VirtualRasterInputLayers()
     ref.name, ref.uri, ref.provider = "img", raster.source(), "gdal"
     vp.rInputLayers = [ref]
-    virtual = add(QgsRasterLayer(QgsRasterDataProvider.encodeVirtualRasterProviderUri(vp), "calc",
-                                 "virtualraster"))
+    virtual = add(QgsRasterLayer(QgsRasterDataProvider.encodeVirtualRasterProviderUri(vp), "calc", "virtualraster"))
     setup(dialog, virtual, labels, str(tmp_path / "x"))
     with pytest.raises(GeoSegError, match="virtualraster provider"):
         dialog.params()
@@ -360,8 +405,19 @@ def test_settings_round_trip(layers, dialog, tmp_path, qgis_app, qgis_iface):
     raster, labels = layers
     out = str(tmp_path / "remembered")
     setup(dialog, raster, labels, out)
-    set_widgets(dialog, strideX=20, strideY=24, mode=1, background=9, maxNodata=0.75,
-                validationFraction=0.25, splitMethod=1, blockSize=48, seed=1234, indexCheck=False)
+    set_widgets(
+        dialog,
+        strideX=20,
+        strideY=24,
+        mode=1,
+        background=9,
+        maxNodata=0.75,
+        validationFraction=0.25,
+        splitMethod=1,
+        blockSize=48,
+        seed=1234,
+        indexCheck=False,
+    )
     assert dialog.run() is not None  # run saves the settings
     wait_for(dialog, qgis_app)
     assert dialog.last_error is None, dialog.last_error

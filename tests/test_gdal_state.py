@@ -65,13 +65,23 @@ def test_importing_the_plugin_changes_nothing():
     """A fresh interpreter: every module of the plugin imported, the mode still off."""
     modules = []
     for pkg in ("core", "models", "adapter", "algorithms", "ui"):
-        modules += [f"geoseg.{pkg}.{f[:-3]}" for f in sorted(os.listdir(os.path.join(REPO, pkg)))
-                    if f.endswith(".py") and f not in ("__init__.py", "__main__.py")]
-    code = ("import importlib, json; from osgeo import gdal, ogr, osr\n"
-            f"for m in {[*modules, 'geoseg.plugin']!r}: importlib.import_module(m)\n"
-            "print(json.dumps([m.GetUseExceptions() for m in (gdal, ogr, osr)]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+        modules += [
+            f"geoseg.{pkg}.{f[:-3]}"
+            for f in sorted(os.listdir(os.path.join(REPO, pkg)))
+            if f.endswith(".py") and f not in ("__init__.py", "__main__.py")
+        ]
+    code = (
+        "import importlib, json; from osgeo import gdal, ogr, osr\n"
+        f"for m in {[*modules, 'geoseg.plugin']!r}: importlib.import_module(m)\n"
+        "print(json.dumps([m.GetUseExceptions() for m in (gdal, ogr, osr)]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [0, 0, 0]
 
 
@@ -92,18 +102,43 @@ def test_algorithms_change_nothing(host, geoseg_provider, data, tmp_path):
     import processing
 
     out = str(tmp_path)
-    processing.run("geoseg:exportchips", {"INPUT": data["raster"], "LABELS": data["labels"], "CLASS_FIELD": "cls",
-                                          "CHIP_SIZE": 32, "OUTPUT_DIR": os.path.join(out, "chips")})
+    processing.run(
+        "geoseg:exportchips",
+        {
+            "INPUT": data["raster"],
+            "LABELS": data["labels"],
+            "CLASS_FIELD": "cls",
+            "CHIP_SIZE": 32,
+            "OUTPUT_DIR": os.path.join(out, "chips"),
+        },
+    )
     assert state() == host, "exportchips"
-    trained = processing.run("geoseg:train", {
-        "CHIPS": data["chips"], "OUTPUT_MODEL": os.path.join(out, "m.pt"), "EPOCHS": 1, "BATCH_SIZE": 4, "DEVICE": 1,
-        "MODEL_OPTIONS": json.dumps({"base_width": 4, "depth": 2})})
+    trained = processing.run(
+        "geoseg:train",
+        {
+            "CHIPS": data["chips"],
+            "OUTPUT_MODEL": os.path.join(out, "m.pt"),
+            "EPOCHS": 1,
+            "BATCH_SIZE": 4,
+            "DEVICE": 1,
+            "MODEL_OPTIONS": json.dumps({"base_width": 4, "depth": 2}),
+        },
+    )
     assert state() == host, "train"
-    seg = processing.run("geoseg:segment", {"INPUT": data["raster"], "MODEL": trained["OUTPUT_ONNX"],
-                                            "OUTPUT": os.path.join(out, "c.tif")})
+    seg = processing.run(
+        "geoseg:segment",
+        {"INPUT": data["raster"], "MODEL": trained["OUTPUT_ONNX"], "OUTPUT": os.path.join(out, "c.tif")},
+    )
     assert state() == host, "segment"
-    processing.run("geoseg:assess", {"PREDICTION": seg["OUTPUT"], "REFERENCE_VECTOR": data["labels"],
-                                     "CLASS_FIELD": "cls", "OUTPUT_REPORT": os.path.join(out, "r.json")})
+    processing.run(
+        "geoseg:assess",
+        {
+            "PREDICTION": seg["OUTPUT"],
+            "REFERENCE_VECTOR": data["labels"],
+            "CLASS_FIELD": "cls",
+            "OUTPUT_REPORT": os.path.join(out, "r.json"),
+        },
+    )
     assert state() == host, "assess"
     processing.run("geoseg:exportonnx", {"MODEL": trained["OUTPUT_MODEL"], "OUTPUT": os.path.join(out, "again.onnx")})
     assert state() == host, "exportonnx"
@@ -116,8 +151,10 @@ def test_failing_runs_change_nothing_and_keep_their_messages(host, geoseg_provid
         processing.run("geoseg:train", {"CHIPS": str(tmp_path), "OUTPUT_MODEL": str(tmp_path / "n.pt")})
     assert state() == host
     with pytest.raises(QgsProcessingException):
-        processing.run("geoseg:segment", {"INPUT": data["raster"], "MODEL": str(tmp_path / "missing.onnx"),
-                                          "OUTPUT": str(tmp_path / "c.tif")})
+        processing.run(
+            "geoseg:segment",
+            {"INPUT": data["raster"], "MODEL": str(tmp_path / "missing.onnx"), "OUTPUT": str(tmp_path / "c.tif")},
+        )
     assert state() == host
     # core relies on GDAL raising; with the host's mode off it still reports what went wrong
     with pytest.raises(GeoSegError, match="raster file not found"):
@@ -126,12 +163,16 @@ def test_failing_runs_change_nothing_and_keep_their_messages(host, geoseg_provid
     garbage = tmp_path / "garbage.gpkg"
     garbage.write_text("not a GeoPackage")
     with pytest.raises(GeoSegError, match="LABELS: OGR cannot open .* as a vector layer"):
-        export_chips(ExportParams(data["raster"], str(garbage), str(tmp_path / "chips"), class_field="cls",
-                                  chip_size=32))
+        export_chips(
+            ExportParams(data["raster"], str(garbage), str(tmp_path / "chips"), class_field="cls", chip_size=32)
+        )
     assert state() == host
     with pytest.raises(GeoSegError, match="INPUT: raster file not found"):  # only GDAL's exception tells
-        export_chips(ExportParams(str(tmp_path / "missing.tif"), data["labels"], str(tmp_path / "chips"),
-                                  class_field="cls", chip_size=32))
+        export_chips(
+            ExportParams(
+                str(tmp_path / "missing.tif"), data["labels"], str(tmp_path / "chips"), class_field="cls", chip_size=32
+            )
+        )
     assert state() == host
 
 

@@ -16,10 +16,24 @@ from qgis.PyQt.QtGui import QImage
 
 from helpers import REPO
 
-NAMES = ("export_dialog.png", "chip_index.png", "train_dialog.png", "segment_dialog.png", "segment_result.png",
-         "assess_dialog.png", "deps_dialog.png", "settings_dialog.png")
-WINDOWS = ("export_dialog.png", "train_dialog.png", "segment_dialog.png", "assess_dialog.png", "deps_dialog.png",
-           "settings_dialog.png")
+NAMES = (
+    "export_dialog.png",
+    "chip_index.png",
+    "train_dialog.png",
+    "segment_dialog.png",
+    "segment_result.png",
+    "assess_dialog.png",
+    "deps_dialog.png",
+    "settings_dialog.png",
+)
+WINDOWS = (
+    "export_dialog.png",
+    "train_dialog.png",
+    "segment_dialog.png",
+    "assess_dialog.png",
+    "deps_dialog.png",
+    "settings_dialog.png",
+)
 
 
 def pixels(path: str) -> np.ndarray:
@@ -27,7 +41,7 @@ def pixels(path: str) -> np.ndarray:
     ptr = img.constBits()
     ptr.setsize(img.sizeInBytes())
     rows = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine())
-    return rows[:, :img.width() * 4].reshape(img.height(), img.width(), 4)[..., :3].copy()  # img owns the bytes
+    return rows[:, : img.width() * 4].reshape(img.height(), img.width(), 4)[..., :3].copy()  # img owns the bytes
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +50,25 @@ def shots(tmp_path_factory):
     out = tmp_path_factory.mktemp("shots")
     state = out / "state.json"
     env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}  # the Makefile exports offscreen for everything else
-    proc = subprocess.run([*XVFB, sys.executable, os.path.join(REPO, "scripts", "screenshots.py"), str(out),
-                           "--state", str(state), "--epochs", "2", "--size", "192x160"],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            *XVFB,
+            sys.executable,
+            os.path.join(REPO, "scripts", "screenshots.py"),
+            str(out),
+            "--state",
+            str(state),
+            "--epochs",
+            "2",
+            "--size",
+            "192x160",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, json.loads(state.read_text(encoding="utf-8")), proc.stdout
 

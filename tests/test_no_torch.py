@@ -31,7 +31,7 @@ class GeoSegHideDeepLearning:
 sys.meta_path.insert(0, GeoSegHideDeepLearning())
 '''
 
-BODY = '''
+BODY = """
 import os, sys
 from qgis.core import QgsProcessingFeedback
 result["blocker"] = type(sys.meta_path[0]).__name__
@@ -74,7 +74,7 @@ except QgsProcessingException as e:
     result["processing"] = str(e)
 result["processing_errors"] = feedback.errors
 result["model_written"] = os.path.exists(os.path.join(CHIPS, "m.pt"))
-'''
+"""
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,23 @@ def test_metadata_is_complete():
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(REPO, "metadata.txt"), encoding="utf-8")
     meta = cfg["general"]
-    for key in ("name", "qgisMinimumVersion", "description", "version", "author", "email", "about", "tracker",
-                "repository", "homepage", "tags", "category", "icon", "changelog", "hasProcessingProvider"):
+    for key in (
+        "name",
+        "qgisMinimumVersion",
+        "description",
+        "version",
+        "author",
+        "email",
+        "about",
+        "tracker",
+        "repository",
+        "homepage",
+        "tags",
+        "category",
+        "icon",
+        "changelog",
+        "hasProcessingProvider",
+    ):
         assert meta.get(key, "").strip(), f"metadata.txt lacks {key}"
     assert meta["qgisMinimumVersion"] == "3.22" and meta["hasProcessingProvider"] == "yes"
     assert all(meta[k].startswith("https://") for k in ("tracker", "repository", "homepage"))
@@ -43,12 +58,14 @@ def test_metadata_is_complete():
 
 def test_qgis_process_lists_the_algorithms_from_the_profile(profile_root):
     env = clean_env(QGIS_CUSTOM_CONFIG_PATH=str(profile_root), QT_QPA_PLATFORM="offscreen")
-    plugins = subprocess.run(["/usr/bin/qgis_process.bin", "plugins"], capture_output=True, text=True, env=env,
-                             timeout=120, check=False)
+    plugins = subprocess.run(
+        ["/usr/bin/qgis_process.bin", "plugins"], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert plugins.returncode == 0, plugins.stderr
     assert "* geoseg" in plugins.stdout  # found in the profile's python/plugins and enabled
-    listed = subprocess.run(["/usr/bin/qgis_process.bin", "list"], capture_output=True, text=True, env=env,
-                            timeout=120, check=False)
+    listed = subprocess.run(
+        ["/usr/bin/qgis_process.bin", "list"], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert listed.returncode == 0, listed.stderr
     for alg in ALGORITHMS:
         assert alg in listed.stdout, listed.stdout[-2000:]
@@ -59,7 +76,7 @@ def test_desktop_qgis_loads_and_starts_the_zipped_plugin(profile_root):
     startup, and unloads and loads again through qgis.utils without a Python error."""
     need_xvfb()
     out = profile_root / "desktop.json"
-    body = '''
+    body = """
 import os
 result["plugin_dir"] = os.path.dirname(__import__("geoseg").__file__)
 result["active_at_start"] = "geoseg" in qgis.utils.active_plugins
@@ -74,7 +91,7 @@ geo_menu = [a.menu() for a in iface.mainWindow().menuBar().actions() if a.menu()
 result["menu_actions"] = [a.text() for a in geo_menu[0].actions() if not a.isSeparator()] if geo_menu else []
 import sys
 result["heavy"] = [m for m in ("torch", "onnxruntime") if m in sys.modules]
-'''
+"""
     result, proc = run_desktop_qgis(profile_root, desktop_code(body, out), out, clean_env())
     assert result["errors"] == [], result["errors"]
     assert result["plugin_dir"] == str(profile_root / "profiles" / "default" / "python" / "plugins" / "geoseg")

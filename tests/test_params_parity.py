@@ -11,10 +11,23 @@ import pytest
 
 from geoseg.core.params import STEPS, VALUE_KINDS, schema
 
-PROCESSING_TYPES = {"int": "number", "float": "number", "bool": "boolean", "enum": "enum", "string": "string",
-                    "json": "string", "raster": "raster", "vector": "source", "field": "field", "file": "file",
-                    "folder": "file", "file_out": "fileDestination", "folder_out": "folderDestination",
-                    "raster_out": "rasterDestination", "vector_out": "vectorDestination"}
+PROCESSING_TYPES = {
+    "int": "number",
+    "float": "number",
+    "bool": "boolean",
+    "enum": "enum",
+    "string": "string",
+    "json": "string",
+    "raster": "raster",
+    "vector": "source",
+    "field": "field",
+    "file": "file",
+    "folder": "file",
+    "file_out": "fileDestination",
+    "folder_out": "folderDestination",
+    "raster_out": "rasterDestination",
+    "vector_out": "vectorDestination",
+}
 BIG = 1e300  # QgsProcessingParameterNumber's "no limit" is ±DBL_MAX
 
 
@@ -90,17 +103,56 @@ def test_cli_keeps_old_spellings():
     from geoseg.core.cli import params_from_args
     from geoseg.core.params import ExportParams, SegmentParams, TrainParams
 
-    p = params_from_args(TrainParams, _subparser("train").parse_args(
-        ["--chips", "c", "--output-model", "m.pt", "--no-augment", "--ignore-background", "--weight-decay", "0.01",
-         "--memory-budget-mb", "512", "--model-options", '{"depth": 3}']))
-    assert (p.augment, p.ignore_background, p.weight_decay, p.memory_budget_mb, p.model_options) == \
-        (False, True, 0.01, 512.0, {"depth": 3})
-    p = params_from_args(ExportParams, _subparser("exportchips").parse_args(
-        ["--input", "r.tif", "--labels", "l.gpkg", "--output-dir", "out", "--index", "i.gpkg", "--mode", "divided"]))
+    p = params_from_args(
+        TrainParams,
+        _subparser("train").parse_args(
+            [
+                "--chips",
+                "c",
+                "--output-model",
+                "m.pt",
+                "--no-augment",
+                "--ignore-background",
+                "--weight-decay",
+                "0.01",
+                "--memory-budget-mb",
+                "512",
+                "--model-options",
+                '{"depth": 3}',
+            ]
+        ),
+    )
+    assert (p.augment, p.ignore_background, p.weight_decay, p.memory_budget_mb, p.model_options) == (
+        False,
+        True,
+        0.01,
+        512.0,
+        {"depth": 3},
+    )
+    p = params_from_args(
+        ExportParams,
+        _subparser("exportchips").parse_args(
+            ["--input", "r.tif", "--labels", "l.gpkg", "--output-dir", "out", "--index", "i.gpkg", "--mode", "divided"]
+        ),
+    )
     assert (p.labels_path, p.output_dir, p.index_path, p.mode) == ("l.gpkg", "out", "i.gpkg", "divided")
-    p = params_from_args(SegmentParams, _subparser("segment").parse_args(
-        ["--input", "r.tif", "--model", "m.onnx", "--output", "o.tif", "--probabilities", "p.tif",
-         "--memory-budget-mb", "64"]))
+    p = params_from_args(
+        SegmentParams,
+        _subparser("segment").parse_args(
+            [
+                "--input",
+                "r.tif",
+                "--model",
+                "m.onnx",
+                "--output",
+                "o.tif",
+                "--probabilities",
+                "p.tif",
+                "--memory-budget-mb",
+                "64",
+            ]
+        ),
+    )
     assert (p.probabilities_path, p.memory_budget_mb) == ("p.tif", 64.0)
 
 
@@ -113,10 +165,12 @@ def test_cli_bad_json_is_one_line(capsys):
 
 
 # ------------------------------------------------------------------ dialogs
-DIALOGS = {"exportchips": ("geoseg.ui.export_dialog", "ExportChipsDialog"),
-           "train": ("geoseg.ui.train_dialog", "TrainDialog"),
-           "segment": ("geoseg.ui.segment_dialog", "SegmentDialog"),
-           "assess": ("geoseg.ui.assess_dialog", "AssessDialog")}
+DIALOGS = {
+    "exportchips": ("geoseg.ui.export_dialog", "ExportChipsDialog"),
+    "train": ("geoseg.ui.train_dialog", "TrainDialog"),
+    "segment": ("geoseg.ui.segment_dialog", "SegmentDialog"),
+    "assess": ("geoseg.ui.assess_dialog", "AssessDialog"),
+}
 
 
 @pytest.mark.parametrize("step", list(DIALOGS))
@@ -182,8 +236,9 @@ def _invalid(step, dialog, tmp_path):
 
         labels = make_vector(str(tmp_path / "l.gpkg"), [(utm_box(0, 0, 20, 20), 1)])
         dialog.inputLayer.setLayer(raster)
-        dialog.labelsLayer.setLayer(QgsProject.instance().addMapLayer(
-            QgsVectorLayer(labels + "|layername=labels", "labels", "ogr")))
+        dialog.labelsLayer.setLayer(
+            QgsProject.instance().addMapLayer(QgsVectorLayer(labels + "|layername=labels", "labels", "ogr"))
+        )
         dialog.outputDir.setFilePath(str(tmp_path / "chips"))
         dialog.maxNodata.setValue(0.0)  # the widget allows it, core.chips.validate does not
         return dialog.maxNodata, "MAX_NODATA_FRACTION"

@@ -34,10 +34,14 @@ def test_load_unload_reload(qgis_app, qgis_iface, qgis_processing):
         menus = geoseg_menus(window)
         assert len(menus) == 1
         assert [a.text() for a in menus[0].actions() if not a.isSeparator()] == [
-            "Export training chips…", "Train model…", "Segment raster…", "Assess accuracy…", "Settings…",
-            "Install dependencies…"]
-        assert [a.text() for a in menus[0].actions() if a.objectName() == "mGeoSegAssessAction"] == \
-            ["Assess accuracy…"]
+            "Export training chips…",
+            "Train model…",
+            "Segment raster…",
+            "Assess accuracy…",
+            "Settings…",
+            "Install dependencies…",
+        ]
+        assert [a.text() for a in menus[0].actions() if a.objectName() == "mGeoSegAssessAction"] == ["Assess accuracy…"]
         assert [type(f).__name__ for f in qgis_iface.options_factories] == ["OptionsFactory"]
         toolbar = window.findChild(QToolBar, "mGeoSegToolBar")
         assert toolbar is not None and len(toolbar.actions()) == 4
@@ -67,7 +71,7 @@ def test_menu_action_opens_export_dialog(qgis_app, qgis_iface, qgis_processing):
 
 
 def test_layer_action_for_raster_layers_only(qgis_app, qgis_iface, qgis_processing):
-    """"Segment layer…" is offered in the layer tree's context menu of every raster layer (and of no
+    """ "Segment layer…" is offered in the layer tree's context menu of every raster layer (and of no
     vector layer), and goes away on unload."""
     plugin = load(qgis_iface)
     try:
@@ -87,8 +91,10 @@ def test_plugin_import_does_not_load_heavy_modules():
     import subprocess
     import sys
 
-    code = ("import sys, geoseg, geoseg.plugin, geoseg.algorithms.provider; "
-            "print(','.join(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, geoseg, geoseg.plugin, geoseg.algorithms.provider; "
+        "print(','.join(m for m in ('torch', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
@@ -157,8 +163,9 @@ def test_train_without_torch_offers_the_installer(qgis_app, qgis_iface, qgis_pro
         plugin.unload()
 
 
-def test_segment_layer_action_without_onnxruntime_offers_the_installer(qgis_app, qgis_iface, qgis_processing,
-                                                                       monkeypatch):
+def test_segment_layer_action_without_onnxruntime_offers_the_installer(
+    qgis_app, qgis_iface, qgis_processing, monkeypatch
+):
     import sys
 
     plugin = load(qgis_iface)

@@ -62,8 +62,9 @@ def test_layer_context_action_opens_dialog_with_layer(qgis_app, qgis_iface, qgis
     assert plugin.dialogs == {} and qgis_iface.custom_layer_actions == []
 
 
-def test_layer_action_runs_segmentation_and_styles_the_result(qgis_app, qgis_iface, qgis_processing, layers,
-                                                               model, tmp_path):
+def test_layer_action_runs_segmentation_and_styles_the_result(
+    qgis_app, qgis_iface, qgis_processing, layers, model, tmp_path
+):
     plugin = importlib.import_module("geoseg").classFactory(qgis_iface)
     plugin.initGui()
     try:

@@ -36,9 +36,31 @@ from geoseg.ui.segment_dialog import SegmentDialog
 
 from helpers import UTM, make_raster, open_dialog, run_and_wait, set_widgets, srs, wait_for
 
-WIDGETS = ("inputLayer", "modelFile", "cardView", "warningLabel", "chipSize", "strideX", "strideY", "crop",
-           "recommendedButton", "batchSize", "memoryBudget", "backend", "device", "outputFile", "probabilitiesFile",
-           "addToMap", "messageLabel", "progress", "runButton", "cancelButton", "closeButton")
+WIDGETS = (
+    "inputLayer",
+    "modelFile",
+    "cardView",
+    "warningLabel",
+    "chipSize",
+    "strideX",
+    "strideY",
+    "crop",
+    "recommendedButton",
+    "batchSize",
+    "memoryBudget",
+    "backend",
+    "device",
+    "outputFile",
+    "probabilitiesFile",
+    "addToMap",
+    "messageLabel",
+    "progress",
+    "runButton",
+    "cancelButton",
+    "closeButton",
+)
+
+
 def items(combo) -> list[str]:
     return [combo.itemText(i) for i in range(combo.count())]
 
@@ -89,8 +111,18 @@ def test_card_view_shows_the_model(dialog, model, layers):
     dialog.modelFile.setFilePath(model)
     assert dialog.card is not None and dialog.card_error is None
     text = dialog.cardView.toPlainText()
-    for expected in ("custom", "background", "water", "forest", "32 px", "EPSG:32633", "2 × 2",
-                     "stride 24 px, crop 4 px", "0.8123", "1, 2, 3"):
+    for expected in (
+        "custom",
+        "background",
+        "water",
+        "forest",
+        "32 px",
+        "EPSG:32633",
+        "2 × 2",
+        "stride 24 px, crop 4 px",
+        "0.8123",
+        "1, 2, 3",
+    ):
         assert expected in text, expected
     markup = dialog.cardView.toHtml().lower()
     assert all(c["color"] in markup for c in CLASSES[1:])  # the swatches
@@ -118,8 +150,10 @@ def test_unreadable_model_is_shown_and_refused(dialog, layers, net, tmp_path, ki
     assert_refused(dialog, expected)
 
 
-@pytest.mark.parametrize(("raster", "expected"), [
-    ("match", None), ("coarse", "pixel size (10 × 10)"), ("fourband", "4 bands"), ("utm34", "CRS")])
+@pytest.mark.parametrize(
+    ("raster", "expected"),
+    [("match", None), ("coarse", "pixel size (10 × 10)"), ("fourband", "4 bands"), ("utm34", "CRS")],
+)
 def test_compatibility_warnings(dialog, model, layers, raster, expected):
     dialog.set_input_layer(layers["match"])
     dialog.modelFile.setFilePath(model)
@@ -138,8 +172,12 @@ def test_compatibility_warnings(dialog, model, layers, raster, expected):
 def test_recommended_tiling(dialog, model, layers, tmp_path):
     setup(dialog, layers["match"], model, tmp_path / "out.tif")
     dialog.recommendedButton.click()
-    assert (dialog.chipSize.value(), dialog.strideX.value(), dialog.strideY.value(), dialog.crop.value()) == \
-        (32, 24, 24, 4)
+    assert (dialog.chipSize.value(), dialog.strideX.value(), dialog.strideY.value(), dialog.crop.value()) == (
+        32,
+        24,
+        24,
+        4,
+    )
     p = dialog.params()
     assert (p.chip_size, p.stride_x, p.stride_y, p.crop) == (32, 24, 24, 4)
 
@@ -153,27 +191,44 @@ def test_params_maps_widgets(dialog, model, layers, rasters, tmp_path):
 
     probs = str(tmp_path / "probs.tif")
     dialog.probabilitiesFile.setFilePath(probs)
-    set_widgets(dialog, chipSize=64, strideX=40, strideY=30, crop=0, batchSize=0, memoryBudget=512, backend=2,
-                device=1)
+    set_widgets(dialog, chipSize=64, strideX=40, strideY=30, crop=0, batchSize=0, memoryBudget=512, backend=2, device=1)
     assert dialog.params() == dataclasses.replace(
-        defaults, probabilities_path=probs, chip_size=64, stride_x=40, stride_y=30, crop=0, batch_size=0,
-        memory_budget_mb=512.0, backend="torch", device="cpu")
+        defaults,
+        probabilities_path=probs,
+        chip_size=64,
+        stride_x=40,
+        stride_y=30,
+        crop=0,
+        batch_size=0,
+        memory_budget_mb=512.0,
+        backend="torch",
+        device="cpu",
+    )
     set_widgets(dialog, crop=-1, backend=1, device=2)
     p = dialog.params()
     assert (p.crop, p.backend, p.device) == (None, "onnxruntime", "cuda")
 
 
-@pytest.mark.parametrize(("model_path", "output", "probabilities", "message", "marked"), [
-    (" ", "out.tif", "", "Model: choose", "modelFile"),  # the dialog's own: nothing chosen
-    ("MODEL", " ", "", "Class raster: choose", "outputFile"),
-    # the rules about the values are core's (core.predict.preflight), worded by core
-    ("MODEL", "out.png", "", r"OUTPUT must be a GeoTIFF file name ending in \.tif", "outputFile"),
-    ("MODEL", "out.tif", "probs.img", r"OUTPUT_PROBABILITIES must be a GeoTIFF file name ending in \.tif",
-     "probabilitiesFile"),
-    ("MODEL", "out.tif", "out.tif", "OUTPUT_PROBABILITIES must differ from OUTPUT", "probabilitiesFile"),
-])
-def test_params_reports_missing_or_bad_inputs(dialog, model, layers, tmp_path, model_path, output, probabilities,
-                                               message, marked):
+@pytest.mark.parametrize(
+    ("model_path", "output", "probabilities", "message", "marked"),
+    [
+        (" ", "out.tif", "", "Model: choose", "modelFile"),  # the dialog's own: nothing chosen
+        ("MODEL", " ", "", "Class raster: choose", "outputFile"),
+        # the rules about the values are core's (core.predict.preflight), worded by core
+        ("MODEL", "out.png", "", r"OUTPUT must be a GeoTIFF file name ending in \.tif", "outputFile"),
+        (
+            "MODEL",
+            "out.tif",
+            "probs.img",
+            r"OUTPUT_PROBABILITIES must be a GeoTIFF file name ending in \.tif",
+            "probabilitiesFile",
+        ),
+        ("MODEL", "out.tif", "out.tif", "OUTPUT_PROBABILITIES must differ from OUTPUT", "probabilitiesFile"),
+    ],
+)
+def test_params_reports_missing_or_bad_inputs(
+    dialog, model, layers, tmp_path, model_path, output, probabilities, message, marked
+):
     dialog.set_input_layer(layers["match"])
     dialog.modelFile.setFilePath(model if model_path == "MODEL" else model_path)
     dialog.outputFile.setFilePath(str(tmp_path / output) if output.strip() else output)
@@ -222,8 +277,18 @@ def test_validate_inputs_accepts(dialog, model, layers, tmp_path):
 def test_settings_round_trip(dialog, model, layers, tmp_path, qgis_iface):
     setup(dialog, layers["match"], model, tmp_path / "out.tif")
     dialog.probabilitiesFile.setFilePath(str(tmp_path / "p.tif"))
-    set_widgets(dialog, chipSize=48, strideX=20, strideY=22, crop=3, batchSize=5, memoryBudget=768, backend=1,
-                device=1, addToMap=False)
+    set_widgets(
+        dialog,
+        chipSize=48,
+        strideX=20,
+        strideY=22,
+        crop=3,
+        batchSize=5,
+        memoryBudget=768,
+        backend=1,
+        device=1,
+        addToMap=False,
+    )
     dialog.save_settings()
     other = SegmentDialog(qgis_iface)
     try:
@@ -231,10 +296,15 @@ def test_settings_round_trip(dialog, model, layers, tmp_path, qgis_iface):
         assert "water" in other.cardView.toPlainText()
         assert other.outputFile.filePath() == str(tmp_path / "out.tif")
         assert other.probabilitiesFile.filePath() == str(tmp_path / "p.tif")
-        assert (other.chipSize.value(), other.strideX.value(), other.strideY.value(), other.crop.value(),
-                other.batchSize.value(), other.memoryBudget.value()) == (48, 20, 22, 3, 5, 768)
-        assert (other.backend.currentIndex(), other.device.currentIndex(), other.addToMap.isChecked()) == \
-            (1, 1, False)
+        assert (
+            other.chipSize.value(),
+            other.strideX.value(),
+            other.strideY.value(),
+            other.crop.value(),
+            other.batchSize.value(),
+            other.memoryBudget.value(),
+        ) == (48, 20, 22, 3, 5, 768)
+        assert (other.backend.currentIndex(), other.device.currentIndex(), other.addToMap.isChecked()) == (1, 1, False)
     finally:
         other.deleteLater()
 
@@ -291,16 +361,19 @@ def test_run_segments_and_adds_styled_layers(dialog, model, net, layers, rasters
 
     messages = qgis_iface.messageBar().get_messages(Qgis.Success)
     assert len(messages) == n_success + 1
-    assert (f"Segmented match with custom: {out} ({result.tiles} tiles, {result.seconds:.1f} s, "
-            f"{result.backend}/{result.provider}, batch size 8)") in messages[-1]
+    assert (
+        f"Segmented match with custom: {out} ({result.tiles} tiles, {result.seconds:.1f} s, "
+        f"{result.backend}/{result.provider}, batch size 8)"
+    ) in messages[-1]
     assert result.backend == "onnxruntime" and "Segmented match" in dialog.messageLabel.text()
     assert dialog.progress.value() == 100 and dialog.runButton.isEnabled()
 
     layer = dialog.last_layer
     assert layer is not None and QgsProject.instance().mapLayer(layer.id()) is layer
     assert layer.name() == "match — GeoSeg classes" and layer.source() == str(out)
-    assert [(int(c.value), c.color.name(), c.label) for c in layer.renderer().classes()] == \
-        [(c["value"], c["color"], c["name"]) for c in CLASSES]
+    assert [(int(c.value), c.color.name(), c.label) for c in layer.renderer().classes()] == [
+        (c["value"], c["color"], c["name"]) for c in CLASSES
+    ]
     prob_layer = dialog.last_probabilities_layer
     assert prob_layer is not None and prob_layer.name() == "match — GeoSeg probabilities"
     assert isinstance(prob_layer.renderer(), QgsSingleBandGrayRenderer)
@@ -338,8 +411,10 @@ def test_core_error_is_reported(dialog, layers, tmp_path, qgis_app, qgis_iface):
 
 # ---------------------------------------------------------------- plugin
 def test_dialog_import_does_not_load_heavy_modules():
-    code = ("import sys, geoseg.ui.segment_dialog, geoseg.adapter.style; "
-            "print(','.join(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, geoseg.ui.segment_dialog, geoseg.adapter.style; "
+        "print(','.join(m for m in ('torch', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

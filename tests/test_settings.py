@@ -29,8 +29,16 @@ from geoseg.ui.segment_dialog import SegmentDialog
 from geoseg.ui.settings import OptionsFactory, SettingsDialog, SettingsWidget
 from geoseg.ui.train_dialog import TrainDialog
 
-INPUTS = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QgsFileWidget, QListWidget, QPlainTextEdit,
-          QTextBrowser)
+INPUTS = (
+    QAbstractButton,
+    QAbstractSpinBox,
+    QComboBox,
+    QLineEdit,
+    QgsFileWidget,
+    QListWidget,
+    QPlainTextEdit,
+    QTextBrowser,
+)
 KEYS = ("geoseg/settings", "geoseg/train", "geoseg/segment", "geoseg/assess")
 
 
@@ -61,11 +69,18 @@ def untipped_inputs(dlg: QWidget) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("make", [
-    lambda iface: ExportChipsDialog(iface), lambda iface: TrainDialog(iface), lambda iface: SegmentDialog(iface),
-    lambda iface: AssessDialog(iface), lambda iface: DepsDialog(iface, cuda=False),
-    lambda iface: SettingsDialog(iface)],
-    ids=["export", "train", "segment", "assess", "deps", "settings"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda iface: ExportChipsDialog(iface),
+        lambda iface: TrainDialog(iface),
+        lambda iface: SegmentDialog(iface),
+        lambda iface: AssessDialog(iface),
+        lambda iface: DepsDialog(iface, cuda=False),
+        lambda iface: SettingsDialog(iface),
+    ],
+    ids=["export", "train", "segment", "assess", "deps", "settings"],
+)
 def test_every_input_has_a_tooltip_and_the_dialog_has_help(qgis_app, qgis_iface, make):
     dlg = make(qgis_iface)
     try:

@@ -27,10 +27,31 @@ from geoseg.ui.train_dialog import SETTINGS_PREFIX, TORCH_MISSING, TrainDialog
 
 from helpers import fresh_settings, make_raster, make_vector, open_dialog, set_widgets, utm_box, wait_for
 
-WIDGETS = ("chipsDir", "architecture", "epochs", "batchSize", "learningRate", "loss", "device", "seed",
-           "outputModel", "classWeights", "ignoreBackground", "schedule", "patience", "augment", "resume",
-           "modelOptions", "deviceLabel", "plotCanvas", "classTable", "progress", "runButton", "cancelButton",
-           "closeButton")
+WIDGETS = (
+    "chipsDir",
+    "architecture",
+    "epochs",
+    "batchSize",
+    "learningRate",
+    "loss",
+    "device",
+    "seed",
+    "outputModel",
+    "classWeights",
+    "ignoreBackground",
+    "schedule",
+    "patience",
+    "augment",
+    "resume",
+    "modelOptions",
+    "deviceLabel",
+    "plotCanvas",
+    "classTable",
+    "progress",
+    "runButton",
+    "cancelButton",
+    "closeButton",
+)
 TINY = '{"base_width": 4, "depth": 2}'
 NAMES = {1: "water", 2: "forest", 3: "urban"}
 
@@ -42,12 +63,15 @@ def chips_dir(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("train_data")
     raster = str(folder / "img.tif")
     make_raster(raster, 96, 96, bands=3)
-    labels = make_vector(str(folder / "labels.gpkg"),
-                         [(utm_box(5, 5, 40, 30), 1), (utm_box(50, 40, 90, 85), 2), (utm_box(10, 50, 40, 80), 3)],
-                         names=NAMES)
+    labels = make_vector(
+        str(folder / "labels.gpkg"),
+        [(utm_box(5, 5, 40, 30), 1), (utm_box(50, 40, 90, 85), 2), (utm_box(10, 50, 40, 80), 3)],
+        names=NAMES,
+    )
     out = str(folder / "chips")
-    result = export_chips(ExportParams(raster, labels, out, class_field="cls", name_field="name", chip_size=32,
-                                       validation_fraction=0.3))
+    result = export_chips(
+        ExportParams(raster, labels, out, class_field="cls", name_field="name", chip_size=32, validation_fraction=0.3)
+    )
     assert result.n_chips == 9 and result.n_validation > 0
     return out
 
@@ -118,26 +142,56 @@ def test_params_maps_widgets(dialog, chips_dir, tmp_path):
     assert defaults == TrainParams(chips_dir, out)  # the dialog's defaults are core's
 
     options = {"base_width": 8, "depth": 3, "deep_supervision": True}
-    set_widgets(dialog, architecture=1, epochs=5, batchSize=3, learningRate=0.005, loss=4, device=1, seed=77,
-                classWeights=1, ignoreBackground=True, schedule=1, patience=3, augment=False, resume=True,
-                modelOptions=json.dumps(options))
+    set_widgets(
+        dialog,
+        architecture=1,
+        epochs=5,
+        batchSize=3,
+        learningRate=0.005,
+        loss=4,
+        device=1,
+        seed=77,
+        classWeights=1,
+        ignoreBackground=True,
+        schedule=1,
+        patience=3,
+        augment=False,
+        resume=True,
+        modelOptions=json.dumps(options),
+    )
     assert dialog.params() == dataclasses.replace(
-        defaults, architecture="unetpp", epochs=5, batch_size=3, learning_rate=0.005, loss="tversky",
-        device="cpu", seed=77, class_weights="inverse_frequency", ignore_background=True, schedule="cosine",
-        patience=3, augment=False, resume=True, model_options=options)
+        defaults,
+        architecture="unetpp",
+        epochs=5,
+        batch_size=3,
+        learning_rate=0.005,
+        loss="tversky",
+        device="cpu",
+        seed=77,
+        class_weights="inverse_frequency",
+        ignore_background=True,
+        schedule="cosine",
+        patience=3,
+        augment=False,
+        resume=True,
+        model_options=options,
+    )
 
     set_widgets(dialog, architecture=3, loss=5, device=2, modelOptions="  ")
     p = dialog.params()
     assert (p.architecture, p.loss, p.device, p.model_options) == ("fcn", "unified_focal", "cuda", {})
 
 
-@pytest.mark.parametrize(("chips", "output", "options", "message"), [
-    ("  ", "model.pt", "", "Chips folder: choose"),
-    ("CHIPS", " ", "", "Output model: choose"),
-    ("CHIPS", "model.onnx", "", r"Output model: the file name must end in \.pt"),
-    ("CHIPS", "model.pt", '{"base_width": 4', "MODEL_OPTIONS is not valid JSON"),
-    ("CHIPS", "model.pt", "[4, 2]", "MODEL_OPTIONS must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("chips", "output", "options", "message"),
+    [
+        ("  ", "model.pt", "", "Chips folder: choose"),
+        ("CHIPS", " ", "", "Output model: choose"),
+        ("CHIPS", "model.onnx", "", r"Output model: the file name must end in \.pt"),
+        ("CHIPS", "model.pt", '{"base_width": 4', "MODEL_OPTIONS is not valid JSON"),
+        ("CHIPS", "model.pt", "[4, 2]", "MODEL_OPTIONS must be a JSON object"),
+    ],
+)
 def test_params_reports_missing_or_bad_inputs(dialog, chips_dir, tmp_path, chips, output, options, message):
     dialog.chipsDir.setFilePath(chips_dir if chips == "CHIPS" else chips)
     dialog.outputModel.setFilePath(str(tmp_path / output) if output.strip() else output)
@@ -212,6 +266,7 @@ def test_epoch_reports_reach_the_main_thread(dialog, chips_dir, tmp_path, qgis_a
             if isinstance(r, EpochReport):
                 threads["report"].append(threading.current_thread())
             report(r)
+
         return real_train(p, report=spy_report, **kw)
 
     def spy_slot(r):
@@ -280,8 +335,19 @@ def test_cancel_after_an_epoch_keeps_model_then_resume(dialog, chips_dir, tmp_pa
 def test_settings_round_trip(dialog, chips_dir, tmp_path, qgis_iface):
     out = str(tmp_path / "remembered.pt")
     setup(dialog, chips_dir, out, epochs=7)
-    set_widgets(dialog, architecture=2, learningRate=0.002, loss=3, seed=1234, classWeights=1, ignoreBackground=True,
-                schedule=1, patience=4, augment=False, resume=True)
+    set_widgets(
+        dialog,
+        architecture=2,
+        learningRate=0.002,
+        loss=3,
+        seed=1234,
+        classWeights=1,
+        ignoreBackground=True,
+        schedule=1,
+        patience=4,
+        augment=False,
+        resume=True,
+    )
     dialog.save_settings()
     assert QgsSettings().value(SETTINGS_PREFIX + "resume") is None  # resume is not remembered
 
@@ -310,8 +376,7 @@ def test_plugin_action_opens_one_train_dialog(qgis_app, qgis_iface, qgis_process
     plugin = importlib.import_module("geoseg").classFactory(qgis_iface)
     plugin.initGui()
     try:
-        menus = [a.menu() for a in window.menuBar().actions()
-                 if a.menu() and a.menu().objectName() == "mGeoSegMenu"]
+        menus = [a.menu() for a in window.menuBar().actions() if a.menu() and a.menu().objectName() == "mGeoSegMenu"]
         assert len(menus) == 1
         action = next(a for a in menus[0].actions() if a.text() == "Train model…")
         action.trigger()

@@ -59,46 +59,83 @@ class AssessDialog(GeoSegDialog):
 
     # ---------------------------------------------------------------- layout
     def _build(self, root: QVBoxLayout) -> None:
-        self._help_label(root, "Compares a class map (e.g. written by Segment raster) with reference data: a "
-                         "raster on the same grid, or polygons with an integer class field (pixels outside "
-                         "every polygon are not counted). Nodata in either is excluded. Writes a JSON and an "
-                         "HTML report with the confusion matrix, overall accuracy, per-class precision, "
-                         "recall, F1 and IoU, mean IoU and macro F1.")
+        self._help_label(
+            root,
+            "Compares a class map (e.g. written by Segment raster) with reference data: a "
+            "raster on the same grid, or polygons with an integer class field (pixels outside "
+            "every polygon are not counted). Nodata in either is excluded. Writes a JSON and an "
+            "HTML report with the confusion matrix, overall accuracy, per-class precision, "
+            "recall, F1 and IoU, mean IoU and macro F1.",
+        )
         inputs = self._group(root, "Inputs")
-        self.predictionLayer = self._add(inputs, "Class map (prediction)", QgsMapLayerComboBox(self),
-                                         "predictionLayer", "Single-band integer class raster to assess (a GDAL "
-                                         "file layer, e.g. the GeoTIFF written by Segment raster).")
+        self.predictionLayer = self._add(
+            inputs,
+            "Class map (prediction)",
+            QgsMapLayerComboBox(self),
+            "predictionLayer",
+            "Single-band integer class raster to assess (a GDAL "
+            "file layer, e.g. the GeoTIFF written by Segment raster).",
+        )
         self.predictionLayer.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.referenceLayer = self._add(inputs, "Reference", QgsMapLayerComboBox(self), "referenceLayer",
-                                        "The truth: a class raster on the prediction's grid (same size, pixel "
-                                        "size, origin and CRS), or polygons with an integer class field.")
+        self.referenceLayer = self._add(
+            inputs,
+            "Reference",
+            QgsMapLayerComboBox(self),
+            "referenceLayer",
+            "The truth: a class raster on the prediction's grid (same size, pixel "
+            "size, origin and CRS), or polygons with an integer class field.",
+        )
         self.referenceLayer.setFilters(QgsMapLayerProxyModel.RasterLayer | QgsMapLayerProxyModel.PolygonLayer)
-        self.classField = self._add(inputs, "Class field", QgsFieldComboBox(self), "classField",
-                                    "Integer field of the reference polygons holding each polygon's class value.")
+        self.classField = self._add(
+            inputs,
+            "Class field",
+            QgsFieldComboBox(self),
+            "classField",
+            "Integer field of the reference polygons holding each polygon's class value.",
+        )
         self.classField.setFilters(QgsFieldProxyModel.Int | QgsFieldProxyModel.LongLong)
         self.classField.setAllowEmptyFieldName(True)
         self.classFieldLabel = inputs.labelForField(self.classField)
         # one reference picker for both of core's reference parameters (a raster, or polygons)
-        self.fields.update(prediction_path=self.predictionLayer, reference_path=self.referenceLayer,
-                           reference_vector=self.referenceLayer, class_field=self.classField)
+        self.fields.update(
+            prediction_path=self.predictionLayer,
+            reference_path=self.referenceLayer,
+            reference_vector=self.referenceLayer,
+            class_field=self.classField,
+        )
 
         output = self._group(root, "Output")
-        self.reportFile = self._add(output, "Report (.html or .json)", QgsFileWidget(self), "reportFile",
-                                    "Report to write: the .json and the .html are both written, beside each "
-                                    "other. GeoSeg never overwrites.", "report_file")
+        self.reportFile = self._add(
+            output,
+            "Report (.html or .json)",
+            QgsFileWidget(self),
+            "reportFile",
+            "Report to write: the .json and the .html are both written, beside each " "other. GeoSeg never overwrites.",
+            "report_file",
+        )
         self.reportFile.setStorageMode(QgsFileWidget.SaveFile)
         self.reportFile.setFilter("HTML (*.html);;JSON (*.json)")
         self.reportFile.setDialogTitle("Accuracy report")
         self.fields["report_path"] = self.reportFile
 
         result = self._group(root, "Result")
-        self.summaryLabel = self._add(result, None, QLabel(self), "summaryLabel",
-                                      "Overall accuracy, mean IoU and macro F1 of the last run, over the pixels "
-                                      "with both a prediction and a reference.")
+        self.summaryLabel = self._add(
+            result,
+            None,
+            QLabel(self),
+            "summaryLabel",
+            "Overall accuracy, mean IoU and macro F1 of the last run, over the pixels "
+            "with both a prediction and a reference.",
+        )
         self.summaryLabel.setWordWrap(True)
-        self.classTable = self._add(result, None, QTableWidget(0, len(TABLE_COLUMNS), self), "classTable",
-                                    "Per-class precision, recall, F1 and IoU of the last run (— : never "
-                                    "predicted), with the number of reference pixels.")
+        self.classTable = self._add(
+            result,
+            None,
+            QTableWidget(0, len(TABLE_COLUMNS), self),
+            "classTable",
+            "Per-class precision, recall, F1 and IoU of the last run (— : never "
+            "predicted), with the number of reference pixels.",
+        )
         self.classTable.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
         self.classTable.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.classTable.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
@@ -107,15 +144,20 @@ class AssessDialog(GeoSegDialog):
         self.classTable.setMinimumHeight(140)
         row = QHBoxLayout()
         row.addStretch(1)
-        self.openReportButton = self._button(row, "Open report", "openReportButton",
-                                             "Open the HTML report of the last run in the web browser.")
+        self.openReportButton = self._button(
+            row, "Open report", "openReportButton", "Open the HTML report of the last run in the web browser."
+        )
         self.openReportButton.setEnabled(False)
         self.openReportButton.clicked.connect(self.open_report)
         result.addRow(row)
 
-        self._add_run_controls(root, "assessment", "Problems with the inputs and the outcome of the last run.",
-                               "Assess the class map in the background.",
-                               "Stop the running assessment; no report is written.")
+        self._add_run_controls(
+            root,
+            "assessment",
+            "Problems with the inputs and the outcome of the last run.",
+            "Assess the class map in the background.",
+            "Stop the running assessment; no report is written.",
+        )
         self.referenceLayer.layerChanged.connect(self._reference_changed)
         self._reference_changed(self.referenceLayer.currentLayer())
 
@@ -138,23 +180,31 @@ class AssessDialog(GeoSegDialog):
     def params(self) -> AssessParams:
         """Build core's AssessParams from the widgets; GeoSegError says what is missing (GUI-only checks:
         a class map, a reference and a report must be chosen; every rule about them is core's `validate`)."""
-        prediction = self._about("PREDICTION", raster_source, self.predictionLayer.currentLayer(),
-                                 "Class map (prediction)")
+        prediction = self._about(
+            "PREDICTION", raster_source, self.predictionLayer.currentLayer(), "Class map (prediction)"
+        )
         reference = self.referenceLayer.currentLayer()
         if reference is None:
-            raise GeoSegError("Reference: choose a class raster on the prediction's grid or a polygon layer.",
-                              param="REFERENCE")
+            raise GeoSegError(
+                "Reference: choose a class raster on the prediction's grid or a polygon layer.", param="REFERENCE"
+            )
         report = self.reportFile.filePath().strip()
         if not report:
-            raise GeoSegError("Report: choose the .html or .json file to write (both are written).",
-                              param="OUTPUT_REPORT")
+            raise GeoSegError(
+                "Report: choose the .html or .json file to write (both are written).", param="OUTPUT_REPORT"
+            )
         if isinstance(reference, QgsVectorLayer):
-            return AssessParams(prediction_path=prediction, report_path=report,
-                                reference_vector=self._about("REFERENCE_VECTOR", vector_source, reference,
-                                                             self._temp_dirs),
-                                class_field=self.classField.currentField() or None)
-        return AssessParams(prediction_path=prediction, report_path=report,
-                            reference_path=self._about("REFERENCE", raster_source, reference, "Reference"))
+            return AssessParams(
+                prediction_path=prediction,
+                report_path=report,
+                reference_vector=self._about("REFERENCE_VECTOR", vector_source, reference, self._temp_dirs),
+                class_field=self.classField.currentField() or None,
+            )
+        return AssessParams(
+            prediction_path=prediction,
+            report_path=report,
+            reference_path=self._about("REFERENCE", raster_source, reference, "Reference"),
+        )
 
     def _checked_params(self) -> AssessParams:
         """`params()` plus core's cheap checks (class field, report names, never overwrite), before any work."""
@@ -165,8 +215,13 @@ class AssessDialog(GeoSegDialog):
     # ---------------------------------------------------------------- running
     def _create_task(self, p: AssessParams) -> CoreTask:
         self._clear_result()
-        return CoreTask(f"GeoSeg: assess {os.path.basename(p.prediction_path)} → "
-                        f"{os.path.basename(p.report_path)}", assess, p, self._on_success, self._on_error)
+        return CoreTask(
+            f"GeoSeg: assess {os.path.basename(p.prediction_path)} → " f"{os.path.basename(p.report_path)}",
+            assess,
+            p,
+            self._on_success,
+            self._on_error,
+        )
 
     def _clear_result(self) -> None:
         self.last_report = None
@@ -175,9 +230,11 @@ class AssessDialog(GeoSegDialog):
         self.openReportButton.setEnabled(False)
 
     def _success_text(self, result: AssessResult) -> str:
-        return (f"Assessed over {result.pixels} pixels: overall accuracy {pct(result.overall_accuracy)} %, "
-                f"mean IoU {pct(result.mean_iou)} %, macro F1 {pct(result.macro_f1)} %. "
-                f"Report: {result.html_path}")
+        return (
+            f"Assessed over {result.pixels} pixels: overall accuracy {pct(result.overall_accuracy)} %, "
+            f"mean IoU {pct(result.mean_iou)} %, macro F1 {pct(result.macro_f1)} %. "
+            f"Report: {result.html_path}"
+        )
 
     def _show_result(self, result: AssessResult) -> None:
         """The figures and the per-class table, from the JSON report core wrote (it names the classes)."""
@@ -187,12 +244,20 @@ class AssessDialog(GeoSegDialog):
             self.last_report = json.load(f)
         self.summaryLabel.setText(
             f"<b>Overall accuracy {pct(result.overall_accuracy)} %</b> · mean IoU {pct(result.mean_iou)} % · "
-            f"macro F1 {pct(result.macro_f1)} % · {result.pixels} pixels")
+            f"macro F1 {pct(result.macro_f1)} % · {result.pixels} pixels"
+        )
         classes = self.last_report["classes"]
         self.classTable.setRowCount(len(classes))
         for row, c in enumerate(classes):
-            cells = (str(c["name"]), str(c["value"]), pct(c["precision"]), pct(c["recall"]), pct(c["f1"]),
-                     pct(c["iou"]), str(c["support"]))
+            cells = (
+                str(c["name"]),
+                str(c["value"]),
+                pct(c["precision"]),
+                pct(c["recall"]),
+                pct(c["f1"]),
+                pct(c["iou"]),
+                str(c["support"]),
+            )
             for col, text in enumerate(cells):
                 self.classTable.setItem(row, col, QTableWidgetItem(text))
         self.openReportButton.setEnabled(True)
@@ -206,8 +271,7 @@ class AssessDialog(GeoSegDialog):
     # ---------------------------------------------------------------- settings
     def save_settings(self) -> None:
         super().save_settings()
-        field = self.classField.currentField() if isinstance(self.referenceLayer.currentLayer(),
-                                                             QgsVectorLayer) else ""
+        field = self.classField.currentField() if isinstance(self.referenceLayer.currentLayer(), QgsVectorLayer) else ""
         if field:
             self._wanted_field = field
             QgsSettings().setValue(self.settings_prefix + CLASS_FIELD_KEY, field)

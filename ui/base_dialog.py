@@ -55,9 +55,13 @@ INT_MAX = 2147483647
 FLOAT_MAX = 1e9
 
 # (widget type, getter, setter) of the values a dialog can remember; the first matching type wins
-_ACCESSORS = ((QgsFileWidget, "filePath", "setFilePath"), (QComboBox, "currentIndex", "setCurrentIndex"),
-              (QCheckBox, "isChecked", "setChecked"), (QLineEdit, "text", "setText"),
-              (QAbstractSpinBox, "value", "setValue"))
+_ACCESSORS = (
+    (QgsFileWidget, "filePath", "setFilePath"),
+    (QComboBox, "currentIndex", "setCurrentIndex"),
+    (QCheckBox, "isChecked", "setChecked"),
+    (QLineEdit, "text", "setText"),
+    (QAbstractSpinBox, "value", "setValue"),
+)
 
 
 def widget_value(widget: QWidget) -> Any:
@@ -118,8 +122,9 @@ class GeoSegDialog(QDialog):
         column.addWidget(box)
         return form
 
-    def _add(self, form: QFormLayout, label: str | None, widget: Any, name: str, tip: str,
-             setting: str | None = None) -> Any:
+    def _add(
+        self, form: QFormLayout, label: str | None, widget: Any, name: str, tip: str, setting: str | None = None
+    ) -> Any:
         """Add a named widget with its tooltip (tests and screenshots find widgets by object name).
 
         `label=None` spans the row; `setting` remembers the widget's value under that key."""
@@ -133,15 +138,17 @@ class GeoSegDialog(QDialog):
             self._remembered[setting] = widget
         return widget
 
-    def _combo(self, form: QFormLayout, label: str, items: tuple[str, ...], name: str, tip: str,
-               setting: str | None = None) -> QComboBox:
+    def _combo(
+        self, form: QFormLayout, label: str, items: tuple[str, ...], name: str, tip: str, setting: str | None = None
+    ) -> QComboBox:
         """A combo of labels whose index maps to a tuple of core names (MODES, ARCHITECTURES, ...)."""
         combo = self._add(form, label, QComboBox(self), name, tip, setting)
         combo.addItems(list(items))
         return combo
 
-    def _field(self, form: QFormLayout, field_name: str, name: str, setting: str | None = None,
-               cls: type | None = None) -> Any:
+    def _field(
+        self, form: QFormLayout, field_name: str, name: str, setting: str | None = None, cls: type | None = None
+    ) -> Any:
         """The widget of one parameter, built from core's schema (core.params): label, tooltip, range,
         default, choices and special value text; `name` is its object name (tests and scripts use it)."""
         s = spec(cls or self.params_class, field_name)
@@ -160,8 +167,9 @@ class GeoSegDialog(QDialog):
             widget = self._spin(lo, hi, lo if default is None else default)
         elif s.kind == "float":
             lo = -FLOAT_MAX if m.minimum is None else m.minimum
-            widget = self._double(lo, FLOAT_MAX if m.maximum is None else m.maximum, default, m.decimals or 2,
-                                  m.step or 0.05)
+            widget = self._double(
+                lo, FLOAT_MAX if m.maximum is None else m.maximum, default, m.decimals or 2, m.step or 0.05
+            )
         elif s.kind == "bool":
             widget = QCheckBox(s.label, self)
             widget.setChecked(bool(default))

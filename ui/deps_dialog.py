@@ -33,8 +33,12 @@ from qgis.PyQt.QtWidgets import (
 from ..core import deps
 from .base_dialog import ERROR_STYLE
 
-STEP_TITLES = {"train": "Train model", "segment": "Segment raster", "exportonnx": "Export ONNX",
-               "all": "GeoSeg's deep-learning steps"}
+STEP_TITLES = {
+    "train": "Train model",
+    "segment": "Segment raster",
+    "exportonnx": "Export ONNX",
+    "all": "GeoSeg's deep-learning steps",
+}
 VARIANT_LABELS = ("NVIDIA GPU (CUDA wheels)", "CPU only")
 SUCCESS_STYLE = "color: #006400;"
 
@@ -45,10 +49,18 @@ class DepsDialog(QDialog):
 
     installed = pyqtSignal()  # the packages import now: the caller may continue without a restart
 
-    def __init__(self, iface: Any = None, parent: QWidget | None = None, step: str = "all",
-                 modules: Sequence[str] | None = None, packages: Sequence[str] | None = None,
-                 target: str | None = None, python: str | None = None, extra_args: Sequence[str] = (),
-                 cuda: bool | None = None) -> None:
+    def __init__(
+        self,
+        iface: Any = None,
+        parent: QWidget | None = None,
+        step: str = "all",
+        modules: Sequence[str] | None = None,
+        packages: Sequence[str] | None = None,
+        target: str | None = None,
+        python: str | None = None,
+        extra_args: Sequence[str] = (),
+        cuda: bool | None = None,
+    ) -> None:
         super().__init__(parent)
         self.iface = iface
         self.setWindowTitle("GeoSeg — Install dependencies")
@@ -93,8 +105,10 @@ class DepsDialog(QDialog):
         self.variant = QComboBox(self)
         self.variant.setObjectName("variant")
         self.variant.addItems(list(VARIANT_LABELS))
-        self.variant.setToolTip("CUDA wheels (several GB) use an NVIDIA GPU; CPU wheels are much smaller. "
-                                "Chosen from the NVIDIA driver found on this machine.")
+        self.variant.setToolTip(
+            "CUDA wheels (several GB) use an NVIDIA GPU; CPU wheels are much smaller. "
+            "Chosen from the NVIDIA driver found on this machine."
+        )
         self.variant.setCurrentIndex(0 if self.detected_cuda else 1)
         form.addRow("Wheels", self.variant)
         self.detectedLabel = QLabel(self._detected_text(), self)
@@ -104,8 +118,9 @@ class DepsDialog(QDialog):
         self.targetLabel = QLabel(self.target, self)
         self.targetLabel.setObjectName("targetLabel")
         self.targetLabel.setWordWrap(True)
-        self.targetLabel.setToolTip("The plugin's own package folder (GeoSeg ▸ Settings); QGIS's Python is not "
-                                    "touched.")
+        self.targetLabel.setToolTip(
+            "The plugin's own package folder (GeoSeg ▸ Settings); QGIS's Python is not " "touched."
+        )
         form.addRow("Into", self.targetLabel)
         self.pythonLabel = QLabel(self.python or "not found", self)
         self.pythonLabel.setObjectName("pythonLabel")
@@ -133,12 +148,15 @@ class DepsDialog(QDialog):
 
         buttons = QHBoxLayout()
         buttons.addStretch(1)
-        self.installButton = self._button(buttons, "Install", "installButton",
-                                          "Run the command above; QGIS stays usable meanwhile.")
-        self.cancelButton = self._button(buttons, "Cancel", "cancelButton", "Stop pip; nothing is imported from "
-                                         "a half-finished installation.")
-        self.closeButton = self._button(buttons, "Close", "closeButton", "Close this window; a running "
-                                        "installation goes on.")
+        self.installButton = self._button(
+            buttons, "Install", "installButton", "Run the command above; QGIS stays usable meanwhile."
+        )
+        self.cancelButton = self._button(
+            buttons, "Cancel", "cancelButton", "Stop pip; nothing is imported from " "a half-finished installation."
+        )
+        self.closeButton = self._button(
+            buttons, "Close", "closeButton", "Close this window; a running " "installation goes on."
+        )
         self.installButton.clicked.connect(self.install)
         self.cancelButton.clicked.connect(self.cancel)
         self.closeButton.clicked.connect(self.close)
@@ -167,15 +185,19 @@ class DepsDialog(QDialog):
         needs = deps.missing_for(step) if step in deps.STEPS else self.modules
         title = STEP_TITLES.get(step, step)
         if self.modules:
-            text = (f"<b>{title}</b> needs Python packages that QGIS's Python cannot import: "
-                    f"{', '.join(needs or self.modules)}. GeoSeg installs them with pip into its own folder in "
-                    "your QGIS profile (QGIS's Python itself is not changed). CUDA wheels are several GB; CPU "
-                    "wheels a few hundred MB.")
+            text = (
+                f"<b>{title}</b> needs Python packages that QGIS's Python cannot import: "
+                f"{', '.join(needs or self.modules)}. GeoSeg installs them with pip into its own folder in "
+                "your QGIS profile (QGIS's Python itself is not changed). CUDA wheels are several GB; CPU "
+                "wheels a few hundred MB."
+            )
         else:
             text = "Every package GeoSeg needs can be imported: nothing to install."
         if self.python is None:
-            text += (" <br><span style='color:#c00000'>QGIS's Python interpreter was not found, so pip cannot "
-                     "run. Install the packages with the command below from a terminal.</span>")
+            text += (
+                " <br><span style='color:#c00000'>QGIS's Python interpreter was not found, so pip cannot "
+                "run. Install the packages with the command below from a terminal.</span>"
+            )
         self.helpLabel.setText(text)
         self.missingList.clear()
         for m in self.modules:
@@ -276,20 +298,26 @@ class DepsDialog(QDialog):
         if self.cancelled:
             self._status("Installation cancelled.", error=True)
         elif code != 0:
-            hint = " QGIS's Python has no pip: install it (Debian/Ubuntu: sudo apt install python3-pip)." \
-                if any("No module named pip" in line for line in self.lines) else ""
+            hint = (
+                " QGIS's Python has no pip: install it (Debian/Ubuntu: sudo apt install python3-pip)."
+                if any("No module named pip" in line for line in self.lines)
+                else ""
+            )
             self._status(f"pip failed (exit status {code}); see its output above.{hint}", error=True)
         else:
             deps.activate(self.target)
             still = deps.missing(self.modules)
             self.succeeded = not still
             if still:
-                self._status(f"Installed, but {', '.join(still)} cannot be imported in this session: restart QGIS.",
-                             error=False)
+                self._status(
+                    f"Installed, but {', '.join(still)} cannot be imported in this session: restart QGIS.", error=False
+                )
             else:
-                self._status(f"Installed {', '.join(self.modules)} into {self.target}. "
-                             f"{STEP_TITLES.get(self.step, self.step)} can be used now, no restart needed.",
-                             error=False)
+                self._status(
+                    f"Installed {', '.join(self.modules)} into {self.target}. "
+                    f"{STEP_TITLES.get(self.step, self.step)} can be used now, no restart needed.",
+                    error=False,
+                )
         self._set_running(False)
         if self.succeeded:
             self.installed.emit()

@@ -42,27 +42,53 @@ class ExportChipsDialog(GeoSegDialog):
 
     # ---------------------------------------------------------------- layout
     def _build(self, root: QVBoxLayout) -> None:
-        self._help_label(root, "Cuts a raster and label polygons into image/mask chips (GeoTIFF) for training a "
-                         "segmentation model, with a train/validation split, chips.csv and dataset.json.")
+        self._help_label(
+            root,
+            "Cuts a raster and label polygons into image/mask chips (GeoTIFF) for training a "
+            "segmentation model, with a train/validation split, chips.csv and dataset.json.",
+        )
 
         inputs = self._group(root, "Inputs")
-        self.inputLayer = self._add(inputs, "Input raster", QgsMapLayerComboBox(self), "inputLayer",
-                                    "Raster to cut into image chips (a GDAL file layer, e.g. a GeoTIFF).")
+        self.inputLayer = self._add(
+            inputs,
+            "Input raster",
+            QgsMapLayerComboBox(self),
+            "inputLayer",
+            "Raster to cut into image chips (a GDAL file layer, e.g. a GeoTIFF).",
+        )
         self.inputLayer.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.labelsLayer = self._add(inputs, "Label polygons", QgsMapLayerComboBox(self), "labelsLayer",
-                                     "Polygons burnt into the mask chips; reprojected to the raster CRS.")
+        self.labelsLayer = self._add(
+            inputs,
+            "Label polygons",
+            QgsMapLayerComboBox(self),
+            "labelsLayer",
+            "Polygons burnt into the mask chips; reprojected to the raster CRS.",
+        )
         self.labelsLayer.setFilters(QgsMapLayerProxyModel.PolygonLayer)
         self.classField = self._add(
-            inputs, "Class field", QgsFieldComboBox(self), "classField",
-            "Integer field with the class value (0-254) of each polygon; empty: every polygon is class 1.")
+            inputs,
+            "Class field",
+            QgsFieldComboBox(self),
+            "classField",
+            "Integer field with the class value (0-254) of each polygon; empty: every polygon is class 1.",
+        )
         self.classField.setFilters(QgsFieldProxyModel.Int | QgsFieldProxyModel.LongLong)
         self.classField.setAllowEmptyFieldName(True)
-        self.nameField = self._add(inputs, "Class name field", QgsFieldComboBox(self), "nameField",
-                                   "Optional text field naming each class, written to dataset.json.")
+        self.nameField = self._add(
+            inputs,
+            "Class name field",
+            QgsFieldComboBox(self),
+            "nameField",
+            "Optional text field naming each class, written to dataset.json.",
+        )
         self.nameField.setFilters(QgsFieldProxyModel.String)
         self.nameField.setAllowEmptyFieldName(True)
-        self.fields.update(input_path=self.inputLayer, labels_path=self.labelsLayer, class_field=self.classField,
-                           name_field=self.nameField)
+        self.fields.update(
+            input_path=self.inputLayer,
+            labels_path=self.labelsLayer,
+            class_field=self.classField,
+            name_field=self.nameField,
+        )
         self.labelsLayer.layerChanged.connect(self._labels_changed)
         self._labels_changed(self.labelsLayer.currentLayer())
 
@@ -77,8 +103,7 @@ class ExportChipsDialog(GeoSegDialog):
         self.maxNodata = self._field(chips, "max_nodata_fraction", "maxNodata", "max_nodata_fraction")
 
         split = self._group(root, "Train / validation split")
-        self.validationFraction = self._field(split, "validation_fraction", "validationFraction",
-                                              "validation_fraction")
+        self.validationFraction = self._field(split, "validation_fraction", "validationFraction", "validation_fraction")
         self.splitMethod = self._field(split, "split_method", "splitMethod", "split_method")
         self.splitMethod.currentIndexChanged.connect(self._update_block_size)  # restoring the split fires it too
         self.blockSize = self._field(split, "block_size", "blockSize", "block_size")
@@ -86,21 +111,34 @@ class ExportChipsDialog(GeoSegDialog):
         self.seed = self._field(split, "seed", "seed", "seed")
 
         output = self._group(root, "Output")
-        self.outputDir = self._add(output, "Output folder", QgsFileWidget(self), "outputDir",
-                                   "New or empty folder for images/, masks/, chips.csv and dataset.json; "
-                                   "GeoSeg never overwrites.", "output_dir")
+        self.outputDir = self._add(
+            output,
+            "Output folder",
+            QgsFileWidget(self),
+            "outputDir",
+            "New or empty folder for images/, masks/, chips.csv and dataset.json; " "GeoSeg never overwrites.",
+            "output_dir",
+        )
         self.outputDir.setStorageMode(QgsFileWidget.GetDirectory)
         self.outputDir.setDialogTitle("Output folder for the chips")
-        self.indexCheck = self._add(output, None, QCheckBox("Write chip index (GeoPackage) and add it to the map",
-                                                            self), "indexCheck",
-                                    f"Writes the chip footprints to <output folder>{INDEX_SUFFIX}, "
-                                    "next to the output folder.", "write_index")
+        self.indexCheck = self._add(
+            output,
+            None,
+            QCheckBox("Write chip index (GeoPackage) and add it to the map", self),
+            "indexCheck",
+            f"Writes the chip footprints to <output folder>{INDEX_SUFFIX}, " "next to the output folder.",
+            "write_index",
+        )
         self.indexCheck.setChecked(True)
         self.fields.update(output_dir=self.outputDir, index_path=self.indexCheck)  # the index: beside the folder
 
-        self._add_run_controls(root, "export", "Problems with the inputs and the outcome of the last run.",
-                               "Export the chips in the background.",
-                               "Stop the running export; nothing is left behind.")
+        self._add_run_controls(
+            root,
+            "export",
+            "Problems with the inputs and the outcome of the last run.",
+            "Export the chips in the background.",
+            "Stop the running export; nothing is left behind.",
+        )
 
     def _labels_changed(self, layer: Any) -> None:
         self.classField.setLayer(layer)
@@ -138,12 +176,19 @@ class ExportChipsDialog(GeoSegDialog):
 
     # ---------------------------------------------------------------- running
     def _create_task(self, p: ExportParams) -> CoreTask:
-        return CoreTask(f"GeoSeg: export chips to {os.path.basename(os.path.normpath(p.output_dir))}",
-                        export_chips, p, self._on_success, self._on_error)
+        return CoreTask(
+            f"GeoSeg: export chips to {os.path.basename(os.path.normpath(p.output_dir))}",
+            export_chips,
+            p,
+            self._on_success,
+            self._on_error,
+        )
 
     def _success_text(self, result: ExportResult) -> str:
-        return (f"Exported {result.n_chips} chips ({result.n_train} train, {result.n_validation} "
-                f"validation) to {result.output_dir}")
+        return (
+            f"Exported {result.n_chips} chips ({result.n_train} train, {result.n_validation} "
+            f"validation) to {result.output_dir}"
+        )
 
     def _show_result(self, result: ExportResult) -> None:
         """Add the chip index to the map, so the split can be inspected over the raster."""

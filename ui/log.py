@@ -7,8 +7,13 @@ import logging
 from qgis.core import Qgis, QgsMessageLog
 
 TAG = "GeoSeg"
-LEVELS = {logging.DEBUG: Qgis.Info, logging.INFO: Qgis.Info, logging.WARNING: Qgis.Warning,
-          logging.ERROR: Qgis.Critical, logging.CRITICAL: Qgis.Critical}
+LEVELS = {
+    logging.DEBUG: Qgis.Info,
+    logging.INFO: Qgis.Info,
+    logging.WARNING: Qgis.Warning,
+    logging.ERROR: Qgis.Critical,
+    logging.CRITICAL: Qgis.Critical,
+}
 
 
 class MessageLogHandler(logging.Handler):

@@ -42,8 +42,11 @@ def architecture_label(name: str | None) -> str:
 def card_html(card: ModelCard) -> str:
     """The model card as a short HTML summary: architecture, classes with colour swatches, inputs, tiling."""
     e = html.escape
-    rows = "".join(f'<tr><td bgcolor="{e(c.color)}" width="18">&nbsp;</td><td>{e(str(c.name))}</td>'
-                   f'<td align="right">{c.value}</td></tr>' for c in card.classes)
+    rows = "".join(
+        f'<tr><td bgcolor="{e(c.color)}" width="18">&nbsp;</td><td>{e(str(c.name))}</td>'
+        f'<td align="right">{c.value}</td></tr>'
+        for c in card.classes
+    )
     pixel = card.pixel_size
     crs = card.crs
     rec = card.recommended
@@ -57,8 +60,10 @@ def card_html(card: ModelCard) -> str:
         ("Validation mIoU", f"{miou:.4f}" if isinstance(miou, int | float) else "unknown"),
     ]
     facts_html = "".join(f"<tr><td><i>{e(k)}</i></td><td>{e(v)}</td></tr>" for k, v in facts)
-    return (f"<b>{e(architecture_label(card.architecture))}</b> — {card.num_classes} classes"
-            f'<table cellspacing="2">{rows}</table><table cellspacing="2">{facts_html}</table>')
+    return (
+        f"<b>{e(architecture_label(card.architecture))}</b> — {card.num_classes} classes"
+        f'<table cellspacing="2">{rows}</table><table cellspacing="2">{facts_html}</table>'
+    )
 
 
 def read_card(path: str) -> ModelCard:
@@ -90,32 +95,52 @@ class SegmentDialog(GeoSegDialog):
 
     # ---------------------------------------------------------------- layout
     def _build(self, root: QVBoxLayout) -> None:
-        self._help_label(root, "Classifies every pixel of a raster with a GeoSeg model (.onnx or .pt), tile by tile "
-                         "with overlap, into a class raster (GeoTIFF, one value per class, 255 = nodata) styled "
-                         "with the model's classes.")
+        self._help_label(
+            root,
+            "Classifies every pixel of a raster with a GeoSeg model (.onnx or .pt), tile by tile "
+            "with overlap, into a class raster (GeoTIFF, one value per class, 255 = nodata) styled "
+            "with the model's classes.",
+        )
         columns = QHBoxLayout()
         root.addLayout(columns)
         left, right = QVBoxLayout(), QVBoxLayout()
         columns.addLayout(left, 1)
         columns.addLayout(right, 1)
         inputs = self._group(left, "Inputs")
-        self.inputLayer = self._add(inputs, "Input raster", QgsMapLayerComboBox(self), "inputLayer",
-                                    "Raster to segment (a GDAL file layer); it needs the bands the model was "
-                                    "trained on.")
+        self.inputLayer = self._add(
+            inputs,
+            "Input raster",
+            QgsMapLayerComboBox(self),
+            "inputLayer",
+            "Raster to segment (a GDAL file layer); it needs the bands the model was " "trained on.",
+        )
         self.inputLayer.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.modelFile = self._add(inputs, "Model", QgsFileWidget(self), "modelFile",
-                                   "GeoSeg model: the .onnx or .pt written by Train model (its card travels "
-                                   "inside).", "model_file")
+        self.modelFile = self._add(
+            inputs,
+            "Model",
+            QgsFileWidget(self),
+            "modelFile",
+            "GeoSeg model: the .onnx or .pt written by Train model (its card travels " "inside).",
+            "model_file",
+        )
         self.modelFile.setStorageMode(QgsFileWidget.GetFile)
         self.modelFile.setFilter("GeoSeg models (*.onnx *.pt)")
         self.modelFile.setDialogTitle("GeoSeg model")
         self.fields.update(input_path=self.inputLayer, model_path=self.modelFile)
         # below the form, in the column itself: a form row would not grow with the wrapped warnings
-        self.cardView = self._below(left, QTextBrowser(self), "cardView", "The chosen model's card: classes, input "
-                                    "bands, chip size, training data and validation mIoU.")
+        self.cardView = self._below(
+            left,
+            QTextBrowser(self),
+            "cardView",
+            "The chosen model's card: classes, input " "bands, chip size, training data and validation mIoU.",
+        )
         self.cardView.setMinimumSize(340, 200)
-        self.warningLabel = self._below(left, QLabel(self), "warningLabel", "Where the raster differs from the "
-                                        "model's training data (pixel size, CRS, bands); results may suffer.")
+        self.warningLabel = self._below(
+            left,
+            QLabel(self),
+            "warningLabel",
+            "Where the raster differs from the " "model's training data (pixel size, CRS, bands); results may suffer.",
+        )
         self.warningLabel.setWordWrap(True)
         self.warningLabel.setStyleSheet(WARNING_STYLE)
 
@@ -126,9 +151,13 @@ class SegmentDialog(GeoSegDialog):
         self.strideY = self._field(tiling, "stride_y", "strideY", "stride_y")
         self.crop = self._field(tiling, "crop", "crop", "crop")
         row = QHBoxLayout()
-        self.recommendedButton = self._button(row, "Use recommended tiling", "recommendedButton",
-                                              "Fill chip size, strides and crop with the model's recommendation "
-                                              "(crop ≥ its receptive-field radius: seam-free).")
+        self.recommendedButton = self._button(
+            row,
+            "Use recommended tiling",
+            "recommendedButton",
+            "Fill chip size, strides and crop with the model's recommendation "
+            "(crop ≥ its receptive-field radius: seam-free).",
+        )
         row.addStretch(1)
         tiling.addRow(row)
         self.recommendedButton.clicked.connect(self.use_recommended_tiling)
@@ -138,32 +167,58 @@ class SegmentDialog(GeoSegDialog):
         self.backend = self._field(tiling, "backend", "backend", "backend")
         self.device = self._field(tiling, "device", "device", "device")
         apply_defaults(self.device, self.batchSize)  # GeoSeg ▸ Settings; remembered values override them
-        self.deviceInfo = self._add(tiling, None, QLabel(self), "deviceInfo", "The device torch would use and the "
-                                    "onnxruntime execution providers available on this machine.")
+        self.deviceInfo = self._add(
+            tiling,
+            None,
+            QLabel(self),
+            "deviceInfo",
+            "The device torch would use and the " "onnxruntime execution providers available on this machine.",
+        )
         self.deviceInfo.setWordWrap(True)
         self.deviceInfo.setText("\n".join(deps.summary_lines(deps.device_summary())))
 
         output = self._group(right, "Output")
-        self.outputFile = self._add(output, "Class raster (.tif)", QgsFileWidget(self), "outputFile",
-                                    "GeoTIFF to write: Byte, one class value per pixel, 255 = nodata, colour "
-                                    "table. GeoSeg never overwrites.", "output_file")
-        self.probabilitiesFile = self._add(output, "Probabilities (.tif, optional)", QgsFileWidget(self),
-                                           "probabilitiesFile", "Optional Float32 GeoTIFF with one softmax "
-                                           "probability band per class; empty: not written.", "probabilities_file")
+        self.outputFile = self._add(
+            output,
+            "Class raster (.tif)",
+            QgsFileWidget(self),
+            "outputFile",
+            "GeoTIFF to write: Byte, one class value per pixel, 255 = nodata, colour "
+            "table. GeoSeg never overwrites.",
+            "output_file",
+        )
+        self.probabilitiesFile = self._add(
+            output,
+            "Probabilities (.tif, optional)",
+            QgsFileWidget(self),
+            "probabilitiesFile",
+            "Optional Float32 GeoTIFF with one softmax " "probability band per class; empty: not written.",
+            "probabilities_file",
+        )
         for widget, title in ((self.outputFile, "Class raster"), (self.probabilitiesFile, "Probabilities")):
             widget.setStorageMode(QgsFileWidget.SaveFile)
             widget.setFilter("GeoTIFF (*.tif)")
             widget.setDialogTitle(title)
         self.fields.update(output_path=self.outputFile, probabilities_path=self.probabilitiesFile)
-        self.addToMap = self._add(output, None, QCheckBox("Add the result to the map", self), "addToMap",
-                                  "Add the class raster, styled with the model's colours and names (and the "
-                                  "probabilities), to the project.", "add_to_map")
+        self.addToMap = self._add(
+            output,
+            None,
+            QCheckBox("Add the result to the map", self),
+            "addToMap",
+            "Add the class raster, styled with the model's colours and names (and the "
+            "probabilities), to the project.",
+            "add_to_map",
+        )
         self.addToMap.setChecked(True)
 
         right.addStretch(1)
-        self._add_run_controls(root, "segmentation", "Problems with the inputs and the outcome of the last run.",
-                               "Segment the raster in the background.",
-                               "Stop the running segmentation; the unfinished output is removed.")
+        self._add_run_controls(
+            root,
+            "segmentation",
+            "Problems with the inputs and the outcome of the last run.",
+            "Segment the raster in the background.",
+            "Stop the running segmentation; the unfinished output is removed.",
+        )
         self.modelFile.fileChanged.connect(self._model_changed)
         self.inputLayer.layerChanged.connect(self._update_warnings)
         self._model_changed(self.modelFile.filePath())
@@ -252,16 +307,24 @@ class SegmentDialog(GeoSegDialog):
 
         layer = self.inputLayer.currentLayer()
         self._input_name = layer.name() if layer is not None else os.path.basename(p.input_path)
-        return CoreTask(f"GeoSeg: segment {self._input_name} → {os.path.basename(p.output_path)}",
-                        segment, p, self._on_success, self._on_error)
+        return CoreTask(
+            f"GeoSeg: segment {self._input_name} → {os.path.basename(p.output_path)}",
+            segment,
+            p,
+            self._on_success,
+            self._on_error,
+        )
 
     def _success_text(self, result: Any) -> str:
-        text = (f"Segmented {self._input_name} with {architecture_label(result.card.architecture)}: "
-                f"{result.output_path} ({result.tiles} tiles, {result.seconds:.1f} s, "
-                f"{result.backend}/{result.provider}, batch size {result.final_batch_size})")
+        text = (
+            f"Segmented {self._input_name} with {architecture_label(result.card.architecture)}: "
+            f"{result.output_path} ({result.tiles} tiles, {result.seconds:.1f} s, "
+            f"{result.backend}/{result.provider}, batch size {result.final_batch_size})"
+        )
         if result.final_batch_size < result.batch_size:
-            text += (f". Memory ran out at batch size {result.batch_size}; the batch was halved and the "
-                     f"tiles retried")
+            text += (
+                f". Memory ran out at batch size {result.batch_size}; the batch was halved and the " f"tiles retried"
+            )
         if result.warnings:
             text += ". Warnings: " + " ".join(result.warnings)
         return text
@@ -273,8 +336,9 @@ class SegmentDialog(GeoSegDialog):
             return
         project = QgsProject.instance()
         if result.probabilities_path:
-            layer = QgsRasterLayer(result.probabilities_path,
-                                   probabilities_layer_name(result.probabilities_path, self._input_name), "gdal")
+            layer = QgsRasterLayer(
+                result.probabilities_path, probabilities_layer_name(result.probabilities_path, self._input_name), "gdal"
+            )
             if layer.isValid():
                 style_probabilities(layer)
                 self.last_probabilities_layer = project.addMapLayer(layer)

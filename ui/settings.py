@@ -37,8 +37,7 @@ KEY_BATCH_SIZE = PREFIX + "batch_size"
 KEY_DEPS_DIR = PREFIX + "deps_dir"
 DEFAULT_BATCH_SIZE = 8
 # the dialogs' remembered values that a new default replaces (QgsSettings keys)
-DIALOG_KEYS = ("geoseg/train/device", "geoseg/train/batch_size", "geoseg/segment/device",
-               "geoseg/segment/batch_size")
+DIALOG_KEYS = ("geoseg/train/device", "geoseg/train/batch_size", "geoseg/segment/device", "geoseg/segment/batch_size")
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icons", "geoseg.svg")
 
 
@@ -76,8 +75,11 @@ class SettingsWidget(QWidget):
         super().__init__(parent)
         self.setObjectName("GeoSegSettingsWidget")
         root = QVBoxLayout(self)
-        help_label = QLabel("Defaults for the Train and Segment dialogs, and where GeoSeg installs PyTorch and "
-                            "onnxruntime. Changing the device or batch size resets those dialogs to it.", self)
+        help_label = QLabel(
+            "Defaults for the Train and Segment dialogs, and where GeoSeg installs PyTorch and "
+            "onnxruntime. Changing the device or batch size resets those dialogs to it.",
+            self,
+        )
         help_label.setWordWrap(True)
         help_label.setObjectName("helpLabel")
         root.addWidget(help_label)
@@ -87,13 +89,20 @@ class SettingsWidget(QWidget):
         root.addWidget(box)
         self.device = QComboBox(self)
         self.device.addItems(list(DEVICE_LABELS))
-        self._named(self.device, "device", "Device the Train and Segment dialogs start with: Auto uses a CUDA GPU "
-                    "when torch or onnxruntime sees one, else the CPU.")
+        self._named(
+            self.device,
+            "device",
+            "Device the Train and Segment dialogs start with: Auto uses a CUDA GPU "
+            "when torch or onnxruntime sees one, else the CPU.",
+        )
         form.addRow("Device", self.device)
         self.batchSize = QSpinBox(self)
         self.batchSize.setRange(1, 1024)
-        self._named(self.batchSize, "batchSize", "Batch size the Train and Segment dialogs start with; lower it "
-                    "when memory runs out.")
+        self._named(
+            self.batchSize,
+            "batchSize",
+            "Batch size the Train and Segment dialogs start with; lower it " "when memory runs out.",
+        )
         form.addRow("Batch size", self.batchSize)
 
         box = QGroupBox("Dependencies (PyTorch, onnx, onnxruntime)", self)
@@ -102,18 +111,28 @@ class SettingsWidget(QWidget):
         self.depsDir = QgsFileWidget(self)
         self.depsDir.setStorageMode(QgsFileWidget.GetDirectory)
         self.depsDir.setDialogTitle("Dependencies folder")
-        self._named(self.depsDir, "depsDir", "Folder pip installs GeoSeg's packages into; it is put first on "
-                    "Python's import path when the plugin loads. Empty: the default in this QGIS profile.")
+        self._named(
+            self.depsDir,
+            "depsDir",
+            "Folder pip installs GeoSeg's packages into; it is put first on "
+            "Python's import path when the plugin loads. Empty: the default in this QGIS profile.",
+        )
         self.depsDir.lineEdit().setPlaceholderText(default_deps_dir())
         form.addRow("Folder", self.depsDir)
         row = QHBoxLayout()
         self.installButton = QPushButton("Install / check dependencies…", self)
-        self._named(self.installButton, "installButton", "Open the installer: shows what is missing and installs "
-                    "it with pip into the folder above.")
+        self._named(
+            self.installButton,
+            "installButton",
+            "Open the installer: shows what is missing and installs " "it with pip into the folder above.",
+        )
         self.installButton.clicked.connect(self.install_requested.emit)
         self.detectButton = QPushButton("Show device", self)
-        self._named(self.detectButton, "detectButton", "Import torch and onnxruntime now and show the device and "
-                    "execution providers they see.")
+        self._named(
+            self.detectButton,
+            "detectButton",
+            "Import torch and onnxruntime now and show the device and " "execution providers they see.",
+        )
         self.detectButton.clicked.connect(self.show_device)
         row.addWidget(self.installButton)
         row.addWidget(self.detectButton)
@@ -124,8 +143,11 @@ class SettingsWidget(QWidget):
         self.missingLabel.setWordWrap(True)
         form.addRow(self.missingLabel)
         self.deviceInfo = QLabel(self)
-        self._named(self.deviceInfo, "deviceInfo", "The device torch trains on and the onnxruntime execution "
-                    "providers available (press Show device).")
+        self._named(
+            self.deviceInfo,
+            "deviceInfo",
+            "The device torch trains on and the onnxruntime execution " "providers available (press Show device).",
+        )
         self.deviceInfo.setWordWrap(True)
         form.addRow(self.deviceInfo)
         root.addStretch(1)
@@ -143,8 +165,9 @@ class SettingsWidget(QWidget):
 
     def refresh_missing(self) -> None:
         lacking = deps.missing_for("all")
-        self.missingLabel.setText(f"Missing: {deps.describe_missing(lacking)}" if lacking
-                                  else "All deep-learning packages can be imported.")
+        self.missingLabel.setText(
+            f"Missing: {deps.describe_missing(lacking)}" if lacking else "All deep-learning packages can be imported."
+        )
 
     def show_device(self) -> None:
         self.deviceInfo.setText("\n".join(deps.summary_lines(deps.device_summary())))
@@ -194,7 +217,7 @@ class OptionsFactory(QgsOptionsWidgetFactory):
 
 
 class SettingsDialog(QDialog):
-    """"GeoSeg ▸ Settings…": the same widget with OK / Cancel."""
+    """ "GeoSeg ▸ Settings…": the same widget with OK / Cancel."""
 
     def __init__(self, iface: Any = None, parent: QWidget | None = None, on_install: Any = None) -> None:
         super().__init__(parent)

@@ -20,9 +20,15 @@ LOG = logging.getLogger("geoseg")
 
 
 class CoreTask(QgsTask):
-    def __init__(self, description: str, func: Callable[..., Any], params: Any,
-                 on_success: Callable[[Any], None], on_error: Callable[[str], None],
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        description: str,
+        func: Callable[..., Any],
+        params: Any,
+        on_success: Callable[[Any], None],
+        on_error: Callable[[str], None],
+        **kwargs: Any,
+    ) -> None:
         """`kwargs` go to the core function too (e.g. training's `report` callback, which runs on
         the worker thread: it must only emit Qt signals)."""
         super().__init__(description, QgsTask.CanCancel)
@@ -36,8 +42,9 @@ class CoreTask(QgsTask):
 
     def run(self) -> bool:
         try:
-            self.result = self.func(self.params, progress=lambda f: self.setProgress(100.0 * f),
-                                    cancelled=self.isCanceled, **self.kwargs)
+            self.result = self.func(
+                self.params, progress=lambda f: self.setProgress(100.0 * f), cancelled=self.isCanceled, **self.kwargs
+            )
             return True
         except GeoSegError as e:  # Cancelled included: its message says nothing was written
             self.error = str(e)

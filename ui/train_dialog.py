@@ -40,8 +40,11 @@ from .settings import apply_defaults
 from .tasks import CoreTask
 
 SETTINGS_PREFIX = "geoseg/train/"
-DEVICE_LABELS, CLASS_WEIGHT_LABELS, SCHEDULE_LABELS = options.DEVICE_LABELS, options.CLASS_WEIGHT_LABELS, \
-    options.SCHEDULE_LABELS  # the names are core/options.py's
+DEVICE_LABELS, CLASS_WEIGHT_LABELS, SCHEDULE_LABELS = (
+    options.DEVICE_LABELS,
+    options.CLASS_WEIGHT_LABELS,
+    options.SCHEDULE_LABELS,
+)  # the names are core/options.py's
 TORCH_MISSING = "torch is not installed: training is unavailable (install torch into QGIS's Python)."
 
 
@@ -75,18 +78,26 @@ class TrainDialog(GeoSegDialog):
 
     # ---------------------------------------------------------------- layout
     def _build(self, root: QVBoxLayout) -> None:
-        self._help_label(root, "Trains a segmentation model on a chips folder written by Export training chips. The "
-                         "checkpoint with the best validation mIoU is saved as .pt, with the ONNX model and per-epoch "
-                         "metrics beside it.")
+        self._help_label(
+            root,
+            "Trains a segmentation model on a chips folder written by Export training chips. The "
+            "checkpoint with the best validation mIoU is saved as .pt, with the ONNX model and per-epoch "
+            "metrics beside it.",
+        )
         columns = QHBoxLayout()
         root.addLayout(columns)
         left = QVBoxLayout()
         columns.addLayout(left, 1)
 
         data = self._group(left, "Data and model")
-        self.chipsDir = self._add(data, "Chips folder", QgsFileWidget(self), "chipsDir",
-                                  "Folder written by Export training chips (chips.csv, dataset.json, images/, masks/).",
-                                  "chips_dir")
+        self.chipsDir = self._add(
+            data,
+            "Chips folder",
+            QgsFileWidget(self),
+            "chipsDir",
+            "Folder written by Export training chips (chips.csv, dataset.json, images/, masks/).",
+            "chips_dir",
+        )
         self.chipsDir.setStorageMode(QgsFileWidget.GetDirectory)
         self.chipsDir.setDialogTitle("Chips folder")
         self.fields["chips_dir"] = self.chipsDir
@@ -101,9 +112,15 @@ class TrainDialog(GeoSegDialog):
         self.deviceLabel = self._add(data, "", QLabel(self), "deviceLabel", "What Auto resolves to on this machine.")
         self.deviceLabel.setWordWrap(True)
         self.seed = self._field(data, "seed", "seed", "seed")
-        self.outputModel = self._add(data, "Output model (.pt)", QgsFileWidget(self), "outputModel",
-                                     "Best checkpoint (.pt); the .onnx model, .metrics.csv and .last.pt (resumable "
-                                     "state) are written beside it. GeoSeg never overwrites.", "output_model")
+        self.outputModel = self._add(
+            data,
+            "Output model (.pt)",
+            QgsFileWidget(self),
+            "outputModel",
+            "Best checkpoint (.pt); the .onnx model, .metrics.csv and .last.pt (resumable "
+            "state) are written beside it. GeoSeg never overwrites.",
+            "output_model",
+        )
         self.outputModel.setStorageMode(QgsFileWidget.SaveFile)
         self.outputModel.setFilter("*.pt")
         self.outputModel.setDialogTitle("Output model")
@@ -148,10 +165,13 @@ class TrainDialog(GeoSegDialog):
         self.classTable.setEditTriggers(QTableWidget.NoEditTriggers)
         right.addWidget(self.classTable, 1)
 
-        self._add_run_controls(root, "training",
-                               "Problems with the inputs, the epoch just finished and the outcome of the run.",
-                               "Train in the background.",
-                               "Stop training within one batch; the best checkpoint of the finished epochs stays.")
+        self._add_run_controls(
+            root,
+            "training",
+            "Problems with the inputs, the epoch just finished and the outcome of the run.",
+            "Train in the background.",
+            "Stop training within one batch; the best checkpoint of the finished epochs stays.",
+        )
         self._probe_device()
 
     def _probe_device(self) -> None:
@@ -181,8 +201,11 @@ class TrainDialog(GeoSegDialog):
         if not output:
             raise GeoSegError("Output model: choose the .pt file to write.", param="OUTPUT_MODEL")
         if not output.endswith(".pt"):  # core says it too; the dialog words it for its own label
-            raise GeoSegError(f"Output model: the file name must end in .pt (got {output}); the ONNX model is "
-                              "written beside it with .onnx.", param="OUTPUT_MODEL")
+            raise GeoSegError(
+                f"Output model: the file name must end in .pt (got {output}); the ONNX model is "
+                "written beside it with .onnx.",
+                param="OUTPUT_MODEL",
+            )
         return TrainParams(chips_dir=chips_dir, output_model=output, **self.field_values())
 
     def _checked_params(self) -> TrainParams:
@@ -193,8 +216,9 @@ class TrainDialog(GeoSegDialog):
             raise GeoSegError(f"Chips folder: {p.chips_dir} does not exist.")
         for name in ("chips.csv", "dataset.json"):
             if not os.path.isfile(os.path.join(p.chips_dir, name)):
-                raise GeoSegError(f"Chips folder: {p.chips_dir} has no {name}; choose a folder written by "
-                                  "Export training chips.")
+                raise GeoSegError(
+                    f"Chips folder: {p.chips_dir} has no {name}; choose a folder written by " "Export training chips."
+                )
         validate(p)  # names, ranges, model options, existing outputs (never overwrite), resume state
         resolve_device(p.device)  # torch is already imported: only asks whether CUDA is there
         return p
@@ -209,14 +233,21 @@ class TrainDialog(GeoSegDialog):
         self._reporter = _Reporter()
         self._reporter.epoch.connect(self._on_epoch)
         self._reporter.batch.connect(self._on_batch)
-        return CoreTask(f"GeoSeg: train {self.architecture.currentText()} → {os.path.basename(p.output_model)}",
-                        train, p, self._on_success, self._on_error, report=self._reporter.report)
+        return CoreTask(
+            f"GeoSeg: train {self.architecture.currentText()} → {os.path.basename(p.output_model)}",
+            train,
+            p,
+            self._on_success,
+            self._on_error,
+            report=self._reporter.report,
+        )
 
     def _on_batch(self, r: BatchReport) -> None:
         """Live loss in the progress bar's text."""
         if not sip.isdeleted(self):
-            self.progress.setFormat(f"epoch {r.epoch}/{r.epochs} · batch {r.batch}/{r.batches} · "
-                                    f"loss {r.loss:.4f} · %p%")
+            self.progress.setFormat(
+                f"epoch {r.epoch}/{r.epochs} · batch {r.batch}/{r.batches} · " f"loss {r.loss:.4f} · %p%"
+            )
 
     def _on_epoch(self, report: EpochReport) -> None:
         """Main thread: one finished epoch → history, plot and status line."""
@@ -224,9 +255,12 @@ class TrainDialog(GeoSegDialog):
             return
         self.history.append(report)
         self._redraw()
-        self._show_message(f"Epoch {report.epoch}/{report.epochs}: training loss {report.train_loss:.4f}, "
-                           f"validation loss {report.val_loss:.4f}, validation mIoU {report.val_miou:.4f} "
-                           f"(best epoch {report.best_epoch}).", error=False)
+        self._show_message(
+            f"Epoch {report.epoch}/{report.epochs}: training loss {report.train_loss:.4f}, "
+            f"validation loss {report.val_loss:.4f}, validation mIoU {report.val_miou:.4f} "
+            f"(best epoch {report.best_epoch}).",
+            error=False,
+        )
 
     def _redraw(self) -> None:
         epochs = [r.epoch for r in self.history]
@@ -246,8 +280,10 @@ class TrainDialog(GeoSegDialog):
 
     def _success_text(self, result: TrainResult) -> str:
         arch = ARCHITECTURE_LABELS[ARCHITECTURES.index(result.card.architecture)]
-        text = (f"Trained {arch}: best validation mIoU {result.val_miou:.4f} at epoch {result.best_epoch}; "
-                f"model saved to {result.model_path} (and {os.path.basename(result.onnx_path)})")
+        text = (
+            f"Trained {arch}: best validation mIoU {result.val_miou:.4f} at epoch {result.best_epoch}; "
+            f"model saved to {result.model_path} (and {os.path.basename(result.onnx_path)})"
+        )
         if result.stopped_early:
             text += f"; stopped early after {result.epochs_run} epochs"
         return text
