@@ -8,15 +8,16 @@ export QT_QPA_PLATFORM ?= offscreen
 export GDAL_PAM_ENABLED ?= NO
 DEMO_OUT ?= demo_output
 
-.PHONY: setup test demo bench lint compile package screenshots docs clean
+.PHONY: setup test demo bench lint typecheck compile package screenshots docs clean
 
 setup:
 	@bash scripts/setup.sh
 
-# Pure-core tests first (no QGIS in the process), then everything inside a real QGIS.
+# tests/core first (no QGIS in the process), then tests/qgis and tests/e2e inside a real QGIS
+# (the rule for each folder: tests/README.md).
 test: setup
-	$(PY) -m pytest -p no:pytest_qgis -W ignore::pytest.PytestConfigWarning -m core -q
-	$(PY) -m pytest -m "not core" -q
+	$(PY) -m pytest -p no:pytest_qgis -W ignore::pytest.PytestConfigWarning -m core -q tests/core
+	$(PY) -m pytest -q tests/qgis tests/e2e
 
 demo: setup
 	bash scripts/demo.sh $(DEMO_OUT)
@@ -24,8 +25,14 @@ demo: setup
 bench: setup
 	$(PY) -m benchmarks
 
+# ruff's rules (complexity included, see pyproject.toml) and its formatting, without changing files.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# mypy on the pure engine (geoseg.core, geoseg.models); configuration in pyproject.toml.
+typecheck: setup
+	$(VENV)/bin/mypy
 
 compile: setup
 	pyrcc5 -o resources.py resources.qrc

@@ -4,6 +4,9 @@ with Processing's progress, cancel and logging, turning core errors into message
 from __future__ import annotations
 
 import logging
+import math
+import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,8 +33,9 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 
 from ..adapter.layers import raster_path, vector_uri
-from ..core.errors import GeoSegError
+from ..core.errors import Cancelled, GeoSegError
 from ..core.params import Spec, parse_json_object, schema
+from ..core.signals import cancel_on_signals
 from ..core.staging import disk_full_cause, disk_full_error
 
 LOG = logging.getLogger("geoseg")
@@ -92,7 +96,9 @@ def advanced(alg: QgsProcessingAlgorithm, params: list) -> None:
 _NUMBER = {"int": QgsProcessingParameterNumber.Integer, "float": QgsProcessingParameterNumber.Double}
 
 
-def parameter_from_spec(s: Spec, tr: Callable[[str], str] = str) -> QgsProcessingParameterDefinition:
+# Complexity kept: one branch per kind of Processing parameter (number, enum, file, layer, ...), read top to
+# bottom as a table.
+def parameter_from_spec(s: Spec, tr: Callable[[str], str] = str) -> QgsProcessingParameterDefinition:  # noqa: C901, PLR0912
     """The Processing parameter of one schema field: name, description, default, range, choices, flags."""
     m, label = s.meta, tr(s.meta.label)
     optional = s.optional
@@ -188,6 +194,54 @@ def params_from_parameters(alg: QgsProcessingAlgorithm, cls: type, parameters: d
     return cls(**{s.field: _value(alg, s, parameters, context, feedback) for s in schema(cls)})
 
 
+def _why_not_acceptable(p: QgsProcessingParameterDefinition, value: Any) -> str | None:
+    """One line saying why Processing refuses `value` for `p` (None: no better words than QGIS's)."""
+    if isinstance(p, QgsProcessingParameterNumber):
+        return _number_problem(p, value)
+    if isinstance(p, QgsProcessingParameterFile) and isinstance(value, str):
+        return _file_problem(p, value)
+    return None
+
+
+def _number_problem(p: QgsProcessingParameterNumber, value: Any) -> str:
+    if not _is_number(value):
+        kind = "a number" if p.dataType() == QgsProcessingParameterNumber.Double else "a whole number"
+        return f"{p.name()} must be {kind} (got {value!r}, which is not a number)."
+    spec = "g" if p.dataType() == QgsProcessingParameterNumber.Double else ".0f"
+    lo, hi = format(p.minimum(), spec), format(p.maximum(), spec)
+    if p.maximum() >= 1e300:
+        return f"{p.name()} must be at least {lo} (got {value})."
+    return f"{p.name()} must be between {lo} and {hi} (got {value})."
+
+
+def _file_problem(p: QgsProcessingParameterFile, value: str) -> str | None:
+    if p.behavior() == QgsProcessingParameterFile.Folder:
+        return f"{p.name()}: {value} is a file; choose a folder." if os.path.isfile(value) else None
+    exts = [p.extension()] if p.extension() else re.findall(r"\*\.(\w+)", p.fileFilter())
+    wanted = "a " + " or ".join(f".{e}" for e in exts) if exts else "a"
+    if os.path.isdir(value):
+        return f"{p.name()}: {value} is a folder; give {wanted} file."
+    return f"{p.name()} must be {wanted} file (got {value})." if exts else None
+
+
+def _is_number(value: Any) -> bool:
+    """Whether a Processing parameter value reads as a number ("12", 12.0; not "abc" or "nan")."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _own_signals() -> tuple[int, ...]:
+    """The signals a Processing run may turn into its cancel flag: SIGTERM where the process is
+    GeoSeg's own (qgis_process); none inside the QGIS desktop, whose handlers belong to QGIS."""
+    import signal
+
+    from qgis.core import QgsApplication
+
+    return (signal.SIGTERM,) if QgsApplication.platform() == "qgis_process" else ()
+
+
 class GeoSegAlgorithm(QgsProcessingAlgorithm):
     """Subclasses set `_name`, `_display`, `_group`, `_help` and implement the two hooks."""
 
@@ -218,30 +272,28 @@ class GeoSegAlgorithm(QgsProcessingAlgorithm):
         return self.tr(self._help)
 
     def checkParameterValues(self, parameters, context):
-        """QGIS says only "Incorrect parameter value for X"; for numbers out of range, say the range."""
+        """QGIS says only "Incorrect parameter value for X"; say what X must be: a number in its range,
+        a file (not a folder) with one of its extensions, a folder (not a file)."""
         ok, message = super().checkParameterValues(parameters, context)
         if ok:
             return ok, message
         for p in self.parameterDefinitions():
             value = parameters.get(p.name())
-            if (
-                not isinstance(p, QgsProcessingParameterNumber)
-                or value in (None, "")
-                or p.checkValueIsAcceptable(value, context)
-            ):
+            if value in (None, "") or p.checkValueIsAcceptable(value, context):
                 continue
-            spec = "g" if p.dataType() == QgsProcessingParameterNumber.Double else ".0f"
-            lo, hi = format(p.minimum(), spec), format(p.maximum(), spec)
-            if p.maximum() >= 1e300:
-                return False, f"{p.name()} must be at least {lo} (got {value})."
-            return False, f"{p.name()} must be between {lo} and {hi} (got {value})."
+            why = _why_not_acceptable(p, value)
+            if why:
+                return False, why
         return ok, message
 
     def run_core(self, func: Callable[..., Any], params: Any, feedback: QgsProcessingFeedback) -> Any:
-        """Call a core entry point; GeoSegError becomes a QgsProcessingException (one line)."""
-        with engine_log_to(feedback):
+        """Call a core entry point; GeoSegError becomes a QgsProcessingException (one line). Under
+        qgis_process SIGTERM cancels the run (core.signals), as the Cancel button does in QGIS."""
+        with engine_log_to(feedback), cancel_on_signals(_own_signals(), also=feedback.isCanceled) as cancelled:
             try:
-                return func(params, progress=lambda f: feedback.setProgress(100.0 * f), cancelled=feedback.isCanceled)
+                return func(params, progress=lambda f: feedback.setProgress(100.0 * f), cancelled=cancelled)
+            except Cancelled as e:
+                raise QgsProcessingException(cancelled.explain(str(e))) from None
             except GeoSegError as e:
                 raise QgsProcessingException(str(e)) from None
             except Exception as e:

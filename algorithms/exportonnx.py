@@ -23,7 +23,7 @@ class ExportOnnxAlgorithm(GeoSegAlgorithm):
         from ..core.train import export_model_onnx
 
         def run(p: ExportOnnxParams, progress, cancelled) -> str:
-            return export_model_onnx(p.model_path, p.output_path)
+            return export_model_onnx(p.model_path, p.output_path, cancelled)
 
         params = params_from_parameters(self, ExportOnnxParams, parameters, context, feedback)
         return {"OUTPUT": self.run_core(run, params, feedback)}

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from .cli import add_arguments, params_from_args
-from .errors import GeoSegError
+from .errors import Cancelled, GeoSegError, IsCancelled
 from .gdalx import with_gdal_exceptions
 from .params import AssessParams, ExportOnnxParams, ExportParams, SegmentParams, TrainParams
+from .signals import cancel_on_signals
 
 
 def _progress(f: float) -> None:
@@ -24,51 +26,51 @@ def _progress_arg() -> Callable[[float], None]:
     return _progress if sys.stderr.isatty() else lambda f: None
 
 
-def _run_export(p: ExportParams) -> str:
+def _run_export(p: ExportParams, cancelled: IsCancelled) -> str:
     from .chips import export_chips
 
-    r = export_chips(p, progress=_progress_arg())
+    r = export_chips(p, progress=_progress_arg(), cancelled=cancelled)
     return (
         f"Exported {r.n_chips} of {r.n_grid} grid chips ({r.n_train} train, {r.n_validation} "
         f"validation) to {r.output_dir} in {r.seconds:.1f} s."
     )
 
 
-def _run_train(p: TrainParams) -> str:
+def _run_train(p: TrainParams, cancelled: IsCancelled) -> str:
     from .train import train
 
-    r = train(p, progress=_progress_arg())
+    r = train(p, progress=_progress_arg(), cancelled=cancelled)
     return (
         f"Best validation mIoU {r.val_miou:.4f} at epoch {r.best_epoch} of {r.epochs_run} on {r.device}; "
         f"wrote {r.model_path}, {r.onnx_path}, {r.metrics_path}."
     )
 
 
-def _run_segment(p: SegmentParams) -> str:
+def _run_segment(p: SegmentParams, cancelled: IsCancelled) -> str:
     from .predict import segment
 
-    r = segment(p, progress=_progress_arg())
+    r = segment(p, progress=_progress_arg(), cancelled=cancelled)
     return f"Segmented {r.tiles} tiles in {r.seconds:.1f} s with {r.backend} ({r.provider}); wrote {r.output_path}."
 
 
-def _run_assess(p: AssessParams) -> str:
+def _run_assess(p: AssessParams, cancelled: IsCancelled) -> str:
     from .assess import assess
 
-    r = assess(p, progress=_progress_arg())
+    r = assess(p, progress=_progress_arg(), cancelled=cancelled)
     return (
         f"Overall accuracy {r.overall_accuracy:.4f}, mean IoU {r.mean_iou:.4f}, macro F1 {r.macro_f1:.4f} "
         f"over {r.pixels} pixels; wrote {r.report_path} and {r.html_path}."
     )
 
 
-def _run_exportonnx(p: ExportOnnxParams) -> str:
+def _run_exportonnx(p: ExportOnnxParams, cancelled: IsCancelled) -> str:
     from .train import export_model_onnx
 
-    return f"Wrote {export_model_onnx(p.model_path, p.output_path)}."
+    return f"Wrote {export_model_onnx(p.model_path, p.output_path, cancelled)}."
 
 
 # command → (dataclass, runner, help)
-COMMANDS: dict[str, tuple[type, Callable[[Any], str], str]] = {
+COMMANDS: dict[str, tuple[type, Callable[[Any, IsCancelled], str], str]] = {
     "exportchips": (ExportParams, _run_export, "export training chips (as geoseg:exportchips)"),
     "train": (TrainParams, _run_train, "train a segmentation model (as geoseg:train)"),
     "segment": (SegmentParams, _run_segment, "tiled prediction of a raster (as geoseg:segment)"),
@@ -96,11 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     cls, run, _ = COMMANDS[args.command]
-    try:
-        message = run(params_from_args(cls, args))
-    except GeoSegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    # SIGTERM and Ctrl+C cancel the run: it cleans up as on cancel, then exits 128 + the signal
+    with cancel_on_signals((signal.SIGTERM, signal.SIGINT)) as cancelled:
+        try:
+            message = run(params_from_args(cls, args), cancelled)
+        except Cancelled as e:
+            print(f"error: {cancelled.explain(str(e))}", file=sys.stderr)
+            return cancelled.exit_status()
+        except GeoSegError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    if cancelled.signum is not None:  # it came after the last check: the output is complete
+        print(message)
+        print(f"error: stopped by {cancelled.name} as the run ended; its output is complete.", file=sys.stderr)
+        return cancelled.exit_status()
     print(message)
     return 0
 

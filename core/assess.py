@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import Cancelled, GeoSegError, IsCancelled, Progress
+from .errors import Cancelled, GeoSegError, IsCancelled, Progress, first_line
 from .gdalx import with_gdal_exceptions
 from .grid import Window
-from .labels import load_labels
+from .labels import Labels, load_labels
 from .metrics import metrics_from_confusion
 from .params import AssessParams  # defined once there, with its front-end metadata
 from .raster import MASK_NODATA, RasterInfo, category_names, open_raster, raster_info
-from .staging import check_new_file, staged_file
+from .staging import check_new_file, remove_stale_outputs, staged_file
 
 ROWS = 256  # rows per streamed strip
 log = logging.getLogger("geoseg")
@@ -144,21 +144,31 @@ def validate(p: AssessParams) -> None:
         check_new_file(path, "OUTPUT_REPORT", param="OUTPUT_REPORT")
 
 
+def _read_rows(ds, path: str, what: str, y: int, width: int, h: int) -> np.ndarray:
+    """Rows y … y+h of band 1 as int64; a damaged file gives one line naming the parameter and the file."""
+    try:
+        return ds.GetRasterBand(1).ReadAsArray(0, y, width, h).astype(np.int64)
+    except RuntimeError as e:
+        raise GeoSegError(f"{what}: reading rows {y}-{y + h} of {path} failed ({first_line(e)}).", param=what) from None
+
+
 @with_gdal_exceptions
 def assess(
     p: AssessParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
 ) -> AssessResult:
     """Compare `p.prediction_path` with the reference; write the reports; return the figures."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     validate(p)
     json_path, html_path = report_paths(p.report_path)
+    remove_stale_outputs((json_path, html_path), started)  # left by a killed run (SIGKILL)
     pred_ds = open_raster(p.prediction_path, "PREDICTION")
     pred = raster_info(pred_ds, p.prediction_path, "PREDICTION")
     if pred.band_count != 1 or pred.is_float:
         raise GeoSegError(
             "PREDICTION must be a single-band integer class raster (as written by Segment).", param="PREDICTION"
         )
-    ref_ds = labels = None
+    ref_ds = None
+    labels: Labels | None = None
     ref_nodata = None
     if p.reference_path:
         ref_ds = open_raster(p.reference_path, "REFERENCE")
@@ -173,18 +183,20 @@ def assess(
         _same_grid(pred, ref)
         ref_nodata = ref.nodata[0]
     else:
-        labels = _as_assess_error(lambda: load_labels(p.reference_vector, pred, p.class_field))
+        vector = p.reference_vector or ""  # validate() refused a run with neither reference
+        labels = _as_assess_error(lambda: load_labels(vector, pred, p.class_field))
     pairs = PairCounts()
     pred_nodata = pred.nodata[0]
     for y in range(0, pred.height, ROWS):
         if cancelled():
             raise Cancelled()
         h = min(ROWS, pred.height - y)
-        a = pred_ds.GetRasterBand(1).ReadAsArray(0, y, pred.width, h).astype(np.int64)
+        a = _read_rows(pred_ds, p.prediction_path, "PREDICTION", y, pred.width, h)
         if ref_ds is not None:
-            b = ref_ds.GetRasterBand(1).ReadAsArray(0, y, pred.width, h).astype(np.int64)
+            b = _read_rows(ref_ds, p.reference_path or "", "REFERENCE", y, pred.width, h)  # set: ref_ds is open
             ok = np.ones(b.shape, bool) if ref_nodata is None else b != ref_nodata
         else:
+            assert labels is not None  # no reference raster: the vector was loaded above
             b = labels.rasterize(pred, Window(0, y, pred.width, h), MASK_NODATA).astype(np.int64)
             ok = b != MASK_NODATA
         if pred_nodata is not None:
@@ -210,7 +222,7 @@ def assess(
             x["value"],
         )
     m = metrics_from_confusion(matrix)
-    names = {**(category_names(p.reference_path) if ref_ds is not None else {}), **category_names(p.prediction_path)}
+    names = {**(category_names(p.reference_path) if p.reference_path else {}), **category_names(p.prediction_path)}
     class_names = [names.get(v, f"class {v}") for v in values]
     report = {
         "prediction": os.path.abspath(p.prediction_path),

@@ -16,7 +16,7 @@ import numpy as np
 from .card import CARD_KEY, ModelCard
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .device import resolve_device
-from .errors import GeoSegError, first_line
+from .errors import GeoSegError, first_line, one_line
 from .gdalx import with_gdal_exceptions
 from .memory import leaf_output_bytes
 from .options import BACKENDS, DEVICES
@@ -42,6 +42,8 @@ def read_model_card(model_path: str, what: str = "MODEL") -> ModelCard:
     """The validated card of an `.onnx` or `.pt` model, without running it."""
     if not model_path:
         raise GeoSegError(f"{what}: no model file given.")
+    if os.path.isdir(model_path):
+        raise GeoSegError(f"{what}: {model_path} is a folder; give a .onnx or .pt model file.", param=what)
     if not os.path.isfile(model_path):
         raise GeoSegError(f"{what}: file not found: {model_path}")
     ext = os.path.splitext(model_path)[1].lower()
@@ -193,6 +195,27 @@ class TorchBackend:
         return leaf_output_bytes(self.model, lambda: self(probe)) / PROBE_SIZE**2
 
 
+def _probe_error(engine: Backend, card: ModelCard, chip: int, e: Exception) -> GeoSegError:
+    """The message for a model that fails on a blank tile: CHIP_SIZE's fault when the model works at
+    its card's own chip size (a model exported for one fixed size), else the model's."""
+    n = card.in_channels
+    if chip != card.chip_size:
+        try:
+            engine(np.zeros((1, n, card.chip_size, card.chip_size), dtype=np.float32))
+        except Exception:  # noqa: BLE001  (fails at its own size too: the model's fault)
+            pass
+        else:
+            return GeoSegError(
+                f"CHIP_SIZE {chip}: the model accepts only tiles of its card's chip size {card.chip_size}, not "
+                f"{chip} × {chip} ({one_line(e)}); leave CHIP_SIZE empty or set it to {card.chip_size}.",
+                param="CHIP_SIZE",
+            )
+    return GeoSegError(
+        f"MODEL: the model fails on a [1, {n}, {chip}, {chip}] input as its card describes ({one_line(e)}).",
+        param="MODEL",
+    )
+
+
 def open_backend(model_path: str, card: ModelCard, backend: str, device: str, chip: int) -> Backend:
     """Build the backend and prove it on a blank tile of the run's size: the output must match the card."""
     if backend not in BACKENDS:
@@ -216,9 +239,7 @@ def open_backend(model_path: str, card: ModelCard, backend: str, device: str, ch
     except GeoSegError:
         raise
     except Exception as e:  # noqa: BLE001  (whatever the model raises for the card's input)
-        raise GeoSegError(
-            f"MODEL: the model fails on a [1, {n}, {chip}, {chip}] input as its card describes " f"({first_line(e)})."
-        ) from None
+        raise _probe_error(engine, card, chip, e) from None
     if tuple(out.shape) != (1, k, chip, chip):
         raise GeoSegError(
             f"MODEL: the model returns shape {list(out.shape)} for a [1, {n}, {chip}, {chip}] input, "

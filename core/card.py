@@ -194,16 +194,22 @@ def _describe(s: Spec) -> str:
     elif s.kind == "boolean":
         text = "true or false"
     elif s.kind == "array":
-        text = "a list"
-        if s.min_items is not None and s.min_items == s.max_items:
-            text += f" of {s.min_items}"
-        elif s.min_items:
-            text += f" of at least {s.min_items}"
-        if s.items is not None:
-            text += f" of {_plural(s.items)}" if not s.min_items else f" {_plural(s.items)}"
+        text = _describe_array(s)
     else:
         text = "an object"
     return text + (" or null" if s.nullable else "")
+
+
+def _describe_array(s: Spec) -> str:
+    """`_describe` for a list ("a list of at least 2 objects")."""
+    text = "a list"
+    if s.min_items is not None and s.min_items == s.max_items:
+        text += f" of {s.min_items}"
+    elif s.min_items:
+        text += f" of at least {s.min_items}"
+    if s.items is not None:
+        text += f" of {_plural(s.items)}" if not s.min_items else f" {_plural(s.items)}"
+    return text
 
 
 def _plural(s: Spec) -> str:
@@ -249,25 +255,7 @@ def _check(s: Spec, v: Any, path: str, root: dict, errors: list[str]) -> None:
         if (s.min_length and len(v) < s.min_length) or (s.pattern and not re.fullmatch(s.pattern, v)):
             errors.append(wrong)
     elif s.kind == "array":
-        n = root.get(s.length_of) if s.length_of else None
-        if s.length_of and _type_ok(SCHEMA.fields[s.length_of], n) and n >= 1 and len(v) != n:
-            errors.append(
-                f"card field {path} must list {n} items, one per input channel ({s.length_of} is {n}; " f"got {len(v)})"
-            )
-        elif (s.min_items is not None and len(v) < s.min_items) or (s.max_items is not None and len(v) > s.max_items):
-            errors.append(f"card field {path} must be {_describe(s)} (got {len(v)} item{'s' if len(v) != 1 else ''})")
-        seen: set = set()
-        for i, item in enumerate(v):
-            before = len(errors)
-            if s.items is not None:
-                _check(s.items, item, f"{path}[{i}]", root, errors)
-            if s.unique and len(errors) == before and isinstance(item, dict):
-                key = item.get(s.unique)
-                if key in seen:
-                    errors.append(
-                        f"card field {path}[{i}].{s.unique} repeats {_got(key)}, already used by an " "earlier item"
-                    )
-                seen.add(key)
+        _check_array(s, v, path, root, errors)
     elif s.kind == "object" and s.fields:
         for name, sub in s.fields.items():
             where = f"{path}.{name}" if path else name
@@ -276,6 +264,28 @@ def _check(s: Spec, v: Any, path: str, root: dict, errors: list[str]) -> None:
                     errors.append(f"card field {where} is missing (it must be {_describe(sub)})")
                 continue
             _check(sub, v[name], where, root, errors)
+
+
+def _check_array(s: Spec, v: list, path: str, root: dict, errors: list[str]) -> None:
+    """`_check` for a list: its length (fixed, or that of a top-level field) and its items."""
+    n: Any = root.get(s.length_of) if s.length_of else None  # a JSON value: _type_ok checks it
+    length_spec = SCHEMA.fields.get(s.length_of) if s.length_of and SCHEMA.fields else None
+    if length_spec is not None and _type_ok(length_spec, n) and n >= 1 and len(v) != n:
+        errors.append(
+            f"card field {path} must list {n} items, one per input channel ({s.length_of} is {n}; " f"got {len(v)})"
+        )
+    elif (s.min_items is not None and len(v) < s.min_items) or (s.max_items is not None and len(v) > s.max_items):
+        errors.append(f"card field {path} must be {_describe(s)} (got {len(v)} item{'s' if len(v) != 1 else ''})")
+    seen: set = set()
+    for i, item in enumerate(v):
+        before = len(errors)
+        if s.items is not None:
+            _check(s.items, item, f"{path}[{i}]", root, errors)
+        if s.unique and len(errors) == before and isinstance(item, dict):
+            key = item.get(s.unique)
+            if key in seen:
+                errors.append(f"card field {path}[{i}].{s.unique} repeats {_got(key)}, already used by an earlier item")
+            seen.add(key)
 
 
 def card_errors(card: Any) -> list[str]:
@@ -354,7 +364,7 @@ class _Record:
     nulls: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     _OWN: ClassVar[tuple[str, ...]] = ("extra", "nulls")
-    _NESTED: ClassVar[dict[str, tuple[type, bool]]] = {}  # key → (record type, many)
+    _NESTED: ClassVar[dict[str, tuple[type[_Record], bool]]] = {}  # key → (record type, many)
 
     @classmethod
     def _keys(cls) -> list[str]:
@@ -470,7 +480,7 @@ class ModelCard(_Record):
     geoseg_version: str | None = None
     schema_version: int = SCHEMA_VERSION
 
-    _NESTED: ClassVar[dict[str, tuple[type, bool]]] = {
+    _NESTED: ClassVar[dict[str, tuple[type[_Record], bool]]] = {
         "classes": (CardClass, True),
         "normalization": (Normalization, False),
         "recommended": (RecommendedTiling, False),

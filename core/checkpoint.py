@@ -11,7 +11,7 @@ import zipfile
 from typing import Any
 
 from .card import CARD_KEY, ModelCard
-from .errors import GeoSegError
+from .errors import Cancelled, GeoSegError, IsCancelled
 from .staging import atomic_write, staged_path
 
 FORMAT = "geoseg-checkpoint"
@@ -40,6 +40,8 @@ def load_checkpoint(path: str, what: str = "MODEL") -> dict:
     `["card"]` of the result is the ModelCard."""
     import torch
 
+    if os.path.isdir(path):
+        raise GeoSegError(f"{what}: {path} is a folder; give a .pt file.", param=what)
     if not os.path.isfile(path):
         raise GeoSegError(f"{what}: file not found: {path}")
     with open(path, "rb") as f:
@@ -65,8 +67,9 @@ def load_checkpoint(path: str, what: str = "MODEL") -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else "")
+        from ..models.resnet import refusal_reason
+
+        reason = refusal_reason(e)
         raise GeoSegError(
             f"{what}: {path} holds Python objects other than plain weights, which could run code when "
             f"loaded; GeoSeg refuses to load it ({reason[:160]})."
@@ -109,10 +112,15 @@ def model_from_checkpoint(state: dict, what: str = "MODEL"):
     return model
 
 
-def save_onnx(path: str, model: Any, card: ModelCard, what: str = "OUTPUT_MODEL") -> None:
+def save_onnx(
+    path: str, model: Any, card: ModelCard, what: str = "OUTPUT_MODEL", cancelled: IsCancelled = lambda: False
+) -> None:
     """`model` as ONNX carrying `card` (metadata_props[CARD_KEY]), written to a partial file beside
-    `path` and moved over it only once the ONNX checker accepts it (models.export does the export)."""
+    `path` and moved over it only once the ONNX checker accepts it (models.export does the export).
+    Cancelled (or a signal, core.signals) while it was written: the partial file is removed."""
     from ..models.export import export_onnx
 
     with staged_path(path, what, replace=True) as tmp:
         export_onnx(model, card.in_channels, tmp, metadata={CARD_KEY: card.to_json()})
+        if cancelled():
+            raise Cancelled(f"Cancelled while writing {path}; nothing was written.")

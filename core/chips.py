@@ -32,7 +32,7 @@ from .params import ExportParams  # defined once there, with its front-end metad
 from .raster import MASK_NODATA, open_raster, raster_info, read_window, window_geotransform, write_geotiff
 from .records import ChipRecord
 from .split import SPLIT_METHODS, split_chips
-from .staging import check_new_dir, check_new_file, staged_dir, staged_file
+from .staging import check_new_dir, check_new_file, remove_stale_outputs, staged_dir, staged_file
 from .stats import Moments, merge
 
 log = logging.getLogger("geoseg")
@@ -95,13 +95,16 @@ def chip_name(win: Window) -> str:
     return f"chip_r{win.yoff:06d}_c{win.xoff:06d}.tif"
 
 
+# Complexity kept: the export's steps in order (validate, clean stale outputs, open, stage, chip in a pool,
+# index, commit); each step is already a helper, the branches are its cancel/cleanup paths.
 @with_gdal_exceptions
-def export_chips(
+def export_chips(  # noqa: C901
     p: ExportParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
 ) -> ExportResult:
     """Export chips as described by `p`; raise GeoSegError (or Cancelled) on failure."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     validate(p)
+    remove_stale_outputs((p.output_dir, p.index_path), started)  # left by a killed run (SIGKILL)
     ds = open_raster(p.input_path)
     info = raster_info(ds, p.input_path)
     require_memory(
@@ -136,7 +139,8 @@ def export_chips(
             for sub in subdirs:
                 os.makedirs(os.path.join(stage, kind, sub), exist_ok=True)
         n = len(grid)
-        row, strip = None, None
+        row: int | None = None
+        strip = np.empty((0, 0), np.uint8)  # the labels of the current row of windows: set on the first window
         pending: deque[Future] = deque()
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="geoseg-chips") as pool:  # waits before cleanup
             for i, win in enumerate(grid):

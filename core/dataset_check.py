@@ -24,6 +24,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 from osgeo import gdal
@@ -45,7 +46,7 @@ class ChipFiles:
     mask: str
 
 
-def _is_int(v: object) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -53,68 +54,76 @@ def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _bad(text: str) -> GeoSegError:
+    return GeoSegError(f"CHIPS: dataset.json {text}", param="CHIPS")
+
+
 def check_description(dataset: object) -> None:
     """dataset.json's content (parsed JSON) as a whole; GeoSegError naming the first problem."""
-
-    def bad(text: str) -> GeoSegError:
-        return GeoSegError(f"CHIPS: dataset.json {text}", param="CHIPS")
-
     if not isinstance(dataset, dict):
-        raise bad(
+        raise _bad(
             f"must hold a JSON object (it holds a JSON {_json_kind(dataset)}); choose a folder written by "
             "Export training chips."
         )
-    classes = dataset.get("classes")
+    _check_classes(dataset.get("classes"))
+    n = dataset.get("in_channels")
+    if not _is_int(n) or n < 1:
+        raise _bad(f"'in_channels' must be a positive integer (got {n!r}).")
+    bands = dataset.get("bands")
+    if bands is not None and (not isinstance(bands, list) or len(bands) != n):
+        raise _bad(f"lists {len(bands) if isinstance(bands, list) else bands!r} bands, but in_channels is {n}.")
+    size = dataset.get("chip_size")
+    if not _is_int(size) or size < 1:
+        raise _bad(f"'chip_size' must be a positive integer (got {size!r}).")
+    _check_normalization(dataset.get("normalization"), n)
+    background = dataset.get("background", 0)
+    if not _is_int(background):
+        raise _bad(f"'background' must be an integer class value (got {background!r}).")
+
+
+def _check_classes(classes: object) -> None:
+    """dataset.json's `classes`: a non-empty list of {value, name, color}, values unique."""
     if classes is None:
-        raise bad("has no 'classes' list (value, name and color of each class).")
+        raise _bad("has no 'classes' list (value, name and color of each class).")
     if not isinstance(classes, list) or not classes:
-        raise bad("'classes' must be a non-empty list of {value, name, color} objects.")
+        raise _bad("'classes' must be a non-empty list of {value, name, color} objects.")
     seen: dict[int, int] = {}
     for i, c in enumerate(classes, 1):
         if not isinstance(c, dict):
-            raise bad(f"class {i} must be an object with value, name and color (got {c!r}).")
+            raise _bad(f"class {i} must be an object with value, name and color (got {c!r}).")
         v = c.get("value")
         if not _is_int(v) or not 0 <= v <= 254:
-            raise bad(f"class {i} has value {v!r}; class values must be integers 0-254 (255 marks ignored pixels).")
+            raise _bad(f"class {i} has value {v!r}; class values must be integers 0-254 (255 marks ignored pixels).")
         if v in seen:
-            raise bad(f"lists class value {v} twice (classes {seen[v]} and {i}); each value must be unique.")
+            raise _bad(f"lists class value {v} twice (classes {seen[v]} and {i}); each value must be unique.")
         seen[v] = i
         name = c.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise bad(f"class {i} (value {v}) needs a non-empty name (got {name!r}).")
+            raise _bad(f"class {i} (value {v}) needs a non-empty name (got {name!r}).")
         color = c.get("color")
         if not isinstance(color, str) or not COLOR.match(color):
-            raise bad(f"class {i} (value {v}) has color {color!r}; colours are written #rrggbb, like #1a2b3c.")
-    n = dataset.get("in_channels")
-    if not _is_int(n) or n < 1:
-        raise bad(f"'in_channels' must be a positive integer (got {n!r}).")
-    bands = dataset.get("bands")
-    if bands is not None and (not isinstance(bands, list) or len(bands) != n):
-        raise bad(f"lists {len(bands) if isinstance(bands, list) else bands!r} bands, but in_channels is {n}.")
-    size = dataset.get("chip_size")
-    if not _is_int(size) or size < 1:
-        raise bad(f"'chip_size' must be a positive integer (got {size!r}).")
-    norm = dataset.get("normalization")
+            raise _bad(f"class {i} (value {v}) has color {color!r}; colours are written #rrggbb, like #1a2b3c.")
+
+
+def _check_normalization(norm: object, n: int) -> None:
+    """dataset.json's `normalization`: per-band finite mean and std (n bands), every std above 0."""
     if not isinstance(norm, dict):
-        raise bad("has no 'normalization' object (per-band mean and std).")
+        raise _bad("has no 'normalization' object (per-band mean and std).")
     for key in ("mean", "std"):
         values = norm.get(key)
         if not isinstance(values, list) or len(values) != n:
             got = f"{len(values)} values" if isinstance(values, list) else repr(values)
-            raise bad(f"normalization {key} must list one number per band ({n}, in_channels), got {got}.")
+            raise _bad(f"normalization {key} must list one number per band ({n}, in_channels), got {got}.")
         for b, x in enumerate(values, 1):
             if not _is_number(x) or not math.isfinite(x):
-                raise bad(f"normalization {key} of band {b} is {x!r}, not a finite number; re-export the chips.")
+                raise _bad(f"normalization {key} of band {b} is {x!r}, not a finite number; re-export the chips.")
     for b, s in enumerate(norm["std"], 1):
         if s <= 0:
-            raise bad(
+            raise _bad(
                 f"normalization std of band {b} is {s:g}: the band is constant in the training chips, so it "
                 "cannot be normalised (and carries no information). Leave the band out, or export chips "
                 "where it varies."
             )
-    background = dataset.get("background", 0)
-    if not _is_int(background):
-        raise bad(f"'background' must be an integer class value (got {background!r}).")
 
 
 def _json_kind(v: object) -> str:

@@ -120,19 +120,18 @@ def has_nvidia_driver(
     return exists("/proc/driver/nvidia/version")
 
 
+def _output_of(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`cmd` run to the end (or `timeout`), its output captured as text; a non-zero exit is not raised."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def gpu_names(which: Callable[[str], str | None] = shutil.which, timeout: float = 5.0) -> list[str]:
     """Names of the NVIDIA GPUs as nvidia-smi reports them; [] when it is absent or fails."""
     exe = which("nvidia-smi")
     if not exe:
         return []
     try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        out = _output_of([exe, "--query-gpu=name", "--format=csv,noheader"], timeout)
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
@@ -252,13 +251,7 @@ def python_version_of(path: str, timeout: float = 10.0) -> tuple[int, int] | Non
     if not os.path.isfile(path):
         return None
     try:
-        out = subprocess.run(
-            [path, "-c", "import sys; print(*sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        out = _output_of([path, "-c", "import sys; print(*sys.version_info[:2])"], timeout)
         major, minor = (int(v) for v in out.stdout.split())
         return major, minor
     except (OSError, ValueError, subprocess.SubprocessError):

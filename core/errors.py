@@ -28,3 +28,10 @@ class Cancelled(GeoSegError):
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an error's text (its type when it has none), for a one-line message."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An error's whole text on one line (its type when it has none): for errors whose point comes
+    after the first line, like onnxruntime's "Got: 48 Expected: 64"."""
+    text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -109,8 +109,10 @@ def _defined(srs: osr.SpatialReference | None) -> osr.SpatialReference | None:
     return srs
 
 
+# Complexity kept: one check per way a label layer can be wrong (geometry type, CRS, field type, empty,
+# invalid values), each with its own message, in the order a user meets them.
 @with_gdal_exceptions
-def load_labels(uri: str, info: RasterInfo, class_field: str | None = None, name_field: str | None = None) -> Labels:
+def load_labels(uri: str, info: RasterInfo, class_field: str | None = None, name_field: str | None = None) -> Labels:  # noqa: C901, PLR0912
     """Open, validate and reproject the label polygons to the raster's CRS."""
     ds, layer = _open_layer(uri)
     cls_idx = _check_field(layer, class_field, "CLASS_FIELD", INTEGER_TYPES) if class_field else -1

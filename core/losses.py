@@ -55,6 +55,8 @@ def _safe_pow(x: torch.Tensor, exponent: float) -> torch.Tensor:
 class _SegLoss(nn.Module):
     """Shared input checks, float32 log-probabilities, valid mask and class weights."""
 
+    weight: torch.Tensor  # a non-persistent buffer (register_buffer in __init__)
+
     def __init__(
         self, num_classes: int, class_weights: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX
     ) -> None:

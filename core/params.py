@@ -4,7 +4,7 @@
 A field's `metadata=P(...)` says how the parameter appears in the three front-ends: its Processing
 name, its command-line flag (derived from the field name unless given), label, help (tooltip and
 `--help`), kind, range, choices, and whether it is advanced or optional. `algorithms.base`,
-`core.cli` and `ui.base_dialog` build their parameters from it, and tests/test_params_parity.py
+`core.cli` and `ui.base_dialog` build their parameters from it, and tests/qgis/test_params_parity.py
 checks that they agree. Fields without metadata (e.g. TrainParams.num_workers) are engine-only.
 
 No qgis, torch or gdal imports: the plugin, the command line and pure-core tests all read this.

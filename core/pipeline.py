@@ -3,27 +3,36 @@ never leave a thread blocked: when any stage fails or the run is cancelled, ever
 
 from __future__ import annotations
 
+import enum
 import queue
 import threading
 from collections.abc import Callable
+from typing import Final, Generic, TypeVar
 
 QUEUE_DEPTH = 1  # batches waiting between stages: one ready batch keeps the next stage busy
-END = object()  # end of a stage's stream
+T = TypeVar("T")
+
+
+class _End(enum.Enum):
+    END = "end"
+
+
+END: Final = _End.END  # end of a stage's stream (an enum member, so `item is not END` narrows the type)
 
 
 class Stop(Exception):
     """The pipeline is shutting down because another stage failed or the run was cancelled."""
 
 
-class Pipe:
+class Pipe(Generic[T]):
     """A bounded queue between two stages whose waits end when the pipeline stops, so a failed
     or cancelled run never leaves a thread blocked on a full or empty queue."""
 
     def __init__(self, stop: threading.Event, depth: int = QUEUE_DEPTH) -> None:
-        self.queue: queue.Queue = queue.Queue(depth)
+        self.queue: queue.Queue[T | _End] = queue.Queue(depth)
         self.stop = stop
 
-    def put(self, item: object) -> None:
+    def put(self, item: T | _End) -> None:
         while not self.stop.is_set():
             try:
                 self.queue.put(item, timeout=0.1)
@@ -32,7 +41,7 @@ class Pipe:
                 pass
         raise Stop()
 
-    def get(self) -> object:
+    def get(self) -> T | _End:
         while not self.stop.is_set():
             try:
                 return self.queue.get(timeout=0.1)

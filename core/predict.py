@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from osgeo import gdal, osr
@@ -35,7 +36,7 @@ from .memory import check_budget, memory_budget_mb, retry_halving_batch
 from .params import SegmentParams  # defined once there, with its front-end metadata
 from .pipeline import END, Pipe, Stage, Stop
 from .raster import MASK_NODATA, RasterInfo, open_raster, raster_info, read_window, set_category_names
-from .staging import check_new_file, staged_file
+from .staging import check_new_file, remove_stale_outputs, staged_file
 
 log = logging.getLogger("geoseg")
 
@@ -127,7 +128,7 @@ def compatibility_warnings(card: ModelCard, raster_path: str, info: RasterInfo |
         trained = osr.SpatialReference()
         trained.ImportFromWkt(crs)
         if not trained.IsSame(info.srs):
-            name = card.crs.authid or trained.GetName()
+            name = (card.crs.authid if card.crs else None) or trained.GetName()
             out.append(f"The raster's CRS ({info.srs.GetName()}) differs from the training data's ({name}).")
     return out
 
@@ -276,7 +277,13 @@ class _Batch:
 
 @with_gdal_exceptions  # a pipeline thread: GDAL ≥ 3.7 keeps the exception mode per thread
 def _read_batches(
-    ds: gdal.Dataset, info, tiling: Tiling, batch_size: int, mean: np.ndarray, std: np.ndarray, inbox: Pipe
+    ds: gdal.Dataset,
+    info: RasterInfo,
+    tiling: Tiling,
+    batch_size: int,
+    mean: np.ndarray,
+    std: np.ndarray,
+    inbox: Pipe[_Batch],
 ) -> None:
     """Reader stage: one window per batch (arrays stay batch-sized whatever the raster's width)."""
     chip, n = tiling.chip, len(tiling.xs)
@@ -290,6 +297,8 @@ def _read_batches(
             try:
                 pixels, valid = read_window(ds, info, win)
                 ds.FlushCache()  # the cache would otherwise hold a strip's width of blocks
+            except GeoSegError:
+                raise
             except Exception as e:  # noqa: BLE001  (GDAL I/O and decoding errors of every kind)
                 raise GeoSegError(
                     f"INPUT: GDAL could not read columns {left}-{right} of rows {oy}-{oy + win.height} "
@@ -342,7 +351,7 @@ class FiniteOutputs:
 
 @with_gdal_exceptions  # a pipeline thread: GDAL ≥ 3.7 keeps the exception mode per thread
 def _write_strips(
-    outbox: Pipe,
+    outbox: Pipe[tuple[_Batch, np.ndarray]],
     tiling: Tiling,
     width: int,
     values: np.ndarray,
@@ -376,7 +385,7 @@ def _write_strips(
                 probs[:, :, x0:x1] = pr
         if b.last:
             out_rows.write(classes[None])
-            if prob_rows is not None:
+            if prob_rows is not None and probs is not None:  # both set together
                 prob_rows.write(probs)
             classes = probs = None
     out_rows.close()
@@ -396,11 +405,14 @@ class _Inference:
         parts, i = [], 0
         while i < len(x):
             out, n = retry_halving_batch(
-                lambda n, i=i: self._run(x[i : i + n]), min(self.batch_size, len(x) - i), "segmentation", self._smaller
+                partial(self._run_from, x, i), min(self.batch_size, len(x) - i), "segmentation", self._smaller
             )
             parts.append(out)
             i += n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _run_from(self, x: np.ndarray, start: int, n: int) -> np.ndarray:
+        return self._run(x[start : start + n])
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         check_budget(len(x) * self.tile_bytes, self.budget_mb, f"A batch of {len(x)} tiles")
@@ -430,7 +442,7 @@ def default_budget_mb(engine: Backend) -> float:
             return 2000.0
     try:
         with open("/proc/meminfo") as f:
-            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+            avail: float = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
     except (OSError, StopIteration, ValueError):  # not Linux
         try:
             avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
@@ -458,7 +470,9 @@ def choose_batch_size(
     return batch, per_tile
 
 
-def _predict(
+# Complexity kept: the segmentation pipeline's wiring (reader, inference, writer threads, optional probability
+# output, cleanup on stop); splitting it would pass a dozen locals around.
+def _predict(  # noqa: C901
     ds: gdal.Dataset,
     info,
     tiling: Tiling,
@@ -484,20 +498,23 @@ def _predict(
     out = _create(out_path, info, 1, gdal.GDT_Byte, [])
     prob = _create(prob_path, info, len(values), gdal.GDT_Float32, ["PREDICTOR=3"]) if prob_path else None
     stop = threading.Event()
-    inbox, outbox = Pipe(stop), Pipe(stop)
+    inbox: Pipe[_Batch] = Pipe(stop)
+    outbox: Pipe[tuple[_Batch, np.ndarray]] = Pipe(stop)
     stages: list[Stage] = []
     out_rows = prob_rows = None
     finite = FiniteOutputs()
     try:
         _style_classes(out.GetRasterBand(1), card.classes)
-        for i, c in enumerate(card.classes if prob else []):
-            prob.GetRasterBand(i + 1).SetDescription(c.name)
-            prob.GetRasterBand(i + 1).SetNoDataValue(PROB_NODATA)
+        if prob is not None:
+            for i, c in enumerate(card.classes):
+                prob.GetRasterBand(i + 1).SetDescription(c.name)
+                prob.GetRasterBand(i + 1).SetNoDataValue(PROB_NODATA)
         out_rows, prob_rows = PyramidWriter(out), PyramidWriter(prob) if prob else None
+        rows = (out_rows, prob_rows)  # the writer stage's, typed as set here (not as reset below)
 
         def write() -> None:
             try:
-                _write_strips(outbox, tiling, info.width, values, out_rows, prob_rows, finite)
+                _write_strips(outbox, tiling, info.width, values, rows[0], rows[1], finite)
             except (Stop, GeoSegError):
                 raise
             except Exception as e:  # noqa: BLE001  (GDAL write errors: disk full, permissions, …)
@@ -527,7 +544,7 @@ def _predict(
         stop.set()
         for s in stages:
             s.join()
-            s.work = None
+            s.work = lambda: None  # drop the stage's closure (and the arrays it holds)
         out_rows = prob_rows = out = prob = None  # close (flush) before the files are renamed or removed
     for s in stages:
         if s.error is not None:
@@ -549,7 +566,7 @@ def _refuse_unusable_input(card: ModelCard, ds: gdal.Dataset, info: RasterInfo) 
         srs = osr.SpatialReference()
         srs.ImportFromWkt(trained)
         if srs.IsProjected():
-            name = card.crs.authid or srs.GetName()
+            name = (card.crs.authid if card.crs else None) or srs.GetName()
             px = card.pixel_size
             at, tr = (f" at {px[0]:g} × {px[1]:g} pixels", f" -tr {px[0]:g} {px[1]:g}") if px else ("", "")
             raise GeoSegError(
@@ -564,7 +581,7 @@ def _refuse_unusable_input(card: ModelCard, ds: gdal.Dataset, info: RasterInfo) 
 
 
 @with_gdal_exceptions
-def preflight(p: SegmentParams) -> tuple[ModelCard, gdal.Dataset, object, Tiling]:
+def preflight(p: SegmentParams) -> tuple[ModelCard, gdal.Dataset, RasterInfo, Tiling]:
     """Every check that needs no model run and no pixel: parameters, outputs, card, band count,
     tiling. The dialogs call it before starting a task; `segment` starts with it."""
     _validate(p)
@@ -596,8 +613,9 @@ def segment(
     p: SegmentParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
 ) -> SegmentResult:
     """Segment `p.input_path` with `p.model_path`; raise GeoSegError (or Cancelled) on failure."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     card, ds, info, tiling = preflight(p)
+    remove_stale_outputs((p.output_path, p.probabilities_path), started)  # left by a killed run (SIGKILL)
     chip, sx, sy, crop = _resolve(p, card)
     warnings = compatibility_warnings(card, p.input_path, info)
     for w in warnings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, osr
 
-from .errors import GeoSegError
+from .errors import GeoSegError, first_line
 from .gdalx import with_gdal_exceptions
 from .grid import Window
 
@@ -75,7 +76,38 @@ def open_raster(path: str, what: str = "INPUT") -> gdal.Dataset:
         raise GeoSegError(f"{what}: GDAL cannot open {path} as a raster ({e}).") from None
     if ds is None or ds.RasterCount == 0:
         raise GeoSegError(f"{what}: {path} holds no raster bands.")
+    missing = missing_vrt_sources(ds, path)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise GeoSegError(
+            f"{what}: the virtual raster {path} refers to a file that does not exist: {missing[0]}{more}; "
+            "restore it, or build the VRT again.",
+            param=what,
+        )
     return ds
+
+
+def missing_vrt_sources(ds: gdal.Dataset, path: str) -> list[str]:
+    """The source files a VRT names that do not exist (GDAL opens them only when it reads pixels,
+    so a missing one would fail half-way through a run)."""
+    if ds.GetDriver().ShortName != "VRT":
+        return []
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring((ds.GetMetadata("xml:VRT") or [""])[0])
+    except ET.ParseError:
+        return []
+    base = os.path.dirname(os.path.abspath(path)) if os.path.exists(path) else ""
+    missing: list[str] = []
+    for el in root.iter("SourceFilename"):
+        name = (el.text or "").strip()
+        if not name or name.startswith("/vsi") or re.match(r"[A-Za-z0-9_]{2,}:", name):
+            continue  # virtual file systems and connection strings (GPKG:f:t, NETCDF:"f":v): GDAL's to resolve
+        full = os.path.join(base, name) if el.get("relativeToVRT") == "1" and base else name
+        if not os.path.exists(full) and full not in missing:
+            missing.append(full)
+    return missing
 
 
 DTYPES = {
@@ -133,7 +165,12 @@ def read_window(ds: gdal.Dataset, info: RasterInfo, win: Window) -> tuple[np.nda
     Returns (pixels [bands, h, w], valid [h, w] bool). A pixel is invalid when any band is
     nodata (or NaN), when the dataset mask says so, or when it is padding.
     """
-    data = ds.ReadAsArray(win.xoff, win.yoff, win.width, win.height)
+    try:
+        data = ds.ReadAsArray(win.xoff, win.yoff, win.width, win.height)
+    except RuntimeError as e:  # a damaged file, a source of a VRT gone since it was opened
+        raise GeoSegError(
+            f"INPUT: reading {info.path} failed at pixels {win.xoff}, {win.yoff} ({first_line(e)}).", param="INPUT"
+        ) from None
     if data.ndim == 2:
         data = data[np.newaxis]
     valid = np.ones((win.height, win.width), dtype=bool)

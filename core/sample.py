@@ -76,8 +76,8 @@ class SampleScene:
 
 def blur(a: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of the last two axes via FFT (periodic edges), since scipy is not available."""
-    fy = np.fft.fftfreq(a.shape[-2])[:, None]
-    fx = np.fft.rfftfreq(a.shape[-1])[None, :]
+    fy = np.fft.fftfreq(a.shape[-2], d=1.0)[:, None]  # d given: numpy 1.24's stubs lack its default
+    fx = np.fft.rfftfreq(a.shape[-1], d=1.0)[None, :]
     kernel = np.exp(-2.0 * np.pi**2 * sigma**2 * (fx**2 + fy**2))
     return np.fft.irfft2(np.fft.rfft2(a) * kernel, s=a.shape[-2:])
 

@@ -4,14 +4,17 @@ and nothing the user already had is overwritten."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
 from .errors import GeoSegError, first_line
+
+log = logging.getLogger("geoseg")
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 DISK_FULL_TEXT = ("No space left on device", "File too large", "Disk quota exceeded")  # as GDAL and torch word them
@@ -195,13 +198,42 @@ def _sync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def remove_stale_partials(path: str) -> list[str]:
-    """Remove the partial files a killed writer of `path` left behind; return their names."""
+def remove_stale_partials(path: str, before: float | None = None) -> list[str]:
+    """Remove the partial files and folders a killed writer of `path` left behind (a SIGKILL, a
+    power cut: nothing could clean up then); return their names. `before`: only those last changed
+    before that time (`time.time()` at the start of the run), so a partial of a run writing the same
+    name right now is left alone."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     prefix = partial_prefix(path)
+    removed: list[str] = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:  # no folder yet: nothing was left there
+        return removed
+    for name in names:
+        full = os.path.join(folder, name)
+        if not name.startswith(prefix):
+            continue
+        try:
+            if before is not None and os.lstat(full).st_mtime >= before:
+                continue
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.remove(full)
+        except OSError:
+            continue  # not ours to remove (permissions), or gone already
+        removed.append(name)
+    return removed
+
+
+def remove_stale_outputs(targets: Iterable[str | None], before: float) -> list[str]:
+    """Every run, before it writes: remove the stale partials of each of its outputs (`targets`;
+    None: an output not asked for) older than the run, logging what was removed."""
     removed = []
-    for name in sorted(os.listdir(folder)):
-        if name.startswith(prefix) and os.path.isfile(os.path.join(folder, name)):
-            os.remove(os.path.join(folder, name))
-            removed.append(name)
+    for target in targets:
+        if target:
+            for name in remove_stale_partials(target, before):
+                log.info("Removed %s, left behind by an interrupted run.", name)
+                removed.append(name)
     return removed

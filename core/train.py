@@ -18,20 +18,22 @@ import numpy as np
 from .checkpoint import load_checkpoint, save_model, save_onnx
 from .dataset import open_chips
 from .device import resolve_device  # also re-exported: it lived here
-from .errors import GeoSegError, IsCancelled, Progress
+from .errors import Cancelled, GeoSegError, IsCancelled, Progress
 from .gdalx import with_gdal_exceptions
 from .memory import require_memory, training_bytes
 from .metrics import metrics_from_confusion
 from .options import ARCHITECTURES, CLASS_WEIGHTS, LOSSES, SCHEDULES
 from .params import TrainParams  # defined once there, with its front-end metadata
 from .reports import BatchReport, EpochReport, TrainResult  # also re-exported: they lived here
-from .staging import check_new_file
-from .trainer import Run, nan_to_none, output_paths
+from .staging import check_new_file, remove_stale_outputs
+from .trainer import Run, check_card_before_training, nan_to_none, output_paths
 
 log = logging.getLogger("geoseg")
 
 
-def validate(p: TrainParams) -> None:
+# Complexity kept: a flat list of independent parameter checks, one `if …: raise` each, in the parameters'
+# order.
+def validate(p: TrainParams) -> None:  # noqa: C901, PLR0912
     """Cheap checks before reading any chip."""
     if p.architecture not in ARCHITECTURES:
         raise GeoSegError(
@@ -70,14 +72,22 @@ def validate(p: TrainParams) -> None:
             "beside it with the same name and .onnx.",
             param="OUTPUT_MODEL",
         )
+    _check_encoder_weights(p.model_options.get("encoder_weights"))
     paths = output_paths(p.output_model)
     if p.resume:
         if not os.path.isfile(paths["last"]):
             raise GeoSegError(
                 f"RESUME: there is no training state to resume ({paths['last']} not found).", param="RESUME"
             )
+    elif os.path.isfile(paths["last"]):
+        raise GeoSegError(
+            f"OUTPUT_MODEL: {paths['last']} already exists: it holds the saved state of an earlier training run "
+            "(interrupted, or finished). Set RESUME to continue that run (with more EPOCHS if it finished), or "
+            "choose a new OUTPUT_MODEL. GeoSeg never overwrites existing output.",
+            param="OUTPUT_MODEL",
+        )
     else:
-        for key in ("model", "onnx", "metrics", "last"):
+        for key in ("model", "onnx", "metrics"):
             check_new_file(paths[key], "OUTPUT_MODEL", param="OUTPUT_MODEL")
     folder = os.path.dirname(os.path.abspath(p.output_model))
     if not os.path.isdir(folder):  # created in train(), like every other GeoSeg output's folder
@@ -89,6 +99,28 @@ def validate(p: TrainParams) -> None:
         raise GeoSegError(f"OUTPUT_MODEL: cannot write in {folder}.", param="OUTPUT_MODEL")
 
 
+def _check_encoder_weights(path: object) -> None:
+    """MODEL_OPTIONS encoder_weights: an existing file (read, without unpickling, when the model is built)."""
+    if path is None or path == "":
+        return
+    if not isinstance(path, str):
+        raise GeoSegError(
+            f"MODEL_OPTIONS: encoder_weights must be the path of a torchvision ResNet .pth file (got {path!r}).",
+            param="MODEL_OPTIONS",
+        )
+    if os.path.isdir(path):
+        raise GeoSegError(
+            f"MODEL_OPTIONS: encoder_weights {path} is a folder; give the torchvision ResNet .pth file.",
+            param="MODEL_OPTIONS",
+        )
+    if not os.path.isfile(path):
+        raise GeoSegError(
+            f"MODEL_OPTIONS: encoder_weights file not found: {path} (give the path of a torchvision ResNet "
+            ".pth file; GeoSeg downloads nothing).",
+            param="MODEL_OPTIONS",
+        )
+
+
 @with_gdal_exceptions
 def train(
     p: TrainParams,
@@ -97,8 +129,14 @@ def train(
     report: Callable[[BatchReport | EpochReport], None] | None = None,
 ) -> TrainResult:
     """Train as described by `p`; raise GeoSegError (or Cancelled) on failure."""
+    from ..models.registry import validate_options  # no torch import
+
+    started = time.time()
     validate(p)
+    paths = output_paths(p.output_model)
+    remove_stale_outputs(paths.values(), started)  # left by a killed run (SIGKILL)
     chips = open_chips(p.chips_dir, p.ignore_background)
+    check_card_before_training(p, chips, validate_options(p.architecture, **p.model_options))
     device = resolve_device(p.device)
     require_memory(
         training_bytes(p.architecture, chips.in_channels, len(chips.classes), p.model_options, chips.chip_size),
@@ -108,10 +146,10 @@ def train(
         device=device,
     )
 
+    run = Run(p, chips, device)
     out_dir = os.path.dirname(os.path.abspath(p.output_model))
     new_dir = not os.path.isdir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    run = Run(p, chips, device)
+    os.makedirs(out_dir, exist_ok=True)  # only now: every check before it writes nothing
     if p.resume:
         run.resume()
     created = not p.resume
@@ -148,8 +186,10 @@ def train(
             )
             if miou > run.best_miou:
                 run.best_miou, run.best_epoch = miou, epoch + 1
-                save_model(run.paths["model"], run.model.state_dict(), run.card())
+            # the resumable state first: a kill after it leaves what RESUME needs to write the rest again
             run.save_last(epoch + 1)
+            if run.best_epoch == epoch + 1:
+                save_model(run.paths["model"], run.model.state_dict(), run.card())
             run.write_metrics()
             created = False  # from here on the files hold a usable model: keep them whatever happens
             h = run.history[-1]
@@ -213,14 +253,23 @@ def train(
 
 
 @with_gdal_exceptions
-def export_model_onnx(model_path: str, onnx_path: str) -> str:
-    """`.pt` → `.onnx` with the same card (geoseg:exportonnx)."""
+def export_model_onnx(model_path: str, onnx_path: str, cancelled: IsCancelled = lambda: False) -> str:
+    """`.pt` → `.onnx` with the same card (geoseg:exportonnx); missing folders are created, as
+    for every GeoSeg output, and removed again when it fails."""
     from .checkpoint import model_from_checkpoint
 
+    started = time.time()
+    if not onnx_path:
+        raise GeoSegError("OUTPUT: no output file given.", param="OUTPUT")
     if not onnx_path.endswith(".onnx"):
-        raise GeoSegError(f"OUTPUT must end in .onnx (got {onnx_path}).")
+        raise GeoSegError(f"OUTPUT must end in .onnx (got {onnx_path}).", param="OUTPUT")
+    if os.path.isdir(onnx_path):
+        raise GeoSegError(f"OUTPUT: {onnx_path} is a folder; give the .onnx file to write.", param="OUTPUT")
     check_new_file(onnx_path, "OUTPUT", param="OUTPUT")
+    remove_stale_outputs((onnx_path,), started)  # left by a killed run (SIGKILL)
     state = load_checkpoint(model_path)
     model = model_from_checkpoint(state)
-    save_onnx(onnx_path, model.eval(), state["card"], "OUTPUT")
+    if cancelled():
+        raise Cancelled()
+    save_onnx(onnx_path, model.eval(), state["card"], "OUTPUT", cancelled)
     return onnx_path

@@ -7,14 +7,15 @@ import csv
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from . import __version__
-from .card import ModelCard, recommended_tiling
+from .card import ModelCard, card_errors, recommended_tiling
 from .checkpoint import load_checkpoint, save_model
 from .dataset import ChipDataset, ChipsFolder, augment_batch
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress, first_line
@@ -25,6 +26,9 @@ from .reports import BatchReport
 from .staging import atomic_write, remove_stale_partials
 
 if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.utils.data import DataLoader, Dataset
+
     from .params import TrainParams
 
 log = logging.getLogger("geoseg")
@@ -71,6 +75,74 @@ def default_workers() -> int:
     return min(4, cpus // 2)
 
 
+def card_dict(
+    p: TrainParams, chips: ChipsFolder, options: dict, radius: int, history: list[dict], best_epoch: int
+) -> dict:
+    """The model card (as JSON) of a run: dataset.json's description, the parameters, the metrics so far."""
+    ds = chips.dataset
+    best = next((h for h in history if h["epoch"] == best_epoch), None)
+    names = [c["name"] for c in chips.classes]
+    return {
+        "geoseg_version": __version__,
+        "classes": chips.classes,
+        "bands": ds["bands"],
+        "in_channels": chips.in_channels,
+        "chip_size": chips.chip_size,
+        "normalization": {"mean": ds["normalization"]["mean"], "std": ds["normalization"]["std"]},
+        "architecture": p.architecture,
+        "architecture_options": options,
+        "crs": ds.get("crs"),
+        "pixel_size": ds.get("pixel_size"),
+        "data_type": ds.get("data_type"),
+        "nodata": ds.get("nodata"),
+        "background": ds.get("background"),
+        "ignore_background": p.ignore_background,
+        "recommended": recommended_tiling(chips.chip_size, radius),
+        "metrics": None
+        if best is None
+        else {
+            "epoch": best["epoch"],
+            "val_miou": best["val_miou"],
+            "val_oa": best["val_oa"],
+            "val_macro_f1": best["val_macro_f1"],
+            "per_class_iou": dict(zip(names, best["per_class_iou"], strict=True)),
+        },
+        "training": {k: v for k, v in asdict(p).items() if k not in ("chips_dir", "output_model")},
+        "epochs_run": len(history),
+        "split": ds.get("split"),
+        "dataset_sha256": chips.sha256,
+    }
+
+
+# card fields that come from a parameter rather than from the chips folder's dataset.json
+CARD_FIELD_PARAMS = {"architecture_options": "MODEL_OPTIONS", "ignore_background": "IGNORE_BACKGROUND"}
+
+
+def check_card_before_training(p: TrainParams, chips: ChipsFolder, options: dict) -> None:
+    """Build the card this run will write, from dataset.json and the parameters, before the first
+    epoch and before any output exists: a card GeoSeg would refuse later (and refuse to load) is
+    refused now, naming CHIPS (dataset.json) or the parameter at fault."""
+    errors = card_errors(card_dict(p, chips, options, 0, [], 0))
+    if not errors:
+        return
+    fields = [m.group(1) for e in errors if (m := re.match(r"card field (\w+)", e))]
+    param = next((CARD_FIELD_PARAMS[f] for f in fields if f in CARD_FIELD_PARAMS), None)
+    shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+    if param is not None:
+        raise GeoSegError(f"{param}: the model card would be invalid ({shown}).", param=param)
+    raise GeoSegError(
+        f"CHIPS: dataset.json describes the data in a way GeoSeg cannot put in a model card ({shown}); "
+        "fix dataset.json, or export the chips again.",
+        param="CHIPS",
+    )
+
+
+def _as_dataset(ds: ChipDataset) -> Dataset[tuple[Tensor, Tensor]]:
+    """`ds` typed as torch's Dataset: it is map-style (`__len__`, `__getitem__`), all DataLoader uses;
+    dataset.py does not subclass torch's Dataset so that it imports without torch."""
+    return cast("Dataset[tuple[Tensor, Tensor]]", ds)
+
+
 class Run:
     """One training run's state; split out of `train` so each step reads on its own."""
 
@@ -84,11 +156,14 @@ class Run:
         self.p, self.chips, self.device = p, chips, device
         self.paths = output_paths(p.output_model)
         torch.manual_seed(p.seed)
-        self.model = build_model(p.architecture, chips.in_channels, len(chips.classes), **p.model_options)
+        try:
+            self.model = build_model(p.architecture, chips.in_channels, len(chips.classes), **p.model_options)
+        except ValueError as e:  # encoder_weights that are not a matching torchvision state dict
+            raise GeoSegError(f"MODEL_OPTIONS: {first_line(e, 400)}.", param="MODEL_OPTIONS") from None
         self.radius = receptive_field_radius(self.model, chips.in_channels, min(chips.chip_size, 256))
         self.model.to(device)
         if device == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits memory_format
         weights = class_weight_tensor(p, chips)
         self.loss_fn = build_loss(
             p.loss, len(chips.classes), None if weights is None else weights.to(device), IGNORE_INDEX
@@ -123,8 +198,8 @@ class Run:
         b, workers, pin = self.batch_size, self.workers, self.device == "cuda"
         train_ds = ChipDataset(self.chips, self.chips.train)
         drop_last = len(train_ds) > b and len(train_ds) % b == 1  # no batch of 1 for BatchNorm
-        self.train_loader = torch.utils.data.DataLoader(
-            train_ds,
+        self.train_loader: DataLoader[tuple[Tensor, Tensor]] = torch.utils.data.DataLoader(
+            _as_dataset(train_ds),
             batch_size=b,
             shuffle=True,
             generator=self.loader_gen,
@@ -133,8 +208,8 @@ class Run:
             pin_memory=pin,
             persistent_workers=workers > 0,
         )
-        self.val_loader = torch.utils.data.DataLoader(
-            ChipDataset(self.chips, self.chips.validation or self.chips.train),
+        self.val_loader: DataLoader[tuple[Tensor, Tensor]] = torch.utils.data.DataLoader(
+            _as_dataset(ChipDataset(self.chips, self.chips.validation or self.chips.train)),
             batch_size=self.val_batch_size,
             shuffle=False,
             num_workers=workers,
@@ -152,6 +227,7 @@ class Run:
         import torch
 
         total = self.p.epochs * self.steps
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler
         if self.p.schedule == "onecycle":
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=self.p.learning_rate, total_steps=max(total, 2)
@@ -246,42 +322,9 @@ class Run:
     # ------------------------------------------------------------ state
     def card(self) -> ModelCard:
         """The card of the model as it is now (validated: a checkpoint never carries a wrong one)."""
-        ds = self.chips.dataset
-        best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
-        names = [c["name"] for c in self.chips.classes]
-        return ModelCard.from_dict(
-            {
-                "geoseg_version": __version__,
-                "classes": self.chips.classes,
-                "bands": ds["bands"],
-                "in_channels": self.chips.in_channels,
-                "chip_size": self.chips.chip_size,
-                "normalization": {"mean": ds["normalization"]["mean"], "std": ds["normalization"]["std"]},
-                "architecture": self.p.architecture,
-                "architecture_options": self.model.options,
-                "crs": ds.get("crs"),
-                "pixel_size": ds.get("pixel_size"),
-                "data_type": ds.get("data_type"),
-                "nodata": ds.get("nodata"),
-                "background": ds.get("background"),
-                "ignore_background": self.p.ignore_background,
-                "recommended": recommended_tiling(self.chips.chip_size, self.radius),
-                "metrics": None
-                if best is None
-                else {
-                    "epoch": best["epoch"],
-                    "val_miou": best["val_miou"],
-                    "val_oa": best["val_oa"],
-                    "val_macro_f1": best["val_macro_f1"],
-                    "per_class_iou": dict(zip(names, best["per_class_iou"], strict=True)),
-                },
-                "training": {k: v for k, v in asdict(self.p).items() if k not in ("chips_dir", "output_model")},
-                "epochs_run": len(self.history),
-                "split": ds.get("split"),
-                "dataset_sha256": self.chips.sha256,
-            },
-            "OUTPUT_MODEL",
-        )
+        options = cast(dict[str, Any], self.model.options)  # set by models.registry.build_model
+        card = card_dict(self.p, self.chips, options, self.radius, self.history, self.best_epoch)
+        return ModelCard.from_dict(card, "OUTPUT_MODEL")
 
     def resume(self) -> None:
         for path in self.paths.values():  # temporary files of a killed run (the files themselves are whole)
@@ -333,6 +376,7 @@ class Run:
         self.best_epoch = int(state["best_epoch"])
         self.history = [dict(h) for h in state["history"]]
         self._start_state = state
+        self._complete_outputs(state)
         log.info(
             "Resuming %s after epoch %d (best val mIoU %.4f at epoch %d).",
             self.paths["model"],
@@ -340,6 +384,22 @@ class Run:
             self.best_miou,
             self.best_epoch,
         )
+
+    def _complete_outputs(self, state: dict) -> None:
+        """A run killed after saving its state but before the best model or the metrics: the state
+        holds everything to write them again (the state is saved first in every epoch)."""
+        if self.best_epoch and self.best_epoch == int(state["epoch"]):
+            have = None
+            if os.path.isfile(self.paths["model"]):
+                try:
+                    card = load_checkpoint(self.paths["model"], "RESUME")["card"]
+                    have = card.metrics.epoch if card.metrics is not None else None
+                except GeoSegError:
+                    have = None
+            if have != self.best_epoch:
+                log.info("Writing %s again from the saved state of epoch %d.", self.paths["model"], self.best_epoch)
+                save_model(self.paths["model"], self.model.state_dict(), self.card())
+        self.write_metrics()
 
     def save_last(self, epoch: int) -> None:
         save_model(
@@ -374,7 +434,11 @@ class Run:
         return self.loss_fn(out.float(), y)
 
     def train_epoch(
-        self, epoch: int, progress: Progress, cancelled: IsCancelled, report: Callable[[object], None] | None = None
+        self,
+        epoch: int,
+        progress: Progress,
+        cancelled: IsCancelled,
+        report: Callable[[BatchReport], None] | None = None,
     ) -> float:
         """One epoch; on out of memory (CUDA, CPU, or over the budget) the epoch restarts at half the batch."""
         self.remember_start()
@@ -387,7 +451,11 @@ class Run:
         return loss
 
     def _train_epoch(
-        self, epoch: int, progress: Progress, cancelled: IsCancelled, report: Callable[[object], None] | None = None
+        self,
+        epoch: int,
+        progress: Progress,
+        cancelled: IsCancelled,
+        report: Callable[[BatchReport], None] | None = None,
     ) -> float:
         import torch
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any
 
 import onnx
 import torch
@@ -43,7 +44,7 @@ DYNAMIC_AXES = {
 
 def _export(model: nn.Module, sample: torch.Tensor, path: str) -> None:
     """Tracer first (fast); dynamo only when the tracer is unavailable or fails."""
-    kwargs = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "dynamic_axes": DYNAMIC_AXES}
+    kwargs: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "dynamic_axes": DYNAMIC_AXES}
     try:
         with warnings.catch_warnings():  # the tracer is chosen deliberately; its deprecation notice is noise
             warnings.simplefilter("ignore", DeprecationWarning)

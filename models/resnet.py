@@ -13,6 +13,9 @@ as in DeepLabv3, so the deep features stay at 1/16 or 1/8 of the input.
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
+import zipfile
 
 import torch
 from torch import nn
@@ -25,6 +28,12 @@ RESNET_LAYOUTS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet34": ("basic", (3, 4, 6, 3)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
 }
+
+
+def refusal_reason(exc: pickle.UnpicklingError) -> str:
+    """The line of torch's weights_only refusal that names what was refused (the whole text is long)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else "")
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -157,10 +166,23 @@ def load_torchvision_weights(encoder: ResNetEncoder, path: str) -> None:
     """
     if not path or not os.path.isfile(path):
         raise ValueError(f"encoder_weights file not found: {path!r}")
+    with open(path, "rb") as f:
+        head = f.read(1)
+    if head != b"\x80" and not zipfile.is_zipfile(path):  # neither torch's zip format nor a raw pickle
+        raise ValueError(f"encoder_weights {path!r} is not a readable PyTorch weights file (not written by torch.save)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file is the user's input error
-        raise ValueError(f"encoder_weights {path!r} is not a readable torch state dict: {exc}") from exc
+        with warnings.catch_warnings():  # "pickle protocol 4" notices: noise here
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused it: Python objects, which could run code
+        reason = refusal_reason(exc)
+        raise ValueError(
+            f"encoder_weights {path!r} holds Python objects other than plain weights, which could run code "
+            f"when loaded; GeoSeg refuses to load it ({reason[:120]})"
+        ) from None
+    except Exception as exc:  # noqa: BLE001  (any unreadable file is the user's input error)
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ValueError(f"encoder_weights {path!r} is not a readable torch state dict ({detail})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

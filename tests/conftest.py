@@ -4,19 +4,23 @@
 from __future__ import annotations
 
 import os
-import sys
+from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("GDAL_PAM_ENABLED", "NO")  # QGIS must not write .aux.xml beside inputs
 
 
+GROUPS = ("core", "qgis", "e2e")  # tests/<group>/…: the folder is the marker (see tests/README.md)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files named test_core_*.py are pure-engine tests: mark them `core`."""
+    """Mark every test with its folder under tests/: `core`, `qgis` or `e2e`."""
+    here = Path(__file__).parent
     for item in items:
-        if os.path.basename(str(item.fspath)).startswith("test_core_"):
-            item.add_marker(pytest.mark.core)
+        group = item.path.relative_to(here).parts[0]
+        if group in GROUPS:
+            item.add_marker(getattr(pytest.mark, group))
 
 
 @pytest.fixture
@@ -86,10 +90,9 @@ def model(tmp_path_factory, net) -> str:
     """`net` as an ONNX model carrying a valid GeoSeg card (segment_fixtures.card)."""
     import json
 
-    from segment_fixtures import card
-
     from geoseg.core.card import CARD_KEY
     from geoseg.models.export import export_onnx
+    from tests.support.segment_fixtures import card
 
     path = str(tmp_path_factory.mktemp("model") / "tiny.onnx")
     export_onnx(net, 3, path, sample_size=32, metadata={CARD_KEY: json.dumps(card())})
@@ -101,7 +104,7 @@ def rasters(tmp_path_factory) -> dict[str, str]:
     """Byte rasters: one like the training data, and ones differing in pixel size, bands or CRS."""
     from osgeo import gdal
 
-    from helpers import make_raster
+    from tests.support.helpers import make_raster
 
     folder = tmp_path_factory.mktemp("rasters")
     specs = {"match": {}, "coarse": {"pixel": 10.0}, "fourband": {"bands": 4}, "utm34": {"epsg": 32634}}
@@ -131,8 +134,7 @@ def layers(rasters, qgis_iface):
 def segment_dialog(qgis_app, qgis_iface, layers):
     """A SegmentDialog with fresh settings."""
     from geoseg.ui.segment_dialog import SETTINGS_PREFIX, SegmentDialog
-
-    from helpers import fresh_settings, open_dialog
+    from tests.support.helpers import fresh_settings, open_dialog
 
     with fresh_settings(SETTINGS_PREFIX), open_dialog(SegmentDialog, qgis_app, qgis_iface) as dlg:
         yield dlg

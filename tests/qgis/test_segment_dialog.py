@@ -1,0 +1,423 @@
+"""SegmentDialog inside a real QGIS (pytest-qgis): model card, compatibility warnings, widgets →
+SegmentParams → segmentation task → styled class layer; the plugin's "Segment layer…" action."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from osgeo import gdal
+from qgis.core import (
+    Qgis,
+    QgsPalettedRasterRenderer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleBandGrayRenderer,
+)
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtWidgets import QTextBrowser
+from torch import nn
+
+from geoseg.adapter.style import apply_class_style, class_layer_name, style_probabilities
+from geoseg.core.card import CARD_KEY
+from geoseg.core.errors import GeoSegError
+from geoseg.core.options import BACKEND_LABELS, DEVICE_LABELS
+from geoseg.core.predict import SegmentParams
+from geoseg.models.export import export_onnx
+from geoseg.ui.base_dialog import FIELD_ERROR_STYLE
+from geoseg.ui.segment_dialog import SegmentDialog
+from tests.support.helpers import UTM, make_raster, open_dialog, run_and_wait, set_widgets, srs, wait_for
+from tests.support.segment_fixtures import CLASSES, MEAN, STD, card, setup
+
+WIDGETS = (
+    "inputLayer",
+    "modelFile",
+    "cardView",
+    "warningLabel",
+    "chipSize",
+    "strideX",
+    "strideY",
+    "crop",
+    "recommendedButton",
+    "batchSize",
+    "memoryBudget",
+    "backend",
+    "device",
+    "outputFile",
+    "probabilitiesFile",
+    "addToMap",
+    "messageLabel",
+    "progress",
+    "runButton",
+    "cancelButton",
+    "closeButton",
+)
+
+
+def items(combo) -> list[str]:
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+def assert_refused(dlg: SegmentDialog, expected: str) -> None:
+    assert dlg.validate_inputs() is None
+    assert dlg.run() is None and dlg.task is None
+    assert expected in dlg.messageLabel.text(), dlg.messageLabel.text()
+    assert "c00000" in dlg.messageLabel.styleSheet()
+
+
+def write_classes(path: str, values: np.ndarray) -> str:
+    ds = gdal.GetDriverByName("GTiff").Create(path, values.shape[1], values.shape[0], 1, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 2.0, 0, 5300000.0, 0, -2.0))
+    ds.SetProjection(srs(UTM).ExportToWkt())
+    ds.GetRasterBand(1).WriteArray(values)
+    ds.GetRasterBand(1).SetNoDataValue(255)
+    ds = None
+    return path
+
+
+# ---------------------------------------------------------------- widgets and card
+def test_constructs_with_tooltips_and_defaults(dialog):
+    for name in WIDGETS:
+        w = dialog.findChild(object, name)
+        assert w is not None, name
+        assert w.toolTip(), f"{name} has no tooltip"
+    assert dialog.windowTitle() == "GeoSeg — Segment raster"
+    assert dialog.modelFile.storageMode() == QgsFileWidget.GetFile
+    assert dialog.modelFile.filter() == "GeoSeg models (*.onnx *.pt)"
+    for w in (dialog.outputFile, dialog.probabilitiesFile):
+        assert w.storageMode() == QgsFileWidget.SaveFile and "*.tif" in w.filter()
+    assert isinstance(dialog.cardView, QTextBrowser) and dialog.cardView.isReadOnly()
+    assert items(dialog.backend) == list(BACKEND_LABELS) == ["Auto", "onnxruntime", "torch"]
+    assert items(dialog.device) == list(DEVICE_LABELS)
+    assert (dialog.chipSize.value(), dialog.strideX.value(), dialog.strideY.value()) == (0, 0, 0)
+    assert dialog.crop.value() == -1 and dialog.batchSize.value() == 8
+    assert dialog.memoryBudget.value() == 0 and dialog.memoryBudget.text() == "none"
+    assert dialog.chipSize.text() == "from model" and "chip / 8" in dialog.crop.text()
+    assert dialog.addToMap.isChecked()
+    assert dialog.card is None and not dialog.recommendedButton.isEnabled()
+    assert dialog.warningLabel.text() == ""
+    assert dialog.runButton.isEnabled() and not dialog.cancelButton.isEnabled()
+
+
+def test_card_view_shows_the_model(dialog, model, layers):
+    dialog.set_input_layer(layers["match"])
+    dialog.modelFile.setFilePath(model)
+    assert dialog.card is not None and dialog.card_error is None
+    text = dialog.cardView.toPlainText()
+    for expected in (
+        "custom",
+        "background",
+        "water",
+        "forest",
+        "32 px",
+        "EPSG:32633",
+        "2 × 2",
+        "stride 24 px, crop 4 px",
+        "0.8123",
+        "1, 2, 3",
+    ):
+        assert expected in text, expected
+    markup = dialog.cardView.toHtml().lower()
+    assert all(c["color"] in markup for c in CLASSES[1:])  # the swatches
+    assert dialog.recommendedButton.isEnabled()
+    assert dialog.warningLabel.text() == ""  # the raster matches the training data
+
+    dialog.modelFile.setFilePath("")
+    assert dialog.card is None and "Choose a model" in dialog.cardView.toPlainText()
+
+
+@pytest.mark.parametrize("kind", ["garbled", "no_card"])
+def test_unreadable_model_is_shown_and_refused(dialog, layers, net, tmp_path, kind):
+    path = str(tmp_path / "bad.onnx")
+    if kind == "garbled":
+        with open(path, "wb") as f:
+            f.write(np.random.default_rng(1).bytes(2000))
+        expected = "is not a valid ONNX model"
+    else:
+        export_onnx(net, 3, path, sample_size=32)
+        expected = "carries no GeoSeg model card"
+    setup(dialog, layers["match"], path, tmp_path / "out.tif")
+    assert dialog.card is None and expected in dialog.card_error
+    assert expected in dialog.cardView.toPlainText() and "#c00000" in dialog.cardView.toHtml().lower()
+    assert not dialog.recommendedButton.isEnabled() and dialog.warningLabel.text() == ""
+    assert_refused(dialog, expected)
+
+
+@pytest.mark.parametrize(
+    ("raster", "expected"),
+    [("match", None), ("coarse", "pixel size (10 × 10)"), ("fourband", "4 bands"), ("utm34", "CRS")],
+)
+def test_compatibility_warnings(dialog, model, layers, raster, expected):
+    dialog.set_input_layer(layers["match"])
+    dialog.modelFile.setFilePath(model)
+    assert dialog.warningLabel.text() == ""
+    dialog.set_input_layer(layers[raster])  # a new layer re-checks
+    if expected is None:
+        assert dialog.warningLabel.text() == ""
+    else:
+        assert expected in dialog.warningLabel.text()
+        dialog.modelFile.setFilePath("")  # no model: nothing to compare with
+        assert dialog.warningLabel.text() == ""
+        dialog.modelFile.setFilePath(model)  # a new model re-checks
+        assert expected in dialog.warningLabel.text()
+
+
+def test_recommended_tiling(dialog, model, layers, tmp_path):
+    setup(dialog, layers["match"], model, tmp_path / "out.tif")
+    dialog.recommendedButton.click()
+    assert (dialog.chipSize.value(), dialog.strideX.value(), dialog.strideY.value(), dialog.crop.value()) == (
+        32,
+        24,
+        24,
+        4,
+    )
+    p = dialog.params()
+    assert (p.chip_size, p.stride_x, p.stride_y, p.crop) == (32, 24, 24, 4)
+
+
+# ---------------------------------------------------------------- params and checks
+def test_params_maps_widgets(dialog, model, layers, rasters, tmp_path):
+    out = str(tmp_path / "classes.tif")
+    setup(dialog, layers["match"], model, out)
+    defaults = dialog.params()
+    assert defaults == SegmentParams(rasters["match"], model, out)  # the dialog's defaults are core's
+
+    probs = str(tmp_path / "probs.tif")
+    dialog.probabilitiesFile.setFilePath(probs)
+    set_widgets(dialog, chipSize=64, strideX=40, strideY=30, crop=0, batchSize=0, memoryBudget=512, backend=2, device=1)
+    assert dialog.params() == dataclasses.replace(
+        defaults,
+        probabilities_path=probs,
+        chip_size=64,
+        stride_x=40,
+        stride_y=30,
+        crop=0,
+        batch_size=0,
+        memory_budget_mb=512.0,
+        backend="torch",
+        device="cpu",
+    )
+    set_widgets(dialog, crop=-1, backend=1, device=2)
+    p = dialog.params()
+    assert (p.crop, p.backend, p.device) == (None, "onnxruntime", "cuda")
+
+
+@pytest.mark.parametrize(
+    ("model_path", "output", "probabilities", "message", "marked"),
+    [
+        (" ", "out.tif", "", "Model: choose", "modelFile"),  # the dialog's own: nothing chosen
+        ("MODEL", " ", "", "Class raster: choose", "outputFile"),
+        # the rules about the values are core's (core.predict.preflight), worded by core
+        ("MODEL", "out.png", "", r"OUTPUT must be a GeoTIFF file name ending in \.tif", "outputFile"),
+        (
+            "MODEL",
+            "out.tif",
+            "probs.img",
+            r"OUTPUT_PROBABILITIES must be a GeoTIFF file name ending in \.tif",
+            "probabilitiesFile",
+        ),
+        ("MODEL", "out.tif", "out.tif", "OUTPUT_PROBABILITIES must differ from OUTPUT", "probabilitiesFile"),
+    ],
+)
+def test_params_reports_missing_or_bad_inputs(
+    dialog, model, layers, tmp_path, model_path, output, probabilities, message, marked
+):
+    dialog.set_input_layer(layers["match"])
+    dialog.modelFile.setFilePath(model if model_path == "MODEL" else model_path)
+    dialog.outputFile.setFilePath(str(tmp_path / output) if output.strip() else output)
+    dialog.probabilitiesFile.setFilePath(str(tmp_path / probabilities) if probabilities else "")
+    if message.endswith("choose"):
+        with pytest.raises(GeoSegError, match=message):
+            dialog.params()
+    assert_refused(dialog, message.replace("\\", ""))
+    assert getattr(dialog, marked).styleSheet() == FIELD_ERROR_STYLE  # the field the error is about
+
+
+def test_params_without_a_raster(qgis_app, qgis_iface, model, tmp_path):
+    with open_dialog(SegmentDialog, qgis_app, qgis_iface) as dlg:
+        dlg.set_input_layer(None)
+        dlg.modelFile.setFilePath(model)
+        dlg.outputFile.setFilePath(str(tmp_path / "out.tif"))
+        with pytest.raises(GeoSegError, match="Input raster: choose a raster layer"):
+            dlg.params()
+
+
+@pytest.mark.parametrize("which", ["output", "probabilities"])
+def test_existing_output_is_refused(dialog, model, layers, tmp_path, which):
+    out, probs = tmp_path / "out.tif", tmp_path / "probs.tif"
+    setup(dialog, layers["match"], model, out)
+    dialog.probabilitiesFile.setFilePath(str(probs))
+    existing = out if which == "output" else probs
+    existing.write_bytes(b"keep me")
+    assert_refused(dialog, "already exists")
+    assert "never overwrites" in dialog.messageLabel.text()
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_missing_model_file_is_refused(dialog, layers, tmp_path):
+    setup(dialog, layers["match"], str(tmp_path / "gone.onnx"), tmp_path / "out.tif")
+    assert dialog.card is None and "file not found" in dialog.cardView.toPlainText()
+    assert_refused(dialog, "MODEL: file not found")
+
+
+def test_validate_inputs_accepts(dialog, model, layers, tmp_path):
+    setup(dialog, layers["coarse"], model, tmp_path / "out.tif")  # a warning does not block
+    p = dialog.validate_inputs()
+    assert p is not None and p.output_path == str(tmp_path / "out.tif")
+    assert dialog.messageLabel.text() == ""
+
+
+def test_settings_round_trip(dialog, model, layers, tmp_path, qgis_iface):
+    setup(dialog, layers["match"], model, tmp_path / "out.tif")
+    dialog.probabilitiesFile.setFilePath(str(tmp_path / "p.tif"))
+    set_widgets(
+        dialog,
+        chipSize=48,
+        strideX=20,
+        strideY=22,
+        crop=3,
+        batchSize=5,
+        memoryBudget=768,
+        backend=1,
+        device=1,
+        addToMap=False,
+    )
+    dialog.save_settings()
+    other = SegmentDialog(qgis_iface)
+    try:
+        assert other.modelFile.filePath() == model and other.card is not None  # the card is shown again
+        assert "water" in other.cardView.toPlainText()
+        assert other.outputFile.filePath() == str(tmp_path / "out.tif")
+        assert other.probabilitiesFile.filePath() == str(tmp_path / "p.tif")
+        assert (
+            other.chipSize.value(),
+            other.strideX.value(),
+            other.strideY.value(),
+            other.crop.value(),
+            other.batchSize.value(),
+            other.memoryBudget.value(),
+        ) == (48, 20, 22, 3, 5, 768)
+        assert (other.backend.currentIndex(), other.device.currentIndex(), other.addToMap.isChecked()) == (1, 1, False)
+    finally:
+        other.deleteLater()
+
+
+# ---------------------------------------------------------------- style
+def test_apply_class_style(tmp_path, qgis_app):
+    values = np.array([[0, 2, 7, 255], [7, 7, 2, 0]], dtype=np.uint8)
+    path = write_classes(str(tmp_path / "classes.tif"), values)
+    layer = QgsRasterLayer(path, class_layer_name(path, "scene"), "gdal")
+    assert layer.isValid() and layer.name() == "scene — GeoSeg classes"
+    assert class_layer_name("/x/y/result.tif") == "result — GeoSeg classes"
+    apply_class_style(layer, CLASSES)
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer) and renderer.band() == 1
+    got = [(int(c.value), c.color.name(), c.label) for c in renderer.classes()]
+    assert got == [(c["value"], c["color"], c["name"]) for c in CLASSES]
+
+
+def test_style_probabilities(tmp_path, qgis_app):
+    path = str(tmp_path / "p.tif")
+    make_raster(path, 8, 8, bands=3, dtype=gdal.GDT_Float32, nodata=-1)
+    layer = QgsRasterLayer(path, "p", "gdal")
+    style_probabilities(layer)
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsSingleBandGrayRenderer) and renderer.grayBand() == 1
+    ce = renderer.contrastEnhancement()
+    assert (ce.minimumValue(), ce.maximumValue()) == (0.0, 1.0)
+
+
+# ---------------------------------------------------------------- running
+def reference(net: nn.Module, raster: str) -> np.ndarray:
+    """Whole-image inference with torch: the class values the tiled run must reproduce."""
+    pixels = gdal.Open(raster).ReadAsArray().astype(np.float32)
+    x = (pixels - np.array(MEAN, np.float32)[:, None, None]) / np.array(STD, np.float32)[:, None, None]
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x[None]))[0].numpy()
+    return np.array([c["value"] for c in CLASSES], np.uint8)[logits.argmax(axis=0)]
+
+
+def test_run_segments_and_adds_styled_layers(dialog, model, net, layers, rasters, tmp_path, qgis_app, qgis_iface):
+    out, probs = tmp_path / "classes.tif", tmp_path / "probs.tif"
+    setup(dialog, layers["match"], model, out)
+    dialog.probabilitiesFile.setFilePath(str(probs))
+    dialog.recommendedButton.click()
+    n_success = len(qgis_iface.messageBar().get_messages(Qgis.Success))
+    run_and_wait(dialog, qgis_app)
+
+    assert dialog.last_error is None, dialog.last_error
+    result = dialog.last_result
+    assert result.output_path == str(out) and result.probabilities_path == str(probs)
+    got = gdal.Open(str(out)).ReadAsArray()
+    expected = reference(net, rasters["match"])
+    assert got.shape == expected.shape and np.mean(got != expected) < 0.001
+
+    messages = qgis_iface.messageBar().get_messages(Qgis.Success)
+    assert len(messages) == n_success + 1
+    assert (
+        f"Segmented match with custom: {out} ({result.tiles} tiles, {result.seconds:.1f} s, "
+        f"{result.backend}/{result.provider}, batch size 8)"
+    ) in messages[-1]
+    assert result.backend == "onnxruntime" and "Segmented match" in dialog.messageLabel.text()
+    assert dialog.progress.value() == 100 and dialog.runButton.isEnabled()
+
+    layer = dialog.last_layer
+    assert layer is not None and QgsProject.instance().mapLayer(layer.id()) is layer
+    assert layer.name() == "match — GeoSeg classes" and layer.source() == str(out)
+    assert [(int(c.value), c.color.name(), c.label) for c in layer.renderer().classes()] == [
+        (c["value"], c["color"], c["name"]) for c in CLASSES
+    ]
+    prob_layer = dialog.last_probabilities_layer
+    assert prob_layer is not None and prob_layer.name() == "match — GeoSeg probabilities"
+    assert isinstance(prob_layer.renderer(), QgsSingleBandGrayRenderer)
+
+    # the same output again is refused; without "add to map" nothing is added
+    assert_refused(dialog, "already exists")
+    dialog.outputFile.setFilePath(str(tmp_path / "again.tif"))
+    dialog.probabilitiesFile.setFilePath("")
+    dialog.addToMap.setChecked(False)
+    count = len(QgsProject.instance().mapLayers())
+    assert dialog.run() is not None
+    wait_for(dialog, qgis_app)
+    assert dialog.last_error is None and os.path.isfile(tmp_path / "again.tif")
+    assert dialog.last_layer is None and len(QgsProject.instance().mapLayers()) == count
+
+
+def test_band_mismatch_is_refused_before_running(dialog, model, layers, tmp_path):
+    setup(dialog, layers["fourband"], model, tmp_path / "out.tif")  # core's preflight: 4 bands, 3-band model
+    assert_refused(dialog, "INPUT has 4 bands, but the model was trained on 3")
+
+
+def test_core_error_is_reported(dialog, layers, tmp_path, qgis_app, qgis_iface):
+    wrong = str(tmp_path / "wrong.onnx")  # the card lists 3 classes, the network returns 5
+    torch.manual_seed(0)
+    export_onnx(torch.nn.Conv2d(3, 5, 3, padding=1), 3, wrong, sample_size=32, metadata={CARD_KEY: json.dumps(card())})
+    setup(dialog, layers["match"], wrong, tmp_path / "out.tif")
+    n_critical = len(qgis_iface.messageBar().get_messages(Qgis.Critical))
+    assert dialog.run() is not None
+    wait_for(dialog, qgis_app)
+    assert dialog.last_result is None and "returns shape [1, 5, 32, 32]" in dialog.last_error
+    assert len(qgis_iface.messageBar().get_messages(Qgis.Critical)) == n_critical + 1
+    assert "c00000" in dialog.messageLabel.styleSheet() and not os.path.exists(tmp_path / "out.tif")
+    assert dialog.runButton.isEnabled() and dialog.last_layer is None
+
+
+# ---------------------------------------------------------------- plugin
+def test_dialog_import_does_not_load_heavy_modules():
+    code = (
+        "import sys, geoseg.ui.segment_dialog, geoseg.adapter.style; "
+        "print(','.join(m for m in ('torch', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.fixture()
+def dialog(segment_dialog):
+    return segment_dialog
