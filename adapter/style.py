@@ -1,4 +1,4 @@
-"""Styling the rasters written by segmentation: the class raster gets the model card's colours
+"""Styling what segmentation writes: the class raster and its polygons get the model card's colours
 and names, the probabilities a 0..1 grey ramp. Qt/QGIS only (no torch, no numpy)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from qgis.PyQt.QtGui import QColor
 
 CLASSES_SUFFIX = " — GeoSeg classes"
 PROBABILITIES_SUFFIX = " — GeoSeg probabilities"
+POLYGONS_SUFFIX = " — GeoSeg polygons"
 
 
 def class_layer_name(output_path: str, input_name: str | None = None) -> str:
@@ -35,6 +36,24 @@ def apply_class_style(layer: QgsRasterLayer, classes: list[dict]) -> None:
     entries = [QgsPalettedRasterRenderer.Class(float(c["value"]), QColor(c["color"]), str(c["name"])) for c in classes]
     layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries))
     layer.triggerRepaint()
+
+
+def apply_vector_class_style(layer, classes: list[dict], field: str = "value") -> None:
+    """Categorized fill on the polygons' class `field` (OUTPUT_VECTOR): one category per card class with
+    its colour and name, thin outlines of the same colour, in card order."""
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsRendererCategory
+
+    categories = []
+    for c in classes:
+        symbol = QgsFillSymbol.createSimple({"color": c["color"], "outline_color": c["color"], "outline_width": "0.1"})
+        categories.append(QgsRendererCategory(int(c["value"]), symbol, str(c["name"])))
+    layer.setRenderer(QgsCategorizedSymbolRenderer(field, categories))
+    layer.triggerRepaint()
+
+
+def polygons_layer_name(vector_path: str, input_name: str | None = None) -> str:
+    base = input_name or os.path.splitext(os.path.basename(vector_path))[0]
+    return base + POLYGONS_SUFFIX
 
 
 def style_probabilities(layer: QgsRasterLayer, band: int = 1) -> None:

@@ -14,7 +14,7 @@ import platform
 import sys
 import time
 
-from . import export_memory, export_speed, segment_memory, segment_speed, train_speed
+from . import export_memory, export_speed, regions_cost, segment_memory, segment_speed, train_speed
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,6 +23,7 @@ FULL = {
     "export_speed": 8192,
     "segment_memory": (4096, 16384),
     "segment_speed": 4096,
+    "regions": (1024, 4096),  # TTA raster, class map for SIEVE and polygonize
     "train": {"size": 2048, "epochs": 3, "steps": 3},
 }
 QUICK = {
@@ -30,6 +31,7 @@ QUICK = {
     "export_speed": 1024,
     "segment_memory": (512, 1024),
     "segment_speed": 768,
+    "regions": (512, 1024),
     "train": {"size": 768, "epochs": 1, "steps": 1},
 }
 
@@ -105,7 +107,9 @@ def main() -> None:
     exp_mem = step("export memory", export_memory.run, sizes["export_memory"])
     exp = step("export speed", export_speed.run, sizes["export_speed"])
     seg_mem = step("segment memory", segment_memory.run, sizes["segment_memory"])
+    seg_warp = step("segment memory, resampled", segment_memory.run_resampled, sizes["segment_memory"])
     seg = step("segment speed", segment_speed.run, sizes["segment_speed"])
+    regions = step("TTA, SIEVE and polygons", regions_cost.run, *sizes["regions"])
     train = step("training input", train_speed.run, **sizes["train"])
     minutes = (time.perf_counter() - t0) / 60
     lines = [
@@ -121,6 +125,8 @@ def main() -> None:
     lines += targets(seg, seg_mem, exp, train)
     lines += segment_speed.report(seg)
     lines += segment_memory.report(seg_mem)
+    lines += segment_memory.report_resampled(seg_warp)
+    lines += regions_cost.report(regions)
     lines += export_speed.report(exp)
     lines += export_memory.report(exp_mem)
     lines += train_speed.report(train)

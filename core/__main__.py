@@ -66,7 +66,7 @@ def _run_assess(p: AssessParams, cancelled: IsCancelled) -> str:
 def _run_exportonnx(p: ExportOnnxParams, cancelled: IsCancelled) -> str:
     from .train import export_model_onnx
 
-    return f"Wrote {export_model_onnx(p.model_path, p.output_path, cancelled)}."
+    return f"Wrote {export_model_onnx(p.model_path, p.output_path, cancelled, p.format)}."
 
 
 # command → (dataclass, runner, help)

@@ -1,7 +1,9 @@
 """Inference backends for segmentation: onnxruntime for `.onnx`, torch for GeoSeg `.pt`.
 
-Both take a float32 batch `[N, C, H, W]` (already normalised) and return float32 logits
-`[N, K, H, W]`. The model's card is read and validated before a backend is built, and the
+Both take a float32 batch `[N, C, H, W]` (already normalised) and return float32 scores
+`[N, K, H, W]`: logits, or probabilities for a model that outputs them (`ModelIO.probabilities`;
+a single sigmoid channel p arrives as the two classes 1 − p and p). The model's card is read and
+validated before a backend is built (core.foreign for models without a GeoSeg card), and the
 backend is tried on a blank tile before any pixel of the user's raster is read.
 """
 
@@ -13,10 +15,11 @@ from typing import Protocol
 
 import numpy as np
 
-from .card import CARD_KEY, ModelCard
+from .card import ModelCard
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .device import resolve_device
 from .errors import GeoSegError, first_line, one_line
+from .foreign import ModelIO, OpenedModel, read_onnx_model
 from .gdalx import with_gdal_exceptions
 from .memory import leaf_output_bytes
 from .options import BACKENDS, DEVICES
@@ -38,8 +41,9 @@ class Backend(Protocol):
 
 
 @with_gdal_exceptions
-def read_model_card(model_path: str, what: str = "MODEL") -> ModelCard:
-    """The validated card of an `.onnx` or `.pt` model, without running it."""
+def read_model(model_path: str, card_path: str | None = None, output: int = 0, what: str = "MODEL") -> OpenedModel:
+    """The validated card of an `.onnx` or `.pt` model and how to run it, without running it: a GeoSeg
+    card, a card derived from Deepness metadata, or the user's CARD file (core.foreign)."""
     if not model_path:
         raise GeoSegError(f"{what}: no model file given.")
     if os.path.isdir(model_path):
@@ -48,23 +52,20 @@ def read_model_card(model_path: str, what: str = "MODEL") -> ModelCard:
         raise GeoSegError(f"{what}: file not found: {model_path}")
     ext = os.path.splitext(model_path)[1].lower()
     if ext == ".pt":
-        return load_checkpoint(model_path, what)["card"]
+        if card_path:
+            raise GeoSegError("CARD: a GeoSeg .pt carries its own card; CARD is for .onnx models.", param="CARD")
+        if output:
+            raise GeoSegError(f"OUTPUT_INDEX {output}: a GeoSeg .pt has one output (0).", param="OUTPUT_INDEX")
+        card = load_checkpoint(model_path, what)["card"]
+        return OpenedModel(card, provenance={k: "from the GeoSeg card" for k in card.to_dict()})
     if ext != ".onnx":
         raise GeoSegError(f"{what}: {model_path} is neither an .onnx nor a GeoSeg .pt model.")
-    import onnx
+    return read_onnx_model(model_path, card_path, output, what)
 
-    try:
-        model = onnx.load(model_path, load_external_data=False)
-        onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001  (protobuf and checker errors of every kind)
-        raise GeoSegError(f"{what}: {model_path} is not a valid ONNX model ({first_line(e)}).") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if CARD_KEY not in meta:
-        raise GeoSegError(
-            f"{what}: {model_path} carries no GeoSeg model card (ONNX metadata_props key "
-            f"'{CARD_KEY}'); write one as described in the README."
-        )
-    return ModelCard.from_json(meta[CARD_KEY], model_path, what)
+
+def read_model_card(model_path: str, what: str = "MODEL", card_path: str | None = None) -> ModelCard:
+    """The validated card of an `.onnx` or `.pt` model, without running it (see `read_model`)."""
+    return read_model(model_path, card_path, 0, what).card
 
 
 class OnnxBackend:
@@ -78,9 +79,10 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str, device: str) -> None:
+    def __init__(self, path: str, device: str, io: ModelIO | None = None) -> None:
         import onnxruntime as ort
 
+        self.io = io or ModelIO()
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
         if device == "cuda" and not want_cuda:
@@ -114,9 +116,33 @@ class OnnxBackend:
             )
         self.on_cuda = self.provider == "CUDAExecutionProvider"
         self.input = self.session.get_inputs()[0].name
-        self.output = self.session.get_outputs()[0].name
+        self.output = self.session.get_outputs()[self.io.output].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Scores for `batch`; a graph with a fixed batch size gets its batches in pieces of that size
+        (the last one padded)."""
+        fixed = self.io.fixed_batch
+        if not fixed or len(batch) == fixed:
+            return self._scores(self._run(batch))
+        parts = []
+        for i in range(0, len(batch), fixed):
+            piece = batch[i : i + fixed]
+            n = len(piece)
+            if n < fixed:
+                piece = np.concatenate([piece, np.zeros((fixed - n, *piece.shape[1:]), piece.dtype)])
+            parts.append(self._run(piece)[:n])
+        return self._scores(np.concatenate(parts))
+
+    def _scores(self, out: np.ndarray) -> np.ndarray:
+        """A single channel p (or its logit) as the two classes [1 − p, p]; anything else as it is."""
+        if not self.io.single:
+            return out
+        p = out if out.ndim == 3 else out[:, 0]
+        if self.io.activation != "sigmoid":
+            p = 1.0 / (1.0 + np.exp(-p))
+        return np.stack([1.0 - p, p], axis=1).astype(np.float32, copy=False)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         if not self.on_cuda:
             return self.session.run([self.output], {self.input: batch})[0]
         import onnxruntime as ort
@@ -145,7 +171,8 @@ class OnnxBackend:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             opts.log_severity_level = 3
             probe = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            outs = probe.run(None, {self.input: np.zeros((1, channels, PROBE_SIZE, PROBE_SIZE), np.float32)})
+            size, batch = self.io.fixed_size or PROBE_SIZE, self.io.fixed_batch or 1
+            outs = probe.run(None, {self.input: np.zeros((batch, channels, size, size), np.float32)})
         except Exception as e:  # noqa: BLE001  (models with a fixed input size, unusual graphs)
             log.info(
                 "Could not measure the model's activation memory (%s); assuming %.0f bytes per pixel.",
@@ -153,7 +180,7 @@ class OnnxBackend:
                 FALLBACK_BYTES_PER_PIXEL,
             )
             return FALLBACK_BYTES_PER_PIXEL
-        return sum(o.nbytes for o in outs if isinstance(o, np.ndarray)) / PROBE_SIZE**2
+        return sum(o.nbytes for o in outs if isinstance(o, np.ndarray)) / (batch * size**2)
 
 
 class TorchBackend:
@@ -216,8 +243,11 @@ def _probe_error(engine: Backend, card: ModelCard, chip: int, e: Exception) -> G
     )
 
 
-def open_backend(model_path: str, card: ModelCard, backend: str, device: str, chip: int) -> Backend:
-    """Build the backend and prove it on a blank tile of the run's size: the output must match the card."""
+def open_backend(
+    model_path: str, card: ModelCard, backend: str, device: str, chip: int, io: ModelIO | None = None
+) -> Backend:
+    """Build the backend and prove it on a blank tile of the run's size: the output must match the card.
+    `io` (from `read_model`) says how to run an ONNX graph as it is."""
     if backend not in BACKENDS:
         raise GeoSegError(f"BACKEND must be one of {', '.join(BACKENDS)} (got '{backend}').")
     if device not in DEVICES:
@@ -232,7 +262,9 @@ def open_backend(model_path: str, card: ModelCard, backend: str, device: str, ch
             "BACKEND onnxruntime needs an .onnx model; export the .pt with geoseg:exportonnx, "
             "or use the torch backend (or auto)."
         )
-    engine: Backend = OnnxBackend(model_path, device) if backend == "onnxruntime" else TorchBackend(model_path, device)
+    engine: Backend = (
+        OnnxBackend(model_path, device, io) if backend == "onnxruntime" else TorchBackend(model_path, device)
+    )
     n, k = card.in_channels, card.num_classes
     try:
         out = engine(np.zeros((1, n, chip, chip), dtype=np.float32))

@@ -123,6 +123,29 @@ SCHEMA = Spec(
         ),
         "architecture": Spec("string", description="GeoSeg architecture name (a .pt must name a known one)"),
         "architecture_options": Spec("object", description="options the architecture was built with"),
+        "encoder": Spec(
+            "object",
+            nullable=True,
+            description="the ResNet encoder and the pretrained weights it started from",
+            fields={
+                "name": Spec("string", required=True, min_length=1, description="resnet18, resnet34 or resnet50"),
+                "weights": Spec("string", nullable=True, description="weight name, or file name; null: random"),
+                "weights_sha256": Spec(
+                    "string",
+                    nullable=True,
+                    pattern=r"^[0-9a-f]{64}$",
+                    hint="64 lower-case hex digits",
+                    description="sha256 of the weights file",
+                ),
+                "weights_url": Spec("string", nullable=True, description="where the named weights come from"),
+                "weights_in_channels": _int(1, nullable=True, description="bands of the weights' first convolution"),
+                "first_conv": Spec("string", nullable=True, description="how the first convolution was adapted"),
+                "input_scaling": Spec(
+                    "string", nullable=True, description="input scaling the weights were trained with"
+                ),
+                "licence": Spec("string", nullable=True, description="licence of the weights"),
+            },
+        ),
         "crs": Spec(
             "object",
             nullable=True,
@@ -454,6 +477,20 @@ class CardMetrics(_Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CardEncoder(_Record):
+    """The ResNet encoder and the pretrained weights it started from (issue 15)."""
+
+    name: str
+    weights: str | None = None
+    weights_sha256: str | None = None
+    weights_url: str | None = None
+    weights_in_channels: int | None = None
+    first_conv: str | None = None
+    input_scaling: str | None = None
+    licence: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelCard(_Record):
     """The model card as a typed record (see SCHEMA for what each field means). Build it with
     `from_json` / `from_dict` only: they migrate, validate and then construct it."""
@@ -466,6 +503,7 @@ class ModelCard(_Record):
     recommended: RecommendedTiling | None = None
     architecture: str | None = None
     architecture_options: dict[str, Any] | None = None
+    encoder: CardEncoder | None = None
     crs: CardCrs | None = None
     pixel_size: tuple[float, ...] | None = None
     data_type: str | None = None
@@ -486,6 +524,7 @@ class ModelCard(_Record):
         "recommended": (RecommendedTiling, False),
         "crs": (CardCrs, False),
         "metrics": (CardMetrics, False),
+        "encoder": (CardEncoder, False),
     }
 
     @classmethod

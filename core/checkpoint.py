@@ -113,14 +113,28 @@ def model_from_checkpoint(state: dict, what: str = "MODEL"):
 
 
 def save_onnx(
-    path: str, model: Any, card: ModelCard, what: str = "OUTPUT_MODEL", cancelled: IsCancelled = lambda: False
+    path: str,
+    model: Any,
+    card: ModelCard,
+    what: str = "OUTPUT_MODEL",
+    cancelled: IsCancelled = lambda: False,
+    fmt: str = "geoseg",
 ) -> None:
     """`model` as ONNX carrying `card` (metadata_props[CARD_KEY]), written to a partial file beside
     `path` and moved over it only once the ONNX checker accepts it (models.export does the export).
-    Cancelled (or a signal, core.signals) while it was written: the partial file is removed."""
+    `fmt` "deepness": fixed chip size, probabilities and Deepness's metadata keys as well
+    (core.foreign.deepness_metadata). Cancelled (or a signal, core.signals) while it was written:
+    the partial file is removed."""
     from ..models.export import export_onnx
 
+    meta = {CARD_KEY: card.to_json()}
+    fixed, head = None, "logits"
+    if fmt == "deepness":
+        from .foreign import deepness_metadata
+
+        meta.update(deepness_metadata(card))
+        fixed, head = card.chip_size, "sigmoid" if card.num_classes == 2 else "softmax"
     with staged_path(path, what, replace=True) as tmp:
-        export_onnx(model, card.in_channels, tmp, metadata={CARD_KEY: card.to_json()})
+        export_onnx(model, card.in_channels, tmp, metadata=meta, fixed_size=fixed, head=head)
         if cancelled():
             raise Cancelled(f"Cancelled while writing {path}; nothing was written.")

@@ -24,6 +24,7 @@ def write_index(path: str, records: list[ChipRecord], values: list[int], info: R
         ("yoff", ogr.OFTInteger),
         ("positive", ogr.OFTInteger),
         ("nodata_fraction", ogr.OFTReal),
+        ("scene", ogr.OFTString),
     ):
         layer.CreateField(ogr.FieldDefn(name, ftype))
     for v in values:
@@ -47,8 +48,9 @@ def write_index(path: str, records: list[ChipRecord], values: list[int], info: R
             f.SetField(k, getattr(r, k))
         f.SetField("positive", int(r.positive))
         f.SetField("nodata_fraction", r.nodata_fraction)
+        f.SetField("scene", r.scene)
         for v in values:
-            f.SetField(f"class_{v}", r.class_counts[v])
+            f.SetField(f"class_{v}", r.class_counts.get(v, 0))
         layer.CreateFeature(f)
     layer.CommitTransaction()
     ds = None

@@ -21,12 +21,19 @@ from .errors import GeoSegError
 from .options import (
     ARCHITECTURE_CHOICES,
     BACKEND_CHOICES,
+    CHIP_FORMAT_CHOICES,
     CLASS_WEIGHT_CHOICES,
     DEVICE_CHOICES,
+    ENCODER_CHOICES,
     LOSS_CHOICES,
     MODE_CHOICES,
+    ONNX_FORMAT_CHOICES,
+    OUTPUT_GRID_CHOICES,
+    RESAMPLING_CHOICES,
+    RESOLUTION_CHOICES,
     SCHEDULE_CHOICES,
     SPLIT_METHOD_CHOICES,
+    TTA_CHOICES,
 )
 
 __all__ = [
@@ -126,7 +133,8 @@ def _kind(f: dataclasses.Field, meta: P) -> str:
         return meta.kind
     if meta.choices:
         return "enum"
-    base = str(f.type).replace(" | None", "").replace("None | ", "").strip()
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    base = annotation.replace(" | None", "").replace("None | ", "").strip()
     if base not in _TYPE_KINDS:
         raise ValueError(f"{f.name}: give P(kind=...) for type {f.type}")
     return _TYPE_KINDS[base]
@@ -214,18 +222,47 @@ class ExportParams:
         kind="raster",
         help="Raster to cut into image chips (a GDAL file layer, e.g. a GeoTIFF).",
     )
-    labels_path: str = p(
+    labels_path: str | None = p(
+        None,
         name="LABELS",
         label="Label polygons",
         kind="vector",
         help="Polygons burnt into the mask chips; reprojected to the raster CRS "
-        "(a file; optionally 'file.gpkg|layername=x').",
+        "(a file; optionally 'file.gpkg|layername=x'). Give LABELS or LABEL_RASTER, not both.",
     )
-    output_dir: str = p(
+    output_dir: str = p(  # "" only so that LABELS may come before it without a value; required by validate
+        "",
         name="OUTPUT_DIR",
         label="Output folder",
         kind="folder_out",
-        help="New or empty folder for images/, masks/, chips.csv and dataset.json; " "GeoSeg never overwrites.",
+        help="New or empty folder for images/, masks/, chips.csv and dataset.json; "
+        "GeoSeg never overwrites. With APPEND: an existing GeoSeg chips folder.",
+    )
+    label_raster: str | None = p(
+        None,
+        name="LABEL_RASTER",
+        label="Label raster (classified, instead of polygons)",
+        short="Label raster",
+        kind="raster",
+        help="Single-band integer raster of class values 0-254, any CRS and pixel size, read on the "
+        "input's grid (nearest neighbour); its nodata and everything outside it become 255 (ignored). "
+        "Give LABELS or LABEL_RASTER, not both.",
+    )
+    mask_path: str | None = p(
+        None,
+        name="MASK",
+        label="Area of interest (polygons)",
+        short="Area of interest",
+        kind="vector",
+        help="Polygons, any CRS: mask pixels outside them become 255 (ignored) and chips wholly outside "
+        "them are not written.",
+    )
+    append: bool = p(
+        False,
+        name="APPEND",
+        label="Add to an existing chips folder",
+        help="Add this raster's chips to the GeoSeg chips folder OUTPUT_DIR (another scene of the same "
+        "bands, data type and classes; any CRS): statistics, class counts and the split are updated.",
     )
     class_field: str | None = p(
         None,
@@ -318,7 +355,8 @@ class ExportParams:
         choices=SPLIT_METHOD_CHOICES,
         advanced=True,
         help="Random: chips drawn at random. Spatial blocks: whole square blocks go "
-        "to validation, keeping neighbouring chips on one side.",
+        "to validation, keeping neighbouring chips on one side. Per scene: whole scenes (rasters added "
+        "with APPEND) go to validation.",
     )
     block_size: int | None = p(
         None,
@@ -347,6 +385,17 @@ class ExportParams:
         kind="vector_out",
         file_filter="GeoPackage (*.gpkg)",
         help="Write the chip footprints (with their split) to this GeoPackage.",
+    )
+    chip_format: str = p(
+        "geotiff",
+        name="CHIP_FORMAT",
+        label="Chip format",
+        choices=CHIP_FORMAT_CHOICES,
+        advanced=True,
+        help="GeoTIFF: georeferenced chips (default). PNG: image/mask .png pairs with world files, for tools "
+        "that expect plain images (8-bit data of 1-4 bands only). GeoTIFF + Segmentation Zoo .npz: the "
+        "GeoTIFF chips plus npz/<chip>.npz holding arr_0 (image, height x width x bands) and arr_1 "
+        "(label, height x width). Train reads GeoTIFF and PNG chips.",
     )
 
 
@@ -377,6 +426,25 @@ class TrainParams:
         label="Architecture",
         choices=ARCHITECTURE_CHOICES,
         help="Network to train: UNet, UNet++, DeepLabv3+ or FCN.",
+    )
+    encoder: str = p(
+        "default",
+        name="ENCODER",
+        label="Encoder (UNet, UNet++, DeepLabv3+)",
+        short="Encoder",
+        choices=ENCODER_CHOICES,
+        help="A ResNet encoder for UNet or UNet++ (skips from its stages, as segmentation-models-pytorch's) "
+        "or DeepLabv3+; the default keeps the plain UNet, and DeepLabv3+'s MODEL_OPTIONS encoder.",
+    )
+    encoder_weights: str | None = p(
+        None,
+        name="ENCODER_WEIGHTS",
+        optional=True,
+        label="Pretrained encoder weights (name or .pth file; empty = random)",
+        short="Encoder weights",
+        placeholder="resnet34_imagenet, resnet50_sentinel2_all_moco, … or a .pth file",
+        help="Empty: random initialisation. A name from README 'Start from pretrained weights' "
+        "(downloaded once into the cache, sha256-checked) or a local torchvision/timm ResNet .pth file.",
     )
     epochs: int = p(
         20, name="EPOCHS", label="Epochs", minimum=1, help="Passes over the training chips; validation runs after each."
@@ -493,6 +561,17 @@ class TrainParams:
         advanced=True,
         help="Halve the batch when a training step would need more memory; 0: " "$GEOSEG_MEMORY_BUDGET_MB or none.",
     )
+    freeze_encoder_epochs: int = p(
+        0,
+        name="FREEZE_ENCODER_EPOCHS",
+        label="Freeze the pretrained encoder for the first epochs (0 = never)",
+        short="Freeze encoder epochs",
+        minimum=0,
+        special="never",
+        advanced=True,
+        help="Train only the decoder for this many epochs, then the whole network; needs ENCODER_WEIGHTS.",
+    )
+    weights_cache: str | None = None  # engine-only: the folder for downloaded weights (the dialog: QGIS profile)
     model_options: dict = p(
         {},
         name="MODEL_OPTIONS",
@@ -541,6 +620,35 @@ class SegmentParams:
         kind="raster_out",
         file_filter="GeoTIFF (*.tif)",
         help="Optional Float32 GeoTIFF with one softmax probability band per class; " "empty: not written.",
+    )
+    card_path: str | None = p(
+        None,
+        name="CARD",
+        label="Model card (JSON) for a model without one",
+        short="Model card (JSON)",
+        kind="file",
+        cli="--card",
+        file_filter="JSON (*.json)",
+        help="A JSON file with the card fields (classes, bands, in_channels, chip_size, normalization) for an "
+        "ONNX model that carries neither a GeoSeg card nor Deepness metadata; it replaces the model's own.",
+    )
+    output_index: int = p(
+        0,
+        name="OUTPUT_INDEX",
+        label="Model output to use (0: the first)",
+        short="Model output",
+        minimum=0,
+        advanced=True,
+        help="For an ONNX model with several outputs: which one holds the segmentation (0 = the first).",
+    )
+    model_threshold: bool = p(
+        False,
+        name="MODEL_THRESHOLD",
+        label="Apply the model's probability threshold (Deepness seg_thresh)",
+        short="Apply the model's threshold",
+        advanced=True,
+        help="Deepness models: a pixel whose highest probability is below the model's seg_thresh becomes "
+        "class 0 (sigmoid models: 1 where p ≥ seg_thresh). Off: arg-max, and p ≥ 0.5 for a sigmoid.",
     )
     chip_size: int | None = p(
         None,
@@ -593,6 +701,44 @@ class SegmentParams:
         help="Tiles per inference step; auto (0) picks the most that fit the memory. An "
         "out-of-memory error halves it and retries.",
     )
+    resolution: str = p(
+        "auto",
+        name="RESOLUTION",
+        label="Resolution the model reads",
+        short="Read the raster at",
+        choices=RESOLUTION_CHOICES,
+        help="Auto: the model card's pixel size and CRS (a degree raster without a card CRS: its UTM zone); "
+        "the raster's own grid; or PIXEL_SIZE. Tiles are read through a GDAL warped VRT when the grid differs.",
+    )
+    pixel_size: float = p(
+        0.0,
+        name="PIXEL_SIZE",
+        label="Pixel size for RESOLUTION 2 (map units of the working CRS)",
+        short="Pixel size",
+        minimum=0.0,
+        decimals=3,
+        special="none",
+        help="The pixel size to read the raster at when RESOLUTION is 2 (PIXEL_SIZE), in map units of the "
+        "working CRS (the card's, else the raster's, or its UTM zone for a degree raster).",
+    )
+    output_grid: str = p(
+        "input",
+        name="OUTPUT_GRID",
+        label="Grid of the class map",
+        short="Write the class map on",
+        choices=OUTPUT_GRID_CHOICES,
+        help="The input raster's grid (nearest neighbour back from the working grid, streamed) or the "
+        "working grid the model read.",
+    )
+    resampling: str = p(
+        "bilinear",
+        name="RESAMPLING",
+        label="Resampling of the imagery",
+        short="Resampling",
+        choices=RESAMPLING_CHOICES,
+        advanced=True,
+        help="How the raster's pixels are resampled onto the working grid (only when it differs).",
+    )
     backend: str = p(
         "auto",
         name="BACKEND",
@@ -620,6 +766,35 @@ class SegmentParams:
         special="none",
         advanced=True,
         help="Memory one inference batch may take; 0: $GEOSEG_MEMORY_BUDGET_MB, else none.",
+    )
+    # issue 17 (polygons, cleaning, test-time augmentation)
+    sieve: int = p(
+        0,
+        name="SIEVE",
+        label="Merge regions smaller than this into their largest neighbour (pixels; 0 = off)",
+        short="Remove regions below (pixels)",
+        minimum=0,
+        special="off",
+        help="GDAL's sieve filter on the class map (4-connected regions, nodata left alone): every region of "
+        "fewer pixels joins its largest neighbour, in the class map and therefore in OUTPUT_VECTOR.",
+    )
+    tta: str = p(
+        "none",
+        name="TTA",
+        label="Test-time augmentation",
+        choices=TTA_CHOICES,
+        help="Average the softmax probabilities of each tile's flipped (4 views) or flipped and turned "
+        "(8 views) copies, each undone, before the arg-max; costs about one model run per view.",
+    )
+    vector_path: str | None = p(
+        None,
+        name="OUTPUT_VECTOR",
+        label="Class polygons",
+        short="Polygons (.gpkg, optional)",
+        kind="vector_out",
+        file_filter="GeoPackage (*.gpkg)",
+        help="Optional GeoPackage: one polygon per connected region of the class map (after SIEVE) with its "
+        "class value, class name and area (m² in a projected CRS); empty: not written. GeoSeg never overwrites.",
     )
 
 
@@ -688,7 +863,16 @@ class ExportOnnxParams:
         label="ONNX model",
         kind="file_out",
         file_filter="ONNX model (*.onnx)",
-        help="ONNX model to write (dynamic batch, height and width). GeoSeg never overwrites.",
+        help="ONNX model to write. GeoSeg never overwrites.",
+    )
+    format: str = p(
+        "geoseg",
+        name="FORMAT",
+        label="Format",
+        choices=ONNX_FORMAT_CHOICES,
+        help="GeoSeg: dynamic batch, height and width, logits. Deepness: fixed chip size, dynamic batch, "
+        "probabilities (softmax; sigmoid for two classes) and Deepness's metadata keys. Both carry the "
+        "GeoSeg card.",
     )
 
 

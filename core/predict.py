@@ -27,20 +27,25 @@ from functools import partial
 import numpy as np
 from osgeo import gdal, osr
 
-from .backends import Backend, open_backend, read_model_card
+from .backends import Backend, open_backend, read_model, read_model_card
 from .card import CardClass, ModelCard
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress, first_line
+from .foreign import ModelIO, OpenedModel
 from .gdalx import with_gdal_exceptions
 from .grid import Window, axis_origins
 from .memory import check_budget, memory_budget_mb, retry_halving_batch
+from .options import TTA_CHOICES, values
 from .params import SegmentParams  # defined once there, with its front-end metadata
 from .pipeline import END, Pipe, Stage, Stop
 from .raster import MASK_NODATA, RasterInfo, open_raster, raster_info, read_window, set_category_names
+from .resample import GridPlan, flush, plan_grid, warp_to_grid, warped_source
 from .staging import check_new_file, remove_stale_outputs, staged_file
+from .tta import view_count, with_views
 
 log = logging.getLogger("geoseg")
 
 PROB_NODATA = -1.0
+TTA_VALUES = values(TTA_CHOICES)
 CREATE_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
 
 __all__ = [
@@ -67,6 +72,7 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)
     batch_size: int = 0  # the batch size the run started with (chosen, when BATCH_SIZE was 0)
     final_batch_size: int = 0  # lower than batch_size when out-of-memory errors halved it
+    vector_path: str | None = None  # OUTPUT_VECTOR, when written
 
 
 @dataclass(frozen=True)
@@ -111,13 +117,20 @@ def make_tiling(width: int, height: int, chip: int, stride_x: int, stride_y: int
 
 
 @with_gdal_exceptions
-def compatibility_warnings(card: ModelCard, raster_path: str, info: RasterInfo | None = None) -> list[str]:
-    """Differences between the raster and the training data that may hurt the result."""
+def compatibility_warnings(
+    card: ModelCard, raster_path: str, info: RasterInfo | None = None, grid: bool = True
+) -> list[str]:
+    """Differences between the raster and the training data that may hurt the result (`grid` False:
+    bands only, as the pixel size and CRS are the working grid's business: core.resample)."""
     info = info or raster_info(open_raster(raster_path), raster_path)
     out = []
-    if info.band_count != card.in_channels:
+    if info.band_count < card.in_channels:
         out.append(f"The raster has {info.band_count} bands, but the model was trained on {card.in_channels}.")
+    elif info.band_count > card.in_channels:
+        out.append(f"The raster has {info.band_count} bands; the model reads bands {list(card.bands)} only.")
     px = card.pixel_size
+    if not grid:
+        return out
     if px and any(abs(a - b) > 0.01 * abs(b) for a, b in zip(info.pixel_size, px, strict=False)):
         out.append(
             f"The raster's pixel size ({info.pixel_size[0]:g} × {info.pixel_size[1]:g}) differs from the "
@@ -133,8 +146,8 @@ def compatibility_warnings(card: ModelCard, raster_path: str, info: RasterInfo |
     return out
 
 
-def _resolve(p: SegmentParams, card: ModelCard) -> tuple[int, int, int, int]:
-    chip = p.chip_size or card.chip_size
+def _resolve(p: SegmentParams, card: ModelCard, io: ModelIO | None = None) -> tuple[int, int, int, int]:
+    chip = p.chip_size or (io.fixed_size if io and io.fixed_size else card.chip_size)
     crop = chip // 8 if p.crop is None else p.crop
     return chip, p.stride_x or chip // 2, p.stride_y or chip // 2, crop
 
@@ -157,6 +170,23 @@ def _validate(p: SegmentParams) -> None:
         check_new_file(path, what, param=what)
     if p.probabilities_path and os.path.abspath(p.probabilities_path) == os.path.abspath(p.output_path):
         raise GeoSegError("OUTPUT_PROBABILITIES must differ from OUTPUT.", param="OUTPUT_PROBABILITIES")
+    _validate_regions(p)
+
+
+def _validate_regions(p: SegmentParams) -> None:
+    """SIEVE, TTA and OUTPUT_VECTOR (issue 17)."""
+    if p.sieve < 0:
+        raise GeoSegError(f"SIEVE must be at least 0 (got {p.sieve}); 0 is off.", param="SIEVE")
+    if p.tta not in TTA_VALUES:
+        raise GeoSegError(f"TTA must be one of {', '.join(TTA_VALUES)} (got {p.tta}).", param="TTA")
+    if p.vector_path is None:
+        return
+    if not p.vector_path.lower().endswith(".gpkg"):
+        raise GeoSegError(
+            f"OUTPUT_VECTOR must be a GeoPackage file name ending in .gpkg (got {p.vector_path}).",
+            param="OUTPUT_VECTOR",
+        )
+    check_new_file(p.vector_path, "OUTPUT_VECTOR", param="OUTPUT_VECTOR")
 
 
 def _create(path: str, info, bands: int, gdal_type: int, extra: list[str]) -> gdal.Dataset:
@@ -284,8 +314,11 @@ def _read_batches(
     mean: np.ndarray,
     std: np.ndarray,
     inbox: Pipe[_Batch],
+    bands: list[int] | None = None,
+    source: gdal.Dataset | None = None,
 ) -> None:
-    """Reader stage: one window per batch (arrays stay batch-sized whatever the raster's width)."""
+    """Reader stage: one window per batch (arrays stay batch-sized whatever the raster's width).
+    `source`: the raster under a warped VRT `ds`, whose block cache is flushed with the VRT's."""
     chip, n = tiling.chip, len(tiling.xs)
     for si, oy in enumerate(tiling.ys):
         for b in range(0, n, batch_size):
@@ -297,6 +330,8 @@ def _read_batches(
             try:
                 pixels, valid = read_window(ds, info, win)
                 ds.FlushCache()  # the cache would otherwise hold a strip's width of blocks
+                if source is not None:
+                    flush(ds, source)
             except GeoSegError:
                 raise
             except Exception as e:  # noqa: BLE001  (GDAL I/O and decoding errors of every kind)
@@ -304,6 +339,8 @@ def _read_batches(
                     f"INPUT: GDAL could not read columns {left}-{right} of rows {oy}-{oy + win.height} "
                     f"of {info.path} ({first_line(e, 300)})."
                 ) from None
+            if bands is not None:  # the model's bands only (e.g. RGB of an RGBA orthophoto)
+                pixels = pixels[bands]
             x = np.empty((len(xs), pixels.shape[0], chip, chip), dtype=np.float32)
             for j, xo in enumerate(xs):
                 tile = x[j]
@@ -313,6 +350,51 @@ def _read_batches(
                 tile[:, ~valid[:, xo - left : xo - left + chip]] = 0  # nodata → 0 (the mean); NaN · 0 stays NaN
             inbox.put(_Batch(si, b, left, x, valid, b + batch_size >= n))
     inbox.put(END)
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    """The class-map step: which output channel each pixel gets, and its probabilities.
+
+    Logits: the arg-max, probabilities by softmax. Probabilities from the model (a Deepness model):
+    the arg-max, or for a single sigmoid channel (scores [1 − p, p]) 1 where p ≥ 0.5; with the
+    model's `threshold` (asked for by MODEL_THRESHOLD) a pixel whose highest probability is below
+    it becomes channel 0, and a sigmoid pixel 1 where p ≥ threshold."""
+
+    probabilities: bool = False
+    single: bool = False
+    threshold: float | None = None
+
+    def channels(self, tile: np.ndarray) -> np.ndarray:
+        if self.single:
+            return (tile[1] >= (0.5 if self.threshold is None else self.threshold)).astype(np.intp)
+        idx = tile.argmax(axis=0)
+        if self.threshold is not None and self.probabilities:
+            idx[tile.max(axis=0) < self.threshold] = 0
+        return idx
+
+    def probabilities_of(self, tile: np.ndarray) -> np.ndarray:
+        return tile.copy() if self.probabilities else softmax(tile[None])[0]
+
+    def probabilities_of_batch(self, out: np.ndarray) -> np.ndarray:
+        """Probabilities of a batch of the model's outputs [n, classes, h, w] (TTA averages these)."""
+        return out if self.probabilities else softmax(out)
+
+
+def class_rule(io: ModelIO, use_threshold: bool) -> ClassRule:
+    """The ClassRule for a model run as `io` says; MODEL_THRESHOLD needs the model's seg_thresh."""
+    if use_threshold and io.threshold is None:
+        raise GeoSegError(
+            "MODEL_THRESHOLD: the model has no probability threshold (Deepness metadata seg_thresh); "
+            "turn MODEL_THRESHOLD off.",
+            param="MODEL_THRESHOLD",
+        )
+    if use_threshold and not io.probabilities:
+        raise GeoSegError(
+            "MODEL_THRESHOLD: the model returns logits, not probabilities, so its threshold does not apply.",
+            param="MODEL_THRESHOLD",
+        )
+    return ClassRule(io.probabilities, io.single, io.threshold if use_threshold else None)
 
 
 class FiniteOutputs:
@@ -358,10 +440,12 @@ def _write_strips(
     out_rows: PyramidWriter,
     prob_rows: PyramidWriter | None,
     finite: FiniteOutputs | None = None,
+    rule: ClassRule | None = None,
 ) -> None:
     """Writer stage: arg-max (and softmax) of each tile's kept span into its strip; whole strips
     go to the output files (and their overviews) in order. Non-finite outputs become nodata."""
     finite = finite or FiniteOutputs()
+    rule = rule or ClassRule()
     k = len(values)
     classes = probs = None
     while (item := outbox.get()) is not END:
@@ -375,12 +459,12 @@ def _write_strips(
             tile = logits[j, :, y0 - oy : y1 - oy, x0 - x : x1 - x]
             invalid = ~b.valid[y0 - oy : y1 - oy, x0 - b.left : x1 - b.left]
             invalid |= finite.mask(tile, invalid)
-            cls = values[tile.argmax(axis=0)]
+            cls = values[rule.channels(tile)]
             cls[invalid] = MASK_NODATA
             classes[:, x0:x1] = cls
             if probs is not None:
                 with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf pixels: nodata just below
-                    pr = softmax(tile[None])[0]
+                    pr = rule.probabilities_of(tile)
                 pr[:, invalid] = PROB_NODATA
                 probs[:, :, x0:x1] = pr
         if b.last:
@@ -397,11 +481,26 @@ class _Inference:
     """Runs the model on a batch in pieces of the current batch size; an out-of-memory error
     (real, or the simulated one of a memory budget) halves it and retries the same tiles."""
 
-    def __init__(self, engine: Backend, batch_size: int, tile_bytes: float, budget_mb: float) -> None:
-        self.engine, self.batch_size = engine, batch_size
+    def __init__(
+        self,
+        engine: Backend,
+        batch_size: int,
+        tile_bytes: float,
+        budget_mb: float,
+        tta: str = "none",
+        to_probabilities: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.engine, self.batch_size = engine, batch_size  # model inputs per run (tiles × TTA views)
         self.tile_bytes, self.budget_mb = tile_bytes, budget_mb
+        self.tta, self.to_probabilities = tta, to_probabilities or softmax
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The model's output for tiles `x`; with TTA the mean probabilities of their views (core/tta.py)."""
+        if self.tta == "none":
+            return self._in_pieces(x)
+        return with_views(x, self.tta, self._in_pieces, self.to_probabilities)
+
+    def _in_pieces(self, x: np.ndarray) -> np.ndarray:
         parts, i = [], 0
         while i < len(x):
             out, n = retry_halving_batch(
@@ -483,6 +582,9 @@ def _predict(  # noqa: C901
     batch_size: int,
     progress: Progress,
     cancelled: IsCancelled,
+    rule: ClassRule | None = None,
+    bands: list[int] | None = None,
+    source: gdal.Dataset | None = None,
 ) -> str | None:
     """Stream strips of tiles through the model into the (temporary) output files; returns the
     warning about non-finite model outputs, if any (none finite at all: GeoSegError).
@@ -514,14 +616,18 @@ def _predict(  # noqa: C901
 
         def write() -> None:
             try:
-                _write_strips(outbox, tiling, info.width, values, rows[0], rows[1], finite)
+                _write_strips(outbox, tiling, info.width, values, rows[0], rows[1], finite, rule)
             except (Stop, GeoSegError):
                 raise
             except Exception as e:  # noqa: BLE001  (GDAL write errors: disk full, permissions, …)
                 raise GeoSegError(f"OUTPUT: writing the result failed ({first_line(e, 300)}).") from None
 
         stages = [
-            Stage("geoseg-read", lambda: _read_batches(ds, info, tiling, batch_size, mean, std, inbox), stop),
+            Stage(
+                "geoseg-read",
+                lambda: _read_batches(ds, info, tiling, batch_size, mean, std, inbox, bands, source),
+                stop,
+            ),
             Stage("geoseg-write", write, stop),
         ]
         for s in stages:
@@ -556,46 +662,82 @@ def _predict(  # noqa: C901
     return warning
 
 
-def _refuse_unusable_input(card: ModelCard, ds: gdal.Dataset, info: RasterInfo) -> None:
-    """Inputs that would give a meaningless map: a degree raster for a model trained on a projected
-    CRS (its pixels are not the ground size the model learnt), and a raster without a valid pixel."""
-    from .raster import any_valid_pixel, is_geographic
+def _refuse_unusable_input(ds: gdal.Dataset, info: RasterInfo) -> None:
+    """A raster without a valid pixel would give an empty map. (A degree raster is read on the
+    working grid: core.resample.)"""
+    from .raster import any_valid_pixel
 
-    trained = card.crs.wkt if card.crs else None
-    if trained and is_geographic(info):
-        srs = osr.SpatialReference()
-        srs.ImportFromWkt(trained)
-        if srs.IsProjected():
-            name = (card.crs.authid if card.crs else None) or srs.GetName()
-            px = card.pixel_size
-            at, tr = (f" at {px[0]:g} × {px[1]:g} pixels", f" -tr {px[0]:g} {px[1]:g}") if px else ("", "")
-            raise GeoSegError(
-                f"INPUT is in geographic coordinates (degrees), but the model was trained on the projected CRS "
-                f"{name}{at}; warp the raster to that CRS and pixel size first (Raster › Projections › Warp, or "
-                f"gdalwarp -t_srs {name}{tr} in.tif out.tif)."
-            )
     if not any_valid_pixel(ds, info):
         raise GeoSegError(
             "INPUT: every pixel is nodata (its nodata value, NaN or masked), so there is nothing to " "segment."
         )
 
 
-@with_gdal_exceptions
-def preflight(p: SegmentParams) -> tuple[ModelCard, gdal.Dataset, RasterInfo, Tiling]:
-    """Every check that needs no model run and no pixel: parameters, outputs, card, band count,
-    tiling. The dialogs call it before starting a task; `segment` starts with it."""
-    _validate(p)
-    card = read_model_card(p.model_path)
-    ds = open_raster(p.input_path)
-    info = raster_info(ds, p.input_path)
-    if info.band_count != card.in_channels:
+def _model_bands(model: OpenedModel, info: RasterInfo) -> list[int] | None:
+    """0-based raster bands fed to the model (None: all of them, in order). A raster may have more
+    bands than the model only for a model without a GeoSeg card, which reads its bands (by default
+    the first C, e.g. RGB of an RGBA orthophoto) as Deepness does."""
+    card = model.card
+    fits = model.foreign and max(card.bands) <= info.band_count
+    if info.band_count != card.in_channels and not fits:
         plural = "s" if info.band_count != 1 else ""
         raise GeoSegError(
             f"INPUT has {info.band_count} band{plural}, but the model was trained on "
             f"{card.in_channels} (bands {list(card.bands)}); use a raster with the same bands."
         )
-    _refuse_unusable_input(card, ds, info)
-    chip, sx, sy, crop = _resolve(p, card)
+    if list(card.bands) == list(range(1, info.band_count + 1)):
+        return None
+    log.info("The model reads bands %s of the raster's %d.", list(card.bands), info.band_count)
+    return [b - 1 for b in card.bands]
+
+
+def _check_fixed_size(p: SegmentParams, model: OpenedModel) -> None:
+    """A model without a GeoSeg card whose input size is fixed runs at that size only."""
+    fixed = model.io.fixed_size
+    if model.foreign and fixed and p.chip_size and p.chip_size != fixed:
+        raise GeoSegError(
+            f"CHIP_SIZE {p.chip_size}: the model's input is fixed at {fixed} × {fixed} pixels; leave "
+            f"CHIP_SIZE empty or set it to {fixed}.",
+            param="CHIP_SIZE",
+        )
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The input raster and the working grid the model reads it on (core.resample)."""
+
+    plan: GridPlan
+    input_ds: gdal.Dataset
+    input_info: RasterInfo
+    back: bool  # write the maps back onto the input's grid (a warp, and OUTPUT_GRID 0)
+
+
+def _working_grid(p: SegmentParams, card: ModelCard, ds: gdal.Dataset, info: RasterInfo, bands: list[int] | None):
+    """(dataset, info, bands, grid) the model reads: the raster itself, or its warped VRT."""
+    plan = plan_grid(card, info, p.resolution, p.pixel_size, p.output_grid, p.resampling)
+    log.info("Working grid: %s", plan.message)
+    grid = _Grid(plan, ds, info, plan.warp and p.output_grid == "input")
+    if not plan.warp:
+        return ds, info, bands, grid
+    vrt, winfo = warped_source(ds, info, plan, p.resampling)
+    return vrt, winfo, bands if bands is not None else list(range(info.band_count)), grid
+
+
+@with_gdal_exceptions
+def _preflight(p: SegmentParams) -> tuple[OpenedModel, gdal.Dataset, RasterInfo, Tiling, list[int] | None, _Grid]:
+    """`preflight`, also returning how to run the model, which raster bands it reads (of the working
+    dataset: the raster, or its warped VRT, whose alpha band is never read as data) and the grid."""
+    _validate(p)
+    model = read_model(p.model_path, p.card_path, p.output_index)
+    card = model.card
+    class_rule(model.io, p.model_threshold)  # refuses MODEL_THRESHOLD without a threshold
+    _check_fixed_size(p, model)
+    ds = open_raster(p.input_path)
+    info = raster_info(ds, p.input_path)
+    bands = _model_bands(model, info)
+    _refuse_unusable_input(ds, info)
+    ds, info, bands, grid = _working_grid(p, card, ds, info, bands)
+    chip, sx, sy, crop = _resolve(p, card, model.io)
     tiling = make_tiling(info.width, info.height, chip, sx, sy, crop)
     radius = card.recommended.receptive_field_radius if card.recommended else None
     if radius is not None and crop < radius:
@@ -605,7 +747,15 @@ def preflight(p: SegmentParams) -> tuple[ModelCard, gdal.Dataset, RasterInfo, Ti
             crop,
             radius,
         )
-    return card, ds, info, tiling
+    return model, ds, info, tiling, bands, grid
+
+
+def preflight(p: SegmentParams) -> tuple[ModelCard, gdal.Dataset, RasterInfo, Tiling]:
+    """Every check that needs no model run and no pixel: parameters, outputs, card, band count,
+    tiling (of the working grid; `info` is the warped VRT's when the raster is resampled). The dialogs
+    call it before starting a task; `segment` starts with it."""
+    model, ds, info, tiling, _, _ = _preflight(p)
+    return model.card, ds, info, tiling
 
 
 @with_gdal_exceptions
@@ -614,25 +764,43 @@ def segment(
 ) -> SegmentResult:
     """Segment `p.input_path` with `p.model_path`; raise GeoSegError (or Cancelled) on failure."""
     t0, started = time.perf_counter(), time.time()
-    card, ds, info, tiling = preflight(p)
-    remove_stale_outputs((p.output_path, p.probabilities_path), started)  # left by a killed run (SIGKILL)
-    chip, sx, sy, crop = _resolve(p, card)
-    warnings = compatibility_warnings(card, p.input_path, info)
+    model, ds, info, tiling, bands, grid = _preflight(p)
+    card, io = model.card, model.io
+    remove_stale_outputs((p.output_path, p.probabilities_path, p.vector_path), started)  # of a killed run (SIGKILL)
+    chip, sx, sy, crop = _resolve(p, card, io)
+    warnings = compatibility_warnings(card, p.input_path, grid.input_info, grid=p.resolution == "raster")
     for w in warnings:
         log.warning(w)
-    engine = open_backend(p.model_path, card, p.backend, p.device, chip)
+    engine = open_backend(p.model_path, card, p.backend, p.device, chip, io)
     budget = memory_budget_mb(p.memory_budget_mb)
-    batch_size, tile_bytes = choose_batch_size(engine, card, chip, p.batch_size, budget)
-    infer = _Inference(engine, batch_size, tile_bytes, budget)
+    batch_size, tile_bytes = choose_batch_size(engine, card, chip, io.fixed_batch or p.batch_size, budget)
+    if io.fixed_batch and p.batch_size != io.fixed_batch:
+        log.info("The model's batch size is fixed at %d; BATCH_SIZE %d is not used.", io.fixed_batch, p.batch_size)
+    rule = class_rule(io, p.model_threshold)
+    views = view_count(p.tta)
+    infer = _Inference(engine, batch_size, tile_bytes, budget, p.tta, rule.probabilities_of_batch)
+    if views > 1:  # a batch of B tiles runs as B × views model inputs; the averaged views are probabilities
+        rule = ClassRule(True, rule.single, rule.threshold)
+    tiles_per_batch = max(1, batch_size // views)
+    post = p.sieve > 0 or p.vector_path is not None
+    predict_progress = _scaled(progress, 0.0, 0.85) if post else progress
 
-    with ExitStack() as stack:  # both files appear complete, or not at all
+    with ExitStack() as stack:  # all files appear complete, or not at all
         out_tmp = stack.enter_context(staged_file(p.output_path, "OUTPUT"))
         prob_tmp = (
             stack.enter_context(staged_file(p.probabilities_path, "OUTPUT_PROBABILITIES"))
             if p.probabilities_path
             else None
         )
-        nonfinite = _predict(ds, info, tiling, infer, card, out_tmp, prob_tmp, batch_size, progress, cancelled)
+        vector_tmp = stack.enter_context(staged_file(p.vector_path, "OUTPUT_VECTOR")) if p.vector_path else None
+        nonfinite = _predict_on_grid(
+            grid,
+            partial(_predict, ds, info, tiling, infer, card),
+            (out_tmp, prob_tmp),
+            (tiles_per_batch, predict_progress, cancelled, rule, bands),
+            card,
+        )
+        _clean_and_vectorize(p, card, out_tmp, vector_tmp, _scaled(progress, 0.85, 0.15), cancelled)
     if nonfinite:
         warnings.append(nonfinite)
     set_category_names(p.output_path, card.class_names)  # after the rename
@@ -660,4 +828,90 @@ def segment(
         warnings,
         batch_size,
         infer.batch_size,
+        os.path.abspath(p.vector_path) if p.vector_path else None,
     )
+
+
+def _predict_on_grid(
+    grid: _Grid,
+    predict: Callable[..., str | None],
+    outputs: tuple[str, str | None],
+    args: tuple,
+    card: ModelCard,
+) -> str | None:
+    """`predict(out, prob, *args)` (the bound `_predict`) on the working grid, straight into the staged
+    outputs, or (OUTPUT_GRID 0 with a warp) into hidden working-grid files beside them that are then
+    warped nearest-neighbour onto the input's grid, strip by strip, and removed."""
+    source = grid.input_ds if grid.plan.warp else None
+    if not grid.back:
+        return predict(*outputs, *args, source=source)
+    batch, progress, cancelled, rule, bands = args
+    work = [None if o is None else os.path.splitext(o)[0] + ".working.tif" for o in outputs]
+    try:
+        nonfinite = predict(*work, batch, _scaled(progress, 0.0, 0.85), cancelled, rule, bands, source=source)
+        steps = [(w, o, prob) for prob, (w, o) in enumerate(zip(work, outputs, strict=True)) if w and o]
+        for i, (w, o, prob) in enumerate(steps):
+            _write_back(
+                w,
+                o,
+                grid.input_info,
+                card,
+                bool(prob),
+                _scaled(progress, 0.85 + 0.15 * i / len(steps), 0.15 / len(steps)),
+                cancelled,
+            )
+    finally:
+        for tmp in work:
+            if tmp and os.path.exists(tmp):
+                gdal.GetDriverByName("GTiff").Delete(tmp)
+    progress(1.0)
+    return nonfinite
+
+
+def _write_back(
+    src: str, dst: str, grid: RasterInfo, card: ModelCard, prob: bool, progress: Progress, cancelled: IsCancelled
+) -> None:
+    """A map on the working grid onto the input's grid: nearest neighbour (classes, and probabilities
+    too, so that they agree with the class map pixel for pixel), nodata kept, styled and with the
+    overviews streamed like a map written directly."""
+    k = len(card.classes)
+    out = _create(
+        dst, grid, k if prob else 1, gdal.GDT_Float32 if prob else gdal.GDT_Byte, ["PREDICTOR=3"] if prob else []
+    )
+    try:
+        if prob:
+            for i, c in enumerate(card.classes):
+                out.GetRasterBand(i + 1).SetDescription(c.name)
+                out.GetRasterBand(i + 1).SetNoDataValue(PROB_NODATA)
+        else:
+            _style_classes(out.GetRasterBand(1), card.classes)
+        rows: PyramidWriter | None = PyramidWriter(out)
+        assert rows is not None
+        warp_to_grid(src, rows.write, grid, PROB_NODATA if prob else MASK_NODATA, "nearest", progress, cancelled)
+        rows.close()
+    finally:
+        rows = out = None  # close (flush) before the file is renamed or removed
+
+
+def _scaled(progress: Progress, start: float, span: float) -> Progress:
+    return lambda f: progress(start + span * f)
+
+
+def _clean_and_vectorize(
+    p: SegmentParams,
+    card: ModelCard,
+    out_tmp: str,
+    vector_tmp: str | None,
+    progress: Progress,
+    cancelled: IsCancelled,
+) -> None:
+    """The finished (still staged) class map: SIEVE in place, then its polygons into OUTPUT_VECTOR."""
+    from .regions import polygonize, sieve_in_place
+
+    if p.sieve > 0:
+        sieve_in_place(out_tmp, p.sieve, _scaled(progress, 0.0, 0.4 if vector_tmp else 1.0), cancelled)
+    if vector_tmp:
+        start = 0.4 if p.sieve > 0 else 0.0
+        n = polygonize(out_tmp, vector_tmp, card.class_names, _scaled(progress, start, 1.0 - start), cancelled)
+        log.info("OUTPUT_VECTOR: %d polygons.", n)
+    progress(1.0)

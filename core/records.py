@@ -23,3 +23,4 @@ class ChipRecord:
     class_counts: dict[int, int]
     moments: Moments = field(repr=False)
     split: str = "train"
+    scene: str = ""  # the source raster's scene id (chips.csv `scene`; several with APPEND)

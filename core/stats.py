@@ -37,15 +37,32 @@ class Moments:
         m2 = np.einsum("ij,ij->i", d, d)  # 20× faster than ((x - mean) ** 2).sum(): export spent half its time here
         return Moments(n, tuple(mean.tolist()), tuple(m2.tolist()))
 
+    def to_json(self) -> dict:
+        """Exact round trip through JSON (Python writes floats as their shortest exact repr)."""
+        return {"count": self.count, "mean": list(self.mean), "m2": list(self.m2)}
 
-def merge(parts: list[Moments], bands: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean and population std per band over all parts, and the pixel count."""
+    @staticmethod
+    def from_json(d: dict) -> Moments:
+        return Moments(int(d["count"]), tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["m2"]))
+
+
+def combine(parts: list[Moments], bands: int) -> Moments:
+    """The moments of the union of all parts (Chan et al.): the sums of many chips, or of many scenes."""
     parts = [p for p in parts if p.count]
     if not parts:
-        return np.zeros(bands), np.ones(bands), 0
+        z = (0.0,) * bands
+        return Moments(0, z, z)
     n = np.array([p.count for p in parts], dtype=np.float64)
     means = np.array([p.mean for p in parts])
     total = n.sum()
     mean = (n[:, None] * means).sum(axis=0) / total
     m2 = np.array([p.m2 for p in parts]).sum(axis=0) + (n[:, None] * (means - mean) ** 2).sum(axis=0)
-    return mean, np.sqrt(m2 / total), int(total)
+    return Moments(int(total), tuple(mean.tolist()), tuple(m2.tolist()))
+
+
+def merge(parts: list[Moments], bands: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and population std per band over all parts, and the pixel count."""
+    m = combine(parts, bands)
+    if not m.count:
+        return np.zeros(bands), np.ones(bands), 0
+    return np.array(m.mean), np.sqrt(np.array(m.m2) / m.count), m.count

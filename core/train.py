@@ -26,7 +26,14 @@ from .options import ARCHITECTURES, CLASS_WEIGHTS, LOSSES, SCHEDULES
 from .params import TrainParams  # defined once there, with its front-end metadata
 from .reports import BatchReport, EpochReport, TrainResult  # also re-exported: they lived here
 from .staging import check_new_file, remove_stale_outputs
-from .trainer import Run, check_card_before_training, nan_to_none, output_paths
+from .trainer import (
+    Run,
+    check_card_before_training,
+    check_encoder_params,
+    effective_model_options,
+    nan_to_none,
+    output_paths,
+)
 
 log = logging.getLogger("geoseg")
 
@@ -61,7 +68,7 @@ def validate(p: TrainParams) -> None:  # noqa: C901, PLR0912
     from ..models.registry import validate_options  # no torch import
 
     try:
-        validate_options(p.architecture, **p.model_options)
+        validate_options(p.architecture, **effective_model_options(p))
     except ValueError as e:
         raise GeoSegError(f"MODEL_OPTIONS: {e}.", param="MODEL_OPTIONS") from None
     if not p.output_model:
@@ -73,6 +80,7 @@ def validate(p: TrainParams) -> None:  # noqa: C901, PLR0912
             param="OUTPUT_MODEL",
         )
     _check_encoder_weights(p.model_options.get("encoder_weights"))
+    check_encoder_params(p, effective_model_options(p))
     paths = output_paths(p.output_model)
     if p.resume:
         if not os.path.isfile(paths["last"]):
@@ -121,6 +129,18 @@ def _check_encoder_weights(path: object) -> None:
         )
 
 
+def _encoder_weights(p: TrainParams, options: dict, progress: Progress, cancelled: IsCancelled):
+    """ENCODER_WEIGHTS as a checked local file (None: none); a named weight is downloaded here, on first
+    use, into the cache (the dialog's QGIS profile, $GEOSEG_CACHE or ~/.cache/geoseg)."""
+    if not (p.encoder_weights or "").strip():
+        return None
+    from .weights import resolve_weights
+
+    return resolve_weights(
+        p.encoder_weights or "", str(options.get("encoder", "resnet18")), p.weights_cache, progress, cancelled
+    )
+
+
 @with_gdal_exceptions
 def train(
     p: TrainParams,
@@ -136,17 +156,18 @@ def train(
     paths = output_paths(p.output_model)
     remove_stale_outputs(paths.values(), started)  # left by a killed run (SIGKILL)
     chips = open_chips(p.chips_dir, p.ignore_background)
-    check_card_before_training(p, chips, validate_options(p.architecture, **p.model_options))
+    options = effective_model_options(p)
+    check_card_before_training(p, chips, validate_options(p.architecture, **options))
     device = resolve_device(p.device)
     require_memory(
-        training_bytes(p.architecture, chips.in_channels, len(chips.classes), p.model_options, chips.chip_size),
+        training_bytes(p.architecture, chips.in_channels, len(chips.classes), options, chips.chip_size),
         f"training this {p.architecture} on {chips.chip_size}-pixel chips, even at batch size 1,",
         "MODEL_OPTIONS",
         "Use a smaller model (base_width, depth) or smaller chips.",
         device=device,
     )
 
-    run = Run(p, chips, device)
+    run = Run(p, chips, device, _encoder_weights(p, options, progress, cancelled))
     out_dir = os.path.dirname(os.path.abspath(p.output_model))
     new_dir = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)  # only now: every check before it writes nothing
@@ -253,9 +274,11 @@ def train(
 
 
 @with_gdal_exceptions
-def export_model_onnx(model_path: str, onnx_path: str, cancelled: IsCancelled = lambda: False) -> str:
-    """`.pt` → `.onnx` with the same card (geoseg:exportonnx); missing folders are created, as
-    for every GeoSeg output, and removed again when it fails."""
+def export_model_onnx(
+    model_path: str, onnx_path: str, cancelled: IsCancelled = lambda: False, fmt: str = "geoseg"
+) -> str:
+    """`.pt` → `.onnx` with the same card (geoseg:exportonnx; `fmt` "deepness" also for Deepness);
+    missing folders are created, as for every GeoSeg output, and removed again when it fails."""
     from .checkpoint import model_from_checkpoint
 
     started = time.time()
@@ -271,5 +294,7 @@ def export_model_onnx(model_path: str, onnx_path: str, cancelled: IsCancelled = 
     model = model_from_checkpoint(state)
     if cancelled():
         raise Cancelled()
-    save_onnx(onnx_path, model.eval(), state["card"], "OUTPUT", cancelled)
+    if fmt not in ("geoseg", "deepness"):
+        raise GeoSegError(f"FORMAT must be geoseg or deepness (got {fmt!r}).", param="FORMAT")
+    save_onnx(onnx_path, model.eval(), state["card"], "OUTPUT", cancelled, fmt)
     return onnx_path

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader, Dataset
 
     from .params import TrainParams
+    from .weights import ResolvedWeights
 
 log = logging.getLogger("geoseg")
 
@@ -75,8 +76,67 @@ def default_workers() -> int:
     return min(4, cpus // 2)
 
 
+def effective_model_options(p: TrainParams) -> dict:
+    """MODEL_OPTIONS with ENCODER applied (GeoSegError naming the parameter when they disagree or the
+    architecture has no ResNet encoder); not yet validated against the architecture."""
+    options = dict(p.model_options)
+    if p.encoder == "default":
+        return options
+    if p.architecture not in ("unet", "unetpp", "deeplabv3plus"):
+        raise GeoSegError(
+            f"ENCODER: {p.architecture} has no ResNet encoder option; use ARCHITECTURE unet, unetpp or deeplabv3plus, "
+            "or leave ENCODER at the architecture's default.",
+            param="ENCODER",
+        )
+    if options.get("encoder", p.encoder) != p.encoder:
+        raise GeoSegError(
+            f"ENCODER is {p.encoder} but MODEL_OPTIONS sets encoder {options['encoder']!r}; set only one.",
+            param="ENCODER",
+        )
+    options["encoder"] = p.encoder
+    return options
+
+
+def check_encoder_params(p: TrainParams, options: dict) -> None:
+    """ENCODER_WEIGHTS and FREEZE_ENCODER_EPOCHS against the architecture (cheap: no download, no torch)."""
+    from ..models.registry import has_resnet_encoder
+    from .weights import check_weights_spec
+
+    resnet = has_resnet_encoder(p.architecture, options)
+    spec = (p.encoder_weights or "").strip()
+    if spec:
+        if not resnet:
+            raise GeoSegError(
+                f"ENCODER_WEIGHTS: the plain {p.architecture} has no pretrained encoder; set ENCODER to resnet18, "
+                "resnet34 or resnet50 (UNet, DeepLabv3+).",
+                param="ENCODER_WEIGHTS",
+            )
+        if options.get("encoder_weights"):
+            raise GeoSegError(
+                "ENCODER_WEIGHTS and MODEL_OPTIONS encoder_weights are both set; give the weights once.",
+                param="ENCODER_WEIGHTS",
+            )
+        check_weights_spec(spec, str(options.get("encoder", "resnet18")))
+    if p.freeze_encoder_epochs < 0:
+        raise GeoSegError(
+            f"FREEZE_ENCODER_EPOCHS must be 0 or more (got {p.freeze_encoder_epochs}).", param="FREEZE_ENCODER_EPOCHS"
+        )
+    if p.freeze_encoder_epochs and not (spec or options.get("encoder_weights")):
+        raise GeoSegError(
+            "FREEZE_ENCODER_EPOCHS: there are no pretrained encoder weights to keep (set ENCODER_WEIGHTS); "
+            "a frozen random encoder would stay random.",
+            param="FREEZE_ENCODER_EPOCHS",
+        )
+
+
 def card_dict(
-    p: TrainParams, chips: ChipsFolder, options: dict, radius: int, history: list[dict], best_epoch: int
+    p: TrainParams,
+    chips: ChipsFolder,
+    options: dict,
+    radius: int,
+    history: list[dict],
+    best_epoch: int,
+    encoder: dict | None = None,
 ) -> dict:
     """The model card (as JSON) of a run: dataset.json's description, the parameters, the metrics so far."""
     ds = chips.dataset
@@ -91,6 +151,7 @@ def card_dict(
         "normalization": {"mean": ds["normalization"]["mean"], "std": ds["normalization"]["std"]},
         "architecture": p.architecture,
         "architecture_options": options,
+        **({"encoder": encoder} if encoder is not None else {}),
         "crs": ds.get("crs"),
         "pixel_size": ds.get("pixel_size"),
         "data_type": ds.get("data_type"),
@@ -107,7 +168,7 @@ def card_dict(
             "val_macro_f1": best["val_macro_f1"],
             "per_class_iou": dict(zip(names, best["per_class_iou"], strict=True)),
         },
-        "training": {k: v for k, v in asdict(p).items() if k not in ("chips_dir", "output_model")},
+        "training": {k: v for k, v in asdict(p).items() if k not in ("chips_dir", "output_model", "weights_cache")},
         "epochs_run": len(history),
         "split": ds.get("split"),
         "dataset_sha256": chips.sha256,
@@ -146,7 +207,9 @@ def _as_dataset(ds: ChipDataset) -> Dataset[tuple[Tensor, Tensor]]:
 class Run:
     """One training run's state; split out of `train` so each step reads on its own."""
 
-    def __init__(self, p: TrainParams, chips: ChipsFolder, device: str) -> None:
+    def __init__(
+        self, p: TrainParams, chips: ChipsFolder, device: str, encoder_weights: ResolvedWeights | None = None
+    ) -> None:
         import torch
 
         from ..models.receptive import receptive_field_radius
@@ -156,10 +219,12 @@ class Run:
         self.p, self.chips, self.device = p, chips, device
         self.paths = output_paths(p.output_model)
         torch.manual_seed(p.seed)
+        options = effective_model_options(p)
         try:
-            self.model = build_model(p.architecture, chips.in_channels, len(chips.classes), **p.model_options)
+            self.model = build_model(p.architecture, chips.in_channels, len(chips.classes), **options)
         except ValueError as e:  # encoder_weights that are not a matching torchvision state dict
             raise GeoSegError(f"MODEL_OPTIONS: {first_line(e, 400)}.", param="MODEL_OPTIONS") from None
+        self.encoder_card = self._init_encoder(encoder_weights)
         self.radius = receptive_field_radius(self.model, chips.in_channels, min(chips.chip_size, 256))
         self.model.to(device)
         if device == "cuda":
@@ -190,6 +255,52 @@ class Run:
         self.best_epoch = 0
         self.history: list[dict] = []
         self._start_state: dict | None = None  # the state the first epoch of this process starts from
+
+    def _init_encoder(self, weights: ResolvedWeights | None) -> dict | None:
+        """Load ENCODER_WEIGHTS into the ResNet encoder; the card's `encoder` record (None: no ResNet)."""
+        from ..models.resnet import ResNetEncoder, load_torchvision_weights
+        from .weights import file_sha256
+
+        encoder = getattr(self.model, "encoder", None)
+        if not isinstance(encoder, ResNetEncoder):
+            return None
+        record: dict[str, Any] = {"name": encoder.name, "weights": None, "weights_sha256": None}
+        info = getattr(self.model, "encoder_init", None)  # MODEL_OPTIONS encoder_weights, loaded when built
+        legacy = cast(dict[str, Any], self.model.options).get("encoder_weights")
+        if weights is not None:
+            try:
+                info = load_torchvision_weights(encoder, weights.path)
+            except ValueError as e:
+                raise GeoSegError(f"ENCODER_WEIGHTS: {first_line(e, 400)}.", param="ENCODER_WEIGHTS") from None
+            record.update(weights=weights.name, weights_sha256=weights.sha256)
+            if weights.named is not None:
+                record.update(
+                    weights_url=weights.named.url,
+                    input_scaling=weights.named.scaling,
+                    licence=weights.named.licence,
+                )
+        elif legacy:
+            record.update(weights=os.path.basename(legacy), weights_sha256=file_sha256(legacy))
+        if info:
+            record.update(info)
+            log.info(
+                "Encoder %s initialised from %s; first convolution: %s.",
+                encoder.name,
+                record["weights"],
+                info["first_conv"],
+            )
+        return record
+
+    def set_encoder_frozen(self, epoch: int) -> None:
+        """FREEZE_ENCODER_EPOCHS: the encoder's parameters take no step in the first N epochs."""
+        encoder = getattr(self.model, "encoder", None)
+        if encoder is None or not self.p.freeze_encoder_epochs:
+            return
+        frozen = epoch < self.p.freeze_encoder_epochs
+        if epoch in (0, self.p.freeze_encoder_epochs) or epoch == self.start_epoch:
+            log.info("Epoch %d: encoder %s.", epoch + 1, "frozen" if frozen else "trained")
+        for q in encoder.parameters():
+            q.requires_grad_(not frozen)
 
     def _build_loaders(self) -> None:
         """(Re)build the loaders for `batch_size` / `val_batch_size` (again after an out-of-memory)."""
@@ -323,7 +434,7 @@ class Run:
     def card(self) -> ModelCard:
         """The card of the model as it is now (validated: a checkpoint never carries a wrong one)."""
         options = cast(dict[str, Any], self.model.options)  # set by models.registry.build_model
-        card = card_dict(self.p, self.chips, options, self.radius, self.history, self.best_epoch)
+        card = card_dict(self.p, self.chips, options, self.radius, self.history, self.best_epoch, self.encoder_card)
         return ModelCard.from_dict(card, "OUTPUT_MODEL")
 
     def resume(self) -> None:
@@ -460,6 +571,7 @@ class Run:
         import torch
 
         self.model.train()
+        self.set_encoder_frozen(epoch)
         total, n = 0.0, 0
         for b, (x, y) in enumerate(self.train_loader):
             if cancelled():

@@ -1,9 +1,10 @@
 """DeepLabv3+ (Chen et al. 2018) on a torchvision-compatible ResNet encoder.
 
 Encoder: ResNet-18/34/50 (`resnet.py`) at output stride 16 or 8 (dilated last stages);
-`encoder_weights` (a local torchvision ResNet `.pth`) initialises it, extra bands getting
-the mean RGB filter. ASPP: a 1×1 branch, one 3×3 branch per atrous rate and an image-pooling
-branch, concatenated and projected to `decoder_channels` (Dropout 0.1, as in DeepLabv3).
+`encoder_weights` (a local torchvision ResNet `.pth`) initialises it, the first convolution
+adapted to the band count as timm does (`resnet.adapt_first_conv`). ASPP: a 1×1 branch, one
+3×3 branch per atrous rate and an image-pooling branch, concatenated and projected to
+`decoder_channels` (Dropout 0.1, as in DeepLabv3).
 Decoder: ASPP output upsampled ×(stride/4), concatenated with the layer1 features reduced to
 48 channels (the paper's choice), two 3×3 convs, 1×1 classifier, bilinear ×4.
 
@@ -83,8 +84,9 @@ class DeepLabV3Plus(nn.Module):
         init_weights(self.low_level)
         init_weights(self.decoder)
         init_classifier(self.head)
+        self.encoder_init: dict[str, object] | None = None  # how encoder_weights were adapted (the card's)
         if encoder_weights:
-            load_torchvision_weights(self.encoder, encoder_weights)
+            self.encoder_init = load_torchvision_weights(self.encoder, encoder_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] float → [N, num_classes, H, W] logits."""

@@ -42,9 +42,29 @@ DYNAMIC_AXES = {
 }
 
 
-def _export(model: nn.Module, sample: torch.Tensor, path: str) -> None:
+HEADS = ("logits", "softmax", "sigmoid")
+PROBABILITIES_NAME = "probabilities"
+
+
+class _Head(nn.Module):
+    """Probabilities inside the graph: softmax over the classes, or for a two-class model one sigmoid
+    channel p(class 1) = sigmoid(z1 − z0) (= its softmax), as Deepness expects them."""
+
+    def __init__(self, model: nn.Module, head: str) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        if self.head == "sigmoid":
+            return torch.sigmoid(z[:, 1:2] - z[:, 0:1])
+        return torch.softmax(z, dim=1)
+
+
+def _export(model: nn.Module, sample: torch.Tensor, path: str, fixed: bool = False, output: str = OUTPUT_NAME) -> None:
     """Tracer first (fast); dynamo only when the tracer is unavailable or fails."""
-    kwargs: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "dynamic_axes": DYNAMIC_AXES}
+    axes = {INPUT_NAME: {0: "batch"}, output: {0: "batch"}} if fixed else DYNAMIC_AXES
+    kwargs: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [output], "dynamic_axes": axes}
     try:
         with warnings.catch_warnings():  # the tracer is chosen deliberately; its deprecation notice is noise
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -55,14 +75,24 @@ def _export(model: nn.Module, sample: torch.Tensor, path: str) -> None:
 
 
 def export_onnx(
-    model: nn.Module, in_channels: int, path: str, sample_size: int = 64, metadata: dict[str, str] | None = None
+    model: nn.Module,
+    in_channels: int,
+    path: str,
+    sample_size: int = 64,
+    metadata: dict[str, str] | None = None,
+    fixed_size: int | None = None,
+    head: str = "logits",
 ) -> None:
     """Write `model` (in eval mode; its mode is restored) to `path` with `metadata` as metadata_props.
 
     The graph takes float32 `input` [N, in_channels, H, W] and returns `logits`
-    [N, K, H, W]; N, H and W are dynamic. `onnx.checker` must accept the model before it is saved
-    in its final form; write to a partial path (core.staging) when a failure must leave nothing.
+    [N, K, H, W]; N, H and W are dynamic. With `fixed_size`, H = W = fixed_size (N stays dynamic);
+    with `head` "softmax" or "sigmoid" it returns `probabilities` instead ([N, K, H, W], or
+    [N, 1, H, W] for the sigmoid of a two-class model). `onnx.checker` must accept the model before
+    it is saved in its final form; write to a partial path (core.staging) when a failure must leave nothing.
     """
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS} (got {head!r})")
     metadata = dict(metadata or {})
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
@@ -71,12 +101,14 @@ def export_onnx(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     # batch 2: the dynamo fallback would specialise a batch of 1 to a constant
-    sample = torch.randn(2, in_channels, sample_size, sample_size, device=device)
+    size = fixed_size or sample_size
+    sample = torch.randn(2, in_channels, size, size, device=device)
+    net = model if head == "logits" else _Head(model, head)
     try:
         model.eval()
         with torch.no_grad():
-            num_classes = int(model(sample).shape[1])
-            _export(model, sample, path)
+            num_classes = int(net(sample).shape[1])
+            _export(net, sample, path, fixed_size is not None, OUTPUT_NAME if head == "logits" else PROBABILITIES_NAME)
         proto = onnx.load(path)
         # the tracer leaves the class axis symbolic after the crop; it is fixed, say so
         proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = num_classes

@@ -4,6 +4,7 @@ Importing this module does not import torch: `default_options` and `validate_opt
 the dialogs and parameter checks; torch and the architecture module load in `build_model`.
 `build_model(name, c, k, **model.options)` rebuilds the same architecture (pass
 `encoder_weights=None` when a checkpoint's state dict will be loaded over it anyway).
+Architectures with a ResNet encoder (`has_resnet_encoder`) expose it as `model.encoder`.
 """
 
 from __future__ import annotations
@@ -71,22 +72,26 @@ def _rates(v: Any) -> list[int]:
 _SPECS: dict[str, tuple[str, str, dict[str, tuple[Any, Callable[[Any], Any]]]]] = {
     "unet": (
         "unet",
-        "UNet",
+        "build_unet",
         {
             "depth": (4, _int(1, 6)),
             "base_width": (32, _int(1)),
             "batch_norm": (True, _bool),
             "dropout": (0.0, _dropout),
+            "encoder": ("none", _choice("none", *RESNET_ENCODERS)),
+            "encoder_weights": (None, _path_or_none),
         },
     ),
     "unetpp": (
         "unetpp",
-        "UNetPlusPlus",
+        "build_unetpp",
         {
             "depth": (4, _int(1, 6)),
             "base_width": (32, _int(1)),
             "batch_norm": (True, _bool),
             "deep_supervision": (False, _bool),
+            "encoder": ("none", _choice("none", *RESNET_ENCODERS)),
+            "encoder_weights": (None, _path_or_none),
         },
     ),
     "deeplabv3plus": (
@@ -135,6 +140,11 @@ def validate_options(name: str, **options: Any) -> dict[str, Any]:
         except ValueError as exc:
             raise ValueError(f"{name} option {key}: {exc}") from None
     return resolved
+
+
+def has_resnet_encoder(name: str, options: dict[str, Any]) -> bool:
+    """Whether `name` with these (resolved) options is built on a ResNet encoder (`model.encoder`)."""
+    return name == "deeplabv3plus" or (name in ("unet", "unetpp") and options.get("encoder", "none") != "none")
 
 
 def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:

@@ -6,8 +6,15 @@ dicts are the most common pretrained weights around; keeping the exact key layou
 initialise this encoder from such a `.pth` file without torchvision. The classifier
 (`avgpool`, `fc`) is left out: segmentation needs only the feature maps.
 
-Output stride: the last stage (16) or last two stages (8) trade their stride for dilation,
-as in DeepLabv3, so the deep features stay at 1/16 or 1/8 of the input.
+Output stride: 32 keeps every stride (UNet's encoder: `stages` gives the five feature maps at
+1/2 … 1/32 for the skip connections, as segmentation-models-pytorch's Unet takes them); 16 or 8
+trade the stride of the last stage, or last two stages, for dilation, as in DeepLabv3, so the
+deep features stay at 1/16 or 1/8 of the input.
+
+Weights whose first convolution has another band count than the raster are adapted as timm and
+segmentation-models-pytorch do (`adapt_first_conv`): the filters are repeated cyclically over
+the new bands and rescaled by source bands / new bands, so a constant image gives the same first
+activations; one band gets the sum of the filters.
 """
 
 from __future__ import annotations
@@ -100,8 +107,8 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         if name not in RESNET_LAYOUTS:
             raise ValueError(f"unknown encoder {name!r}; valid: {', '.join(RESNET_LAYOUTS)}")
-        if output_stride not in (8, 16):
-            raise ValueError(f"output_stride must be 8 or 16, not {output_stride!r}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, not {output_stride!r}")
         kind, counts = RESNET_LAYOUTS[name]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.name = name
@@ -113,13 +120,14 @@ class ResNetEncoder(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        dilate3, dilate4 = output_stride == 8, True
+        dilate3, dilate4 = output_stride == 8, output_stride <= 16
         self.layer1 = self._make_layer(block, 64, counts[0], stride=1, dilate=False)
         self.layer2 = self._make_layer(block, 128, counts[1], stride=2, dilate=False)
         self.layer3 = self._make_layer(block, 256, counts[2], stride=2, dilate=dilate3)
         self.layer4 = self._make_layer(block, 512, counts[3], stride=2, dilate=dilate4)
         self.low_level_channels = 64 * block.expansion
         self.out_channels = 512 * block.expansion
+        self.stage_channels = (64, *(w * block.expansion for w in (64, 128, 256, 512)))
         init_weights(self)
 
     def _make_layer(
@@ -145,25 +153,40 @@ class ResNetEncoder(nn.Module):
         high = self.layer4(self.layer3(self.layer2(low)))
         return low, high
 
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five feature maps UNet's decoder joins: stem (1/2), layer1 (1/4) … layer4 (1/32 at stride 32)."""
+        stem = self.relu(self.bn1(self.conv1(x)))
+        feats = [stem]
+        h = self.maxpool(stem)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            h = layer(h)
+            feats.append(h)
+        return feats
 
-def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """RGB conv1 filters → `in_channels` bands: bands 1-3 keep R, G, B; others (or all, below 3) get their mean.
 
-    The mean filter responds to any extra band as the pretrained net responds to brightness,
-    a neutral start that training can specialise.
+def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, str]:
+    """First-conv filters for `in_channels` bands from filters for `weight.shape[1]` bands, as timm
+    and segmentation-models-pytorch adapt them; returns (filters, what was done, in words).
+
+    Same count: unchanged. One band: the sum of the filters. Otherwise band i gets source filter
+    i mod source bands (4 bands on RGB: R, G, B, R; 12 on 13: the first 12), all rescaled by
+    source / new bands so that the response to a constant image is unchanged.
     """
-    mean = weight.mean(dim=1, keepdim=True)
-    if in_channels < 3:
-        return mean.repeat(1, in_channels, 1, 1)
-    return torch.cat([weight, mean.repeat(1, in_channels - 3, 1, 1)], dim=1)
+    source = int(weight.shape[1])
+    if in_channels == source:
+        return weight, f"none ({source} bands, as the weights)"
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True), f"{source} → 1 band: the sum of the {source} band filters"
+    index = torch.arange(in_channels) % source
+    adapted = weight[:, index] * (source / in_channels)
+    how = "first" if in_channels < source else "repeated cyclically"
+    return adapted, (
+        f"{source} → {in_channels} bands: the {source} band filters {how}, scaled by {source}/{in_channels}"
+    )
 
 
-def load_torchvision_weights(encoder: ResNetEncoder, path: str) -> None:
-    """Initialise `encoder` from a torchvision ResNet state dict (`.pth`); ValueError on a bad file.
-
-    `fc.*` is ignored, `num_batches_tracked` may be absent (older torchvision files), and
-    `conv1.weight` is adapted to the encoder's band count with `adapt_first_conv`.
-    """
+def _read_state(path: str) -> dict:
+    """A state dict from a `.pth`, never unpickling objects (weights_only); ValueError on a bad file."""
     if not path or not os.path.isfile(path):
         raise ValueError(f"encoder_weights file not found: {path!r}")
     with open(path, "rb") as f:
@@ -187,21 +210,49 @@ def load_torchvision_weights(encoder: ResNetEncoder, path: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"encoder_weights {path!r} does not hold a state dict")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return state
+
+
+def layout_of(state: dict) -> str | None:
+    """Which of RESNET_LAYOUTS a torchvision-layout state dict is (None: not a ResNet of those)."""
+    counts = tuple(
+        len({k.split(".")[1] for k in state if isinstance(k, str) and k.startswith(f"layer{i}.")}) for i in range(1, 5)
+    )
+    kind = "bottleneck" if any(isinstance(k, str) and ".conv3." in k for k in state) else "basic"
+    return next((name for name, layout in RESNET_LAYOUTS.items() if layout == (kind, counts)), None)
+
+
+def load_torchvision_weights(encoder: ResNetEncoder, path: str) -> dict[str, object]:
+    """Initialise `encoder` from a torchvision- or timm-layout ResNet state dict (`.pth`); ValueError on a
+    bad file. Returns {"weights_in_channels": n, "first_conv": how it was adapted}.
+
+    `fc.*` is ignored (timm and TorchGeo files carry it too), `num_batches_tracked` may be absent
+    (older torchvision files), and `conv1.weight` is adapted to the encoder's band count with
+    `adapt_first_conv` (any source band count: RGB, 13 Sentinel-2 bands, Landsat's 6-11).
+    """
+    state = {k: v for k, v in _read_state(path).items() if not k.startswith("fc.")}
     own = encoder.state_dict()
     optional = {k for k in own if k.endswith("num_batches_tracked")}
     missing = sorted(set(own) - set(state) - optional)
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
+        other = layout_of(state)
+        if other is not None:
+            raise ValueError(f"encoder_weights {path!r} are {other} weights, not {encoder.name} weights")
         raise ValueError(
             f"encoder_weights {path!r} do not match a torchvision {encoder.name}: "
             f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}"
         )
     conv1 = state["conv1.weight"]
-    if conv1.ndim != 4 or conv1.shape[1] != 3:
-        raise ValueError(f"encoder_weights {path!r}: conv1.weight has shape {tuple(conv1.shape)}, expected RGB filters")
-    state["conv1.weight"] = adapt_first_conv(conv1, encoder.in_channels)
+    if not isinstance(conv1, torch.Tensor) or conv1.ndim != 4 or tuple(conv1.shape[2:]) != (7, 7):
+        shape = tuple(conv1.shape) if isinstance(conv1, torch.Tensor) else type(conv1).__name__
+        raise ValueError(f"encoder_weights {path!r}: conv1.weight has shape {shape}, expected [64, bands, 7, 7]")
+    state["conv1.weight"], how = adapt_first_conv(conv1, encoder.in_channels)
     wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if wrong:
-        raise ValueError(f"encoder_weights {path!r}: shapes differ from {encoder.name} for {wrong[:5]}")
+        raise ValueError(
+            f"encoder_weights {path!r} are not {encoder.name} weights: shapes differ for {wrong[:3]} "
+            f"(weights for another ResNet?)"
+        )
     encoder.load_state_dict(state, strict=False)
+    return {"weights_in_channels": int(conv1.shape[1]), "first_conv": how}

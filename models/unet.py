@@ -7,14 +7,24 @@ conv (halves the width), concatenation with the skip, two 3×3 convs; 1×1 class
 but the last (full resolution, just before the classifier), where the features are most
 abstract and over-fitting on few chips is most likely.
 The input is padded to a multiple of 2^depth and the logits cropped back (see `layers`).
+
+With `encoder` a ResNet (`build_unet`, the registry's "unet"), the encoder is that ResNet
+(`resnet.py`, torchvision's parameter names, so ImageNet or TorchGeo weights load into it) and
+the decoder is segmentation-models-pytorch's Unet decoder: five stages, each a ×2 nearest
+upsampling, concatenation with the ResNet feature map of that scale (layer3, layer2, layer1, the
+stem; none at full resolution) and two 3×3 conv-BN-ReLU; widths base_width·(8, 4, 2, 1, ½) —
+smp's (256, 128, 64, 32, 16) at the default base_width 32. `depth` and `batch_norm` belong to
+the plain UNet and are not used (the ResNet has five stages and batch norm throughout).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .layers import DoubleConv, crop_to, init_classifier, init_weights, pad_to_multiple
+from .layers import DoubleConv, conv_bn_relu, crop_to, init_classifier, init_weights, pad_to_multiple
+from .resnet import ResNetEncoder, load_torchvision_weights
 
 
 def _dropout(p: float) -> nn.Module:
@@ -71,3 +81,67 @@ class UNet(nn.Module):
         for up, block, drop, skip in zip(self.up, self.decoder, self.decoder_dropout, reversed(skips), strict=True):
             h = drop(block(torch.cat([up(h), skip], dim=1)))
         return crop_to(self.head(h), x)
+
+
+class ResNetUNet(nn.Module):
+    """U-Net on a ResNet-18/34/50 encoder (skips from the stem and the first three stages)."""
+
+    architecture = "unet"
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        encoder: str = "resnet34",
+        encoder_weights: str | None = None,
+        base_width: int = 32,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.stride = 32
+        self.encoder = ResNetEncoder(encoder, in_channels, output_stride=32)
+        widths = [max(1, base_width * 8 // 2**i) for i in range(5)]
+        skips = [*reversed(self.encoder.stage_channels[:-1]), 0]  # layer3, layer2, layer1, stem, none
+        ch = self.encoder.stage_channels[-1]
+        self.decoder = nn.ModuleList()
+        self.decoder_dropout = nn.ModuleList()
+        for i, (w, skip) in enumerate(zip(widths, skips, strict=True)):
+            self.decoder.append(nn.Sequential(conv_bn_relu(ch + skip, w), conv_bn_relu(w, w)))
+            self.decoder_dropout.append(_dropout(dropout) if i < 4 else nn.Identity())
+            ch = w
+        self.head = nn.Conv2d(ch, num_classes, kernel_size=1)
+        init_weights(self.decoder)
+        init_classifier(self.head)
+        self.encoder_init: dict[str, object] | None = None  # how encoder_weights were adapted (the card's)
+        if encoder_weights:
+            self.encoder_init = load_torchvision_weights(self.encoder, encoder_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] float → [N, num_classes, H, W] logits."""
+        feats = self.encoder.stages(pad_to_multiple(x, self.stride))
+        h = feats[-1]
+        skips = [*reversed(feats[:-1]), None]
+        for block, drop, skip in zip(self.decoder, self.decoder_dropout, skips, strict=True):
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            if skip is not None:
+                h = torch.cat([h, skip], dim=1)
+            h = drop(block(h))
+        return crop_to(self.head(h), x)
+
+
+def build_unet(
+    in_channels: int,
+    num_classes: int,
+    depth: int = 4,
+    base_width: int = 32,
+    batch_norm: bool = True,
+    dropout: float = 0.0,
+    encoder: str = "none",
+    encoder_weights: str | None = None,
+) -> nn.Module:
+    """The registry's "unet": the plain U-Net, or with `encoder` a ResNet name, `ResNetUNet`."""
+    if encoder == "none":
+        if encoder_weights:
+            raise ValueError("encoder_weights need a ResNet encoder (set encoder to resnet18, resnet34 or resnet50)")
+        return UNet(in_channels, num_classes, depth, base_width, batch_norm, dropout)
+    return ResNetUNet(in_channels, num_classes, encoder, encoder_weights, base_width, dropout)

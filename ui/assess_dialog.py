@@ -105,6 +105,7 @@ class AssessDialog(GeoSegDialog):
         )
 
         output = self._group(root, "Output")
+        self.rest_form = output  # parameters added to AssessParams without a place of their own
         self.reportFile = self._add(
             output,
             "Report (.html or .json)",
@@ -194,13 +195,15 @@ class AssessDialog(GeoSegDialog):
                 "Report: choose the .html or .json file to write (both are written).", param="OUTPUT_REPORT"
             )
         if isinstance(reference, QgsVectorLayer):
-            return AssessParams(
+            return self.params_class(
                 prediction_path=prediction,
                 report_path=report,
                 reference_vector=self._about("REFERENCE_VECTOR", vector_source, reference, self._temp_dirs),
                 class_field=self.classField.currentField() or None,
+                **self.field_values(),
             )
-        return AssessParams(
+        return self.params_class(
+            **self.field_values(),
             prediction_path=prediction,
             report_path=report,
             reference_path=self._about("REFERENCE", raster_source, reference, "Reference"),

@@ -9,9 +9,11 @@ a time, success/error/cancel reporting and the remembered values (QgsSettings).
 A subclass (export, train, segment, assess):
 - calls `super().__init__(iface, title, object_name, parent)`, sets its own attributes, then `_setup()`;
 - implements `_build(root)`: its form, made with the helpers (passing `setting=` for the values worth
-  remembering): every value parameter through `_field` (from core's schema), its layer and file
-  widgets by hand but recorded in `self.fields`; ending with `_add_run_controls`;
-- sets `settings_prefix` and `params_class` and implements `params()` (`**self.field_values()` plus
+  remembering): value parameters through `_field` (from core's schema) where the layout wants them,
+  its layer and file widgets by hand but recorded in `self.fields`; ending with `_add_run_controls`;
+  it names `self.rest_form`, where `_place_rest` puts every value parameter it did not place (so a
+  parameter added to core/params.py appears with no dialog code);
+- sets `settings_prefix` and `params_class` and implements `params()` (`self.params_class(**self.field_values()` plus
   the layers and files; only GUI checks such as "choose a layer"), `_checked_params()` (core's own
   validate/preflight: its GeoSegError(param=...) marks the field), `_create_task(p)` and
   `_success_text(result)`; optionally `_show_result(result)` and `_can_run()`.
@@ -46,7 +48,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.errors import GeoSegError
-from ..core.params import Spec, by_name, parse_json_object, spec
+from ..core.params import VALUE_KINDS, Spec, by_name, parse_json_object, schema, spec
 from .tasks import CoreTask
 
 ERROR_STYLE = "color: #c00000;"
@@ -92,6 +94,7 @@ class GeoSegDialog(QDialog):
         self._temp_dirs: list[str] = []  # temporary copies of layers (adapter.layers), removed after a run
         self._remembered: dict[str, QWidget] = {}  # QgsSettings key → widget, filled by _add(setting=...)
         self.fields: dict[str, QWidget] = {}  # params field name → its widget (_field, or the dialog's own)
+        self.rest_form: QFormLayout | None = None  # where `_place_rest` puts parameters `_build` left out
         self._marked: QWidget | None = None  # the widget marked by the last GeoSegError(param=...)
         self.setWindowTitle(title)
         self.setObjectName(object_name)
@@ -100,8 +103,22 @@ class GeoSegDialog(QDialog):
         """Build the form, then load the remembered values, then enable Run: in that order, because
         restoring needs the widgets and fires their change signals, and Run depends on both."""
         self._build(QVBoxLayout(self))
+        self._place_rest()
         self.restore_settings()
         self._set_running(False)
+
+    def _place_rest(self) -> None:
+        """Give every value parameter of the step that `_build` did not place a widget in
+        `rest_form`, so that a parameter added to core/params.py appears in the dialog with no
+        dialog code (object name: the field name in camelCase; remembered under the field name)."""
+        if self.params_class is None:
+            return
+        rest = [s for s in schema(self.params_class) if s.field not in self.fields and s.kind in VALUE_KINDS]
+        if rest and self.rest_form is None:
+            raise RuntimeError(f"{type(self).__name__} sets no rest_form for {', '.join(s.name for s in rest)}")
+        for s in rest:
+            head, *tail = s.field.split("_")
+            self._field(self.rest_form, s.field, head + "".join(t.title() for t in tail), s.field)
 
     # ---------------------------------------------------------------- form helpers
     def _help_label(self, root: QVBoxLayout, text: str) -> QLabel:

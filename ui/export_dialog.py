@@ -17,6 +17,7 @@ from qgis.PyQt.QtWidgets import QCheckBox, QVBoxLayout, QWidget
 from ..adapter.layers import raster_source, vector_source
 from ..core.chips import ExportParams, ExportResult, export_chips, validate
 from ..core.errors import GeoSegError
+from ..core.params import spec
 from .base_dialog import GeoSegDialog
 from .tasks import CoreTask
 
@@ -65,6 +66,7 @@ class ExportChipsDialog(GeoSegDialog):
             "Polygons burnt into the mask chips; reprojected to the raster CRS.",
         )
         self.labelsLayer.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.labelsLayer.setAllowEmptyLayer(True)
         self.classField = self._add(
             inputs,
             "Class field",
@@ -83,11 +85,15 @@ class ExportChipsDialog(GeoSegDialog):
         )
         self.nameField.setFilters(QgsFieldProxyModel.String)
         self.nameField.setAllowEmptyFieldName(True)
+        self.labelRaster = self._layer_choice(inputs, "label_raster", "labelRaster", QgsMapLayerProxyModel.RasterLayer)
+        self.maskLayer = self._layer_choice(inputs, "mask_path", "maskLayer", QgsMapLayerProxyModel.PolygonLayer)
         self.fields.update(
             input_path=self.inputLayer,
             labels_path=self.labelsLayer,
             class_field=self.classField,
             name_field=self.nameField,
+            label_raster=self.labelRaster,
+            mask_path=self.maskLayer,
         )
         self.labelsLayer.layerChanged.connect(self._labels_changed)
         self._labels_changed(self.labelsLayer.currentLayer())
@@ -95,6 +101,7 @@ class ExportChipsDialog(GeoSegDialog):
         # layers are per project: only the other values are remembered (setting=...); the widgets, labels,
         # tooltips, ranges, defaults and choices come from core/params.py (ExportParams)
         chips = self._group(root, "Chips")
+        self.rest_form = chips  # parameters added to ExportParams without a place of their own
         self.chipSize = self._field(chips, "chip_size", "chipSize", "chip_size")
         self.strideX = self._field(chips, "stride_x", "strideX", "stride_x")
         self.strideY = self._field(chips, "stride_y", "strideY", "stride_y")
@@ -121,6 +128,7 @@ class ExportChipsDialog(GeoSegDialog):
         )
         self.outputDir.setStorageMode(QgsFileWidget.GetDirectory)
         self.outputDir.setDialogTitle("Output folder for the chips")
+        self.appendCheck = self._field(output, "append", "appendCheck", "append")
         self.indexCheck = self._add(
             output,
             None,
@@ -140,6 +148,15 @@ class ExportChipsDialog(GeoSegDialog):
             "Stop the running export; nothing is left behind.",
         )
 
+    def _layer_choice(self, form: Any, field_name: str, name: str, filters: Any) -> QgsMapLayerComboBox:
+        """An optional layer picker labelled and explained as core's schema says (empty: not used)."""
+        s = spec(ExportParams, field_name)
+        combo = self._add(form, s.label, QgsMapLayerComboBox(self), name, s.meta.help)
+        combo.setFilters(filters)
+        combo.setAllowEmptyLayer(True)
+        combo.setLayer(None)
+        return combo
+
     def _labels_changed(self, layer: Any) -> None:
         self.classField.setLayer(layer)
         self.nameField.setLayer(layer)
@@ -152,16 +169,20 @@ class ExportChipsDialog(GeoSegDialog):
         """Build core's parameters from the widgets; GeoSegError says what is missing (GUI-only checks:
         a layer or folder must be chosen; every rule about the values is core's `validate`)."""
         input_path = self._about("INPUT", raster_source, self.inputLayer.currentLayer())
-        labels = self.labelsLayer.currentLayer()
-        if labels is None:
-            raise GeoSegError("Label polygons: choose a polygon layer.", param="LABELS")
+        labels, label_raster = self.labelsLayer.currentLayer(), self.labelRaster.currentLayer()
+        if (labels is None) == (label_raster is None):
+            raise GeoSegError(
+                "Label polygons or label raster: choose one" + (", not both." if labels else "."), param="LABELS"
+            )
         output_dir = self.outputDir.filePath().strip()
         if not output_dir:
             raise GeoSegError("Output folder: choose a new or empty folder for the chips.", param="OUTPUT_DIR")
-        labels_path = self._about("LABELS", vector_source, labels, self._temp_dirs)
-        return ExportParams(
+        mask = self.maskLayer.currentLayer()
+        return self.params_class(
             input_path=input_path,
-            labels_path=labels_path,
+            labels_path=self._about("LABELS", vector_source, labels, self._temp_dirs) if labels else None,
+            label_raster=self._about("LABEL_RASTER", raster_source, label_raster) if label_raster else None,
+            mask_path=self._about("MASK", vector_source, mask, self._temp_dirs) if mask else None,
             output_dir=output_dir,
             class_field=self.classField.currentField() or None,
             name_field=self.nameField.currentField() or None,

@@ -10,26 +10,35 @@ engines, torch or onnxruntime.
 from __future__ import annotations
 
 import html
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
-from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QTextBrowser, QVBoxLayout, QWidget
+from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
 from ..adapter.layers import raster_source
-from ..adapter.style import apply_class_style, class_layer_name, probabilities_layer_name, style_probabilities
+from ..adapter.style import (
+    apply_class_style,
+    apply_vector_class_style,
+    class_layer_name,
+    polygons_layer_name,
+    probabilities_layer_name,
+    style_probabilities,
+)
 from ..core import deps
 from ..core.errors import GeoSegError
 from ..core.options import ARCHITECTURE_LABELS, ARCHITECTURES
-from ..core.params import SegmentParams
+from ..core.params import SegmentParams, spec
 from .base_dialog import ERROR_STYLE, GeoSegDialog
 from .settings import apply_defaults
 from .tasks import CoreTask
 
 if TYPE_CHECKING:
     from ..core.card import ModelCard
+    from ..core.foreign import OpenedModel
 
 SETTINGS_PREFIX = "geoseg/segment/"
 WARNING_STYLE = "color: #b35900;"
@@ -39,8 +48,9 @@ def architecture_label(name: str | None) -> str:
     return ARCHITECTURE_LABELS[ARCHITECTURES.index(name)] if name in ARCHITECTURES else str(name or "unknown")
 
 
-def card_html(card: ModelCard) -> str:
-    """The model card as a short HTML summary: architecture, classes with colour swatches, inputs, tiling."""
+def card_html(card: ModelCard, opened: OpenedModel | None = None) -> str:
+    """The model card as a short HTML summary: architecture, classes with colour swatches, inputs, tiling;
+    for a model without a GeoSeg card (`opened`, core.foreign) also where each value came from."""
     e = html.escape
     rows = "".join(
         f'<tr><td bgcolor="{e(c.color)}" width="18">&nbsp;</td><td>{e(str(c.name))}</td>'
@@ -60,18 +70,41 @@ def card_html(card: ModelCard) -> str:
         ("Validation mIoU", f"{miou:.4f}" if isinstance(miou, int | float) else "unknown"),
     ]
     facts_html = "".join(f"<tr><td><i>{e(k)}</i></td><td>{e(v)}</td></tr>" for k, v in facts)
-    return (
-        f"<b>{e(architecture_label(card.architecture))}</b> — {card.num_classes} classes"
+    title = e(architecture_label(card.architecture)) if card.architecture or not opened else e(opened.source)
+    text = (
+        f"<b>{title}</b> — {card.num_classes} classes"
         f'<table cellspacing="2">{rows}</table><table cellspacing="2">{facts_html}</table>'
     )
+    if opened is not None and opened.foreign:
+        text += provenance_html(opened)
+    return text
 
 
-def read_card(path: str) -> ModelCard:
-    """core.predict.read_model_card, with any unexpected failure turned into a GeoSegError for the form."""
-    from ..core.predict import read_model_card
+def provenance_html(opened: OpenedModel) -> str:
+    """Where each card value of a model without a GeoSeg card came from, and how it is run."""
+    e = html.escape
+    rows = "".join(f"<tr><td><i>{e(k)}</i></td><td>{e(v)}</td></tr>" for k, v in opened.provenance.items())
+    io = opened.io
+    run = [
+        f"tiles fixed at {io.fixed_size} px" if io.fixed_size else "any tile size",
+        f"batch fixed at {io.fixed_batch}" if io.fixed_batch else "any batch size",
+        "sigmoid output: class 1 where p ≥ 0.5"
+        if io.single
+        else ("softmax probabilities: arg-max" if io.probabilities else "logits: arg-max"),
+    ]
+    if io.outputs > 1:
+        run.append(f"output {io.output} of {io.outputs}")
+    notes = "".join(f"<br>{e(n)}" for n in opened.notes)
+    return f"<p><b>Card from {e(opened.source)}</b></p><table>{rows}</table><p>{e('; '.join(run))}{notes}</p>"
+
+
+def read_card(path: str, card_path: str | None = None, output: int = 0) -> OpenedModel:
+    """core.backends.read_model (the card, its provenance and how the model runs), with any unexpected
+    failure turned into a GeoSegError for the form."""
+    from ..core.backends import read_model
 
     try:
-        return read_model_card(path)
+        return read_model(path, card_path or None, output)
     except GeoSegError:
         raise
     except Exception as e:  # noqa: BLE001  (a foreign file must not break the dialog)
@@ -87,9 +120,11 @@ class SegmentDialog(GeoSegDialog):
     def __init__(self, iface: Any, parent: QWidget | None = None) -> None:
         super().__init__(iface, "GeoSeg — Segment raster", "GeoSegSegmentDialog", parent)
         self.card: ModelCard | None = None  # card of the chosen model, None when none or unreadable
+        self.opened: OpenedModel | None = None  # the card with its provenance and how the model runs
         self.card_error: str | None = None
         self.last_layer: QgsRasterLayer | None = None  # class layer added by the last run
         self.last_probabilities_layer: QgsRasterLayer | None = None
+        self.last_vector_layer: QgsVectorLayer | None = None
         self._input_name = ""
         self._setup()
 
@@ -126,7 +161,28 @@ class SegmentDialog(GeoSegDialog):
         self.modelFile.setStorageMode(QgsFileWidget.GetFile)
         self.modelFile.setFilter("GeoSeg models (*.onnx *.pt)")
         self.modelFile.setDialogTitle("GeoSeg model")
-        self.fields.update(input_path=self.inputLayer, model_path=self.modelFile)
+        self.cardFile = self._add(
+            inputs,
+            "Model card (JSON)",
+            QgsFileWidget(self),
+            "cardFile",
+            "Only for an ONNX model without a GeoSeg card or Deepness metadata: a JSON file with the card "
+            "fields (classes, bands, in_channels, chip_size, normalization); it replaces the model's own.",
+            "card_file",
+        )
+        self.cardFile.setStorageMode(QgsFileWidget.GetFile)
+        self.cardFile.setFilter("JSON (*.json)")
+        self.cardFile.setDialogTitle("Model card")
+        self.cardEditorButton = self._add(  # issue 14: write a card for a model that has none
+            inputs,
+            None,
+            QPushButton("Write a model card…", self),
+            "cardEditorButton",
+            "For an ONNX model without a GeoSeg card or Deepness metadata: enter its classes, bands, "
+            "normalisation and chip size; the card is saved as JSON and chosen as the model card.",
+        )
+        self.cardEditor: Any = None  # the open ui.card_editor.CardEditor, if any
+        self.fields.update(input_path=self.inputLayer, model_path=self.modelFile, card_path=self.cardFile)
         # below the form, in the column itself: a form row would not grow with the wrapped warnings
         self.cardView = self._below(
             left,
@@ -145,6 +201,7 @@ class SegmentDialog(GeoSegDialog):
         self.warningLabel.setStyleSheet(WARNING_STYLE)
 
         tiling = self._group(right, "Tiling and inference", QgsCollapsibleGroupBox)
+        self.rest_form = tiling  # parameters added to SegmentParams without a place of their own
         # widgets, labels, tooltips, ranges, defaults and choices from core/params.py (SegmentParams)
         self.chipSize = self._field(tiling, "chip_size", "chipSize", "chip_size")
         self.strideX = self._field(tiling, "stride_x", "strideX", "stride_x")
@@ -166,6 +223,8 @@ class SegmentDialog(GeoSegDialog):
         self.memoryBudget = self._field(tiling, "memory_budget_mb", "memoryBudget", "memory_budget_mb")
         self.backend = self._field(tiling, "backend", "backend", "backend")
         self.device = self._field(tiling, "device", "device", "device")
+        self.outputIndex = self._field(tiling, "output_index", "outputIndex", "output_index")
+        self.modelThreshold = self._field(tiling, "model_threshold", "modelThreshold", "model_threshold")
         apply_defaults(self.device, self.batchSize)  # GeoSeg ▸ Settings; remembered values override them
         self.deviceInfo = self._add(
             tiling,
@@ -195,11 +254,26 @@ class SegmentDialog(GeoSegDialog):
             "Optional Float32 GeoTIFF with one softmax " "probability band per class; empty: not written.",
             "probabilities_file",
         )
-        for widget, title in ((self.outputFile, "Class raster"), (self.probabilitiesFile, "Probabilities")):
+        self.vectorFile = self._add(  # issue 17: OUTPUT_VECTOR
+            output,
+            "Polygons (.gpkg, optional)",
+            QgsFileWidget(self),
+            "vectorFile",
+            "Optional GeoPackage: one polygon per connected region of the class map with its class value, "
+            "name and area; empty: not written.",
+            "vector_file",
+        )
+        for widget, title in (
+            (self.outputFile, "Class raster"),
+            (self.probabilitiesFile, "Probabilities"),
+            (self.vectorFile, "Polygons"),
+        ):
             widget.setStorageMode(QgsFileWidget.SaveFile)
-            widget.setFilter("GeoTIFF (*.tif)")
+            widget.setFilter("GeoPackage (*.gpkg)" if widget is self.vectorFile else "GeoTIFF (*.tif)")
             widget.setDialogTitle(title)
-        self.fields.update(output_path=self.outputFile, probabilities_path=self.probabilitiesFile)
+        self.fields.update(
+            output_path=self.outputFile, probabilities_path=self.probabilitiesFile, vector_path=self.vectorFile
+        )
         self.addToMap = self._add(
             output,
             None,
@@ -220,6 +294,9 @@ class SegmentDialog(GeoSegDialog):
             "Stop the running segmentation; the unfinished output is removed.",
         )
         self.modelFile.fileChanged.connect(self._model_changed)
+        self.cardFile.fileChanged.connect(lambda *_: self._model_changed(self.modelFile.filePath()))
+        self.cardEditorButton.clicked.connect(self.open_card_editor)
+        self.outputIndex.valueChanged.connect(lambda *_: self._model_changed(self.modelFile.filePath()))
         self.inputLayer.layerChanged.connect(self._update_warnings)
         self._model_changed(self.modelFile.filePath())
 
@@ -236,31 +313,71 @@ class SegmentDialog(GeoSegDialog):
 
     def _model_changed(self, path: str) -> None:
         """Read the chosen model's card (without running the model) and show it, or why it cannot be used."""
-        self.card, self.card_error = None, None
+        self.card, self.card_error, self.opened = None, None, None
         path = (path or "").strip()
         if not path:
             self.cardView.setHtml("<i>Choose a model to see its classes and training data.</i>")
         else:
             try:
-                self.card = read_card(path)
-                self.cardView.setHtml(card_html(self.card))
+                self.opened = read_card(path, self.cardFile.filePath().strip(), self.outputIndex.value())
+                self.card = self.opened.card
+                self.cardView.setHtml(card_html(self.card, self.opened))
             except GeoSegError as e:
                 self.card_error = str(e)
                 self.cardView.setHtml(f'<span style="{ERROR_STYLE}">{html.escape(self.card_error)}</span>')
         self.recommendedButton.setEnabled(bool(self.card and self.card.recommended))
+        self.cardEditorButton.setEnabled(bool(path) and (self.card is None or bool(self.cardFile.filePath().strip())))
         self._update_warnings()
 
+    def open_card_editor(self) -> Any:
+        """The card editor (ui.card_editor) for the chosen model, window-modal; its saved file becomes CARD."""
+        from .card_editor import CardEditor
+
+        model = self.modelFile.filePath().strip()
+        if not model:
+            return None
+        self.cardEditor = CardEditor(model, self)
+        current = self.cardFile.filePath().strip()
+        if current and os.path.isfile(current):  # edit the chosen card
+            try:
+                with open(current, encoding="utf-8") as f:
+                    self.cardEditor.set_card(json.load(f))
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass  # not a card the form can show: start from the model's example
+        self.cardEditor.accepted.connect(lambda: self.cardFile.setFilePath(self.cardEditor.saved_path or ""))
+        self.cardEditor.open()
+        return self.cardEditor
+
+    def _place_rest(self) -> None:
+        super()._place_rest()
+        for name in ("resolution", "pixel_size"):  # the grid plan follows them (issue 17)
+            w = self.fields.get(name)
+            if w is not None:
+                (w.currentIndexChanged if name == "resolution" else w.valueChanged).connect(self._update_warnings)
+
     def _update_warnings(self, *_: Any) -> None:
-        """The raster versus the training data, whenever the model or the layer changes."""
+        """The raster versus the training data, whenever the model, the layer or RESOLUTION changes: the
+        band check, and core's grid plan when the model reads the raster on another grid (core.resample)."""
         warnings: list[str] = []
         layer = self.inputLayer.currentLayer()
         if self.card is not None and layer is not None:
             from ..core.predict import compatibility_warnings
+            from ..core.resample import plan_for
 
+            resolution = (
+                spec(SegmentParams, "resolution").values[self.fields["resolution"].currentIndex()]
+                if "resolution" in self.fields
+                else "auto"
+            )
+            size = self.fields["pixel_size"].value() if "pixel_size" in self.fields else 0.0
             try:
-                warnings = compatibility_warnings(self.card, raster_source(layer))
+                source = raster_source(layer)
+                warnings = compatibility_warnings(self.card, source, grid=resolution == "raster")
+                plan = plan_for(self.card, source, resolution, size)
+                if plan.warp:
+                    warnings.append(plan.message[0].upper() + plan.message[1:])
             except Exception as e:  # noqa: BLE001  (only a hint: an unreadable raster must not break the form)
-                warnings = [str(e)]
+                warnings.append(str(e))
         self.warningLabel.setText("\n".join(warnings))
 
     def use_recommended_tiling(self) -> None:
@@ -284,11 +401,13 @@ class SegmentDialog(GeoSegDialog):
         output = self.outputFile.filePath().strip()
         if not output:
             raise GeoSegError("Class raster: choose the GeoTIFF (.tif) to write.", param="OUTPUT")
-        return SegmentParams(
+        return self.params_class(
             input_path=input_path,
             model_path=model,
             output_path=output,
             probabilities_path=self.probabilitiesFile.filePath().strip() or None,
+            vector_path=self.vectorFile.filePath().strip() or None,
+            card_path=self.cardFile.filePath().strip() or None,
             **self.field_values(),
         )
 
@@ -346,3 +465,15 @@ class SegmentDialog(GeoSegDialog):
         if layer.isValid():
             apply_class_style(layer, [c.to_dict() for c in result.card.classes])
             self.last_layer = project.addMapLayer(layer)
+        self._show_polygons(result)
+
+    def _show_polygons(self, result: Any) -> None:
+        """OUTPUT_VECTOR, when written, on top, styled by class like the class raster."""
+        self.last_vector_layer = None
+        if not getattr(result, "vector_path", None):
+            return
+        name = polygons_layer_name(result.vector_path, self._input_name)
+        layer = QgsVectorLayer(f"{result.vector_path}|layername=regions", name, "ogr")
+        if layer.isValid():
+            apply_vector_class_style(layer, [c.to_dict() for c in result.card.classes])
+            self.last_vector_layer = QgsProject.instance().addMapLayer(layer)

@@ -13,6 +13,7 @@ from typing import Any
 
 from matplotlib.backends.backend_qt5agg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from qgis.core import QgsApplication
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, pyqtSignal
@@ -127,6 +128,7 @@ class TrainDialog(GeoSegDialog):
         self.fields["output_model"] = self.outputModel
 
         adv = self._group(left, "Advanced", QgsCollapsibleGroupBox)
+        self.rest_form = adv  # parameters added to TrainParams without a place of their own
         self.classWeights = self._field(adv, "class_weights", "classWeights", "class_weights")
         self.ignoreBackground = self._field(adv, "ignore_background", "ignoreBackground", "ignore_background")
         self.schedule = self._field(adv, "schedule", "schedule", "schedule")
@@ -206,7 +208,9 @@ class TrainDialog(GeoSegDialog):
                 "written beside it with .onnx.",
                 param="OUTPUT_MODEL",
             )
-        return TrainParams(chips_dir=chips_dir, output_model=output, **self.field_values())
+        # named encoder weights are downloaded once into the QGIS profile (progress and cancel: the task's)
+        cache = os.path.join(QgsApplication.qgisSettingsDirPath(), "geoseg")
+        return self.params_class(chips_dir=chips_dir, output_model=output, weights_cache=cache, **self.field_values())
 
     def _checked_params(self) -> TrainParams:
         if not self.torch_ok:

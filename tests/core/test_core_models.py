@@ -66,7 +66,14 @@ def test_registry_names_match_core_options_and_defaults_are_json() -> None:
         assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
             k: v.shape for k, v in model.state_dict().items()
         }
-    assert default_options("unet") == {"depth": 4, "base_width": 32, "batch_norm": True, "dropout": 0.0}
+    assert default_options("unet") == {
+        "depth": 4,
+        "base_width": 32,
+        "batch_norm": True,
+        "dropout": 0.0,
+        "encoder": "none",  # the plain UNet stays the default (issue 15)
+        "encoder_weights": None,
+    }
     assert default_options("deeplabv3plus")["atrous_rates"] == [6, 12, 18]
     assert tuple(RESNET_LAYOUTS) == RESNET_ENCODERS
 
@@ -184,14 +191,14 @@ def test_deeplab_encoder_weights_from_torchvision_layout(tmp_path) -> None:
     assert model.options["encoder_weights"] == path
     loaded = model.encoder.state_dict()
     rgb = saved["conv1.weight"]
-    torch.testing.assert_close(loaded["conv1.weight"][:, :3], rgb)
-    mean = rgb.mean(dim=1, keepdim=True)
-    torch.testing.assert_close(loaded["conv1.weight"][:, 3:], mean.expand(-1, 2, -1, -1))
+    # as timm/smp adapt it (issue 15): R, G, B, R, G repeated, scaled by 3/5
+    torch.testing.assert_close(loaded["conv1.weight"], rgb[:, [0, 1, 2, 0, 1]] * (3 / 5))
+    assert "3 → 5 bands" in model.encoder_init["first_conv"]
     for key, value in loaded.items():
         if key != "conv1.weight":
             torch.testing.assert_close(value, saved[key], msg=key)
     single = build_model("deeplabv3plus", 1, 2, encoder_weights=path, decoder_channels=16)
-    torch.testing.assert_close(single.encoder.conv1.weight.detach(), mean)
+    torch.testing.assert_close(single.encoder.conv1.weight.detach(), rgb.sum(dim=1, keepdim=True))
 
 
 def test_deeplab_encoder_weights_errors(tmp_path) -> None:
@@ -199,7 +206,7 @@ def test_deeplab_encoder_weights_errors(tmp_path) -> None:
         build_model("deeplabv3plus", 3, 2, encoder_weights=str(tmp_path / "missing.pth"))
     path = str(tmp_path / "resnet18.pth")
     _save_rgb_resnet(path)
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="are resnet18 weights, not resnet34 weights"):
         build_model("deeplabv3plus", 3, 2, encoder="resnet34", encoder_weights=path, decoder_channels=16)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")

@@ -172,6 +172,9 @@ def build_inputs(d: str) -> None:
     make_vector(f"{d}/ref.gpkg", [(utm_box(0, 0, 25, 40), 1), (utm_box(25, 0, 50, 20), 3)])
 
     build_issue13_inputs(d, net, good)
+    build_issue14_inputs(d)
+    build_issue16_inputs(d)
+    build_issue17_inputs(d)
     build_issue13_rest(d, net, good)
 
     spaced = SPACED.format(**{"in": d})
@@ -231,6 +234,67 @@ def _edit_class(i: int, **changes: object) -> Callable[[dict], None]:
 
 def _norm(key: str, values: list) -> Callable[[dict], None]:
     return lambda data: data["normalization"].update({key: values})
+
+
+def build_issue17_inputs(d: str) -> None:
+    """Issue 17 (resampling): a raster without a CRS (the model card has one)."""
+    make_raster(f"{d}/nocrs.tif", W, H, bands=3, dtype=gdal.GDT_Byte, nodata=None, epsg=None)
+
+
+def build_issue16_inputs(d: str) -> None:
+    """Issue 16: label rasters (float, a value of 300, two bands), a folder that is not a chips folder,
+    a UInt16 scene, labels with a class the chips folder lacks, a far area of interest."""
+
+    def labels(name: str, dtype: int, bands: int = 1, value: int | float = 1) -> None:
+        ds = gdal.GetDriverByName("GTiff").Create(f"{d}/{name}", W, H, bands, dtype)
+        ds.SetGeoTransform(CLASS_GT)
+        ds.SetProjection(srs(UTM).ExportToWkt())
+        for b in range(bands):
+            a = np.ones((H, W)) * (b + 1)
+            a[20, 30] = value
+            ds.GetRasterBand(b + 1).WriteArray(a)
+        ds = None
+
+    labels("lab_ok.tif", gdal.GDT_Byte)
+    labels("lab_float.tif", gdal.GDT_Float32, value=1.5)
+    labels("lab_300.tif", gdal.GDT_UInt16, value=300)
+    labels("lab_two.tif", gdal.GDT_Byte, bands=2)
+    make_raster(f"{d}/rgb16.tif", W, H, bands=3, dtype=gdal.GDT_UInt16, nodata=None)
+    make_vector(f"{d}/labels7.gpkg", [(utm_box(0, 0, 30, 30), 7)])
+    make_vector(f"{d}/aoi_far.gpkg", [(utm_box(5000, 5000, 5100, 5100), 1)])
+    os.makedirs(f"{d}/not_chips")
+    with open(f"{d}/not_chips/notes.txt", "w") as f:
+        f.write("mine")
+
+
+def build_issue14_inputs(d: str) -> None:
+    """Issue 14: Deepness-format and bare ONNX models, an RGBA orthophoto, CARD files."""
+    from tests.support.deepness_models import CLASSES, deepness_model, rgba_raster
+
+    rgba_raster(f"{d}/rgba.tif", 64, 48)
+    deepness_model(f"{d}/deepness.onnx", size=32, outputs=2)
+    deepness_model(f"{d}/bare.onnx", "logits", size=None, meta={})
+    deepness_model(f"{d}/dn_names_not_json.onnx", meta={"model_type": "Segmentor", "class_names": b"{building"})
+    deepness_model(f"{d}/dn_names_list.onnx", meta={"model_type": "Segmentor", "class_names": ["a", "b", "c"]})
+    deepness_model(f"{d}/dn_detector.onnx", meta={"model_type": "Detector", "class_names": CLASSES})
+    deepness_model(
+        f"{d}/dn_std_text.onnx",
+        meta={"class_names": CLASSES, "standardization_mean": [0.5] * 3, "standardization_std": "wide"},
+    )
+    with open(f"{d}/card_bad.json", "w") as f:
+        json.dump({"classes": [], "bands": [1, 2, 3]}, f)
+    with open(f"{d}/card_good.json", "w") as f:
+        classes = [{"value": i, "name": f"c{i}", "color": f"#00000{i}"} for i in range(3)]
+        json.dump(
+            {
+                "classes": classes,
+                "bands": [1, 2, 3],
+                "in_channels": 3,
+                "chip_size": 32,
+                "normalization": {"mean": [127.0] * 3, "std": [60.0] * 3},
+            },
+            f,
+        )
 
 
 def build_issue13_inputs(d: str, net, good: dict) -> None:
@@ -506,6 +570,18 @@ def check_segment_nan_hole(out: str, inputs: str) -> None:
     np.testing.assert_allclose(probs[:, ~nan].sum(axis=0), 1, atol=1e-5)
 
 
+def check_segment_degree(out: str, inputs: str) -> None:
+    """Issue 17: read at 2 m in UTM, written back on the degree grid (a thin edge may be nodata)."""
+    src, ds = gdal.Open(f"{inputs}/geo.tif"), gdal.Open(os.path.join(out, "classes.tif"))
+    assert (ds.RasterXSize, ds.RasterYSize, ds.GetGeoTransform()) == (
+        src.RasterXSize,
+        src.RasterYSize,
+        src.GetGeoTransform(),
+    )
+    classes = ds.ReadAsArray()
+    assert set(np.unique(classes)) <= {0, 2, 7, 255} and (classes != 255).mean() > 0.9
+
+
 def check_segment_spaces(out: str, inputs: str) -> None:
     ds = gdal.Open(os.path.join(out, "carte ø", "classes é 1.tif"))
     assert (ds.RasterXSize, ds.RasterYSize) == (W, H)
@@ -553,13 +629,37 @@ def check_export_stale_partial(out: str, inputs: str) -> None:
     assert os.path.isfile(os.path.join(out, "chips", "dataset.json"))
 
 
+def check_segment_bare_card(out: str, inputs: str) -> None:
+    """Issue 14: a bare ONNX model runs with CARD=card.json; its classes name the map's values."""
+    from geoseg.core.raster import category_names
+
+    classes = gdal.Open(f"{out}/classes.tif").ReadAsArray()
+    assert classes.shape == (48, 64) and set(np.unique(classes)) <= {0, 1, 2, 255}
+    assert category_names(f"{out}/classes.tif").get(1) == "c1"
+
+
+def check_segment_polygons(out: str, inputs: str) -> None:
+    """Issue 17: OUTPUT_VECTOR rasterised back equals the class map; SIEVE 4 left no smaller region."""
+    from tests.support.regions import rasterize, regions
+
+    classes = gdal.Open(f"{out}/classes.tif").ReadAsArray()
+    np.testing.assert_array_equal(rasterize(f"{out}/regions.gpkg", f"{out}/classes.tif"), classes)
+    sizes = regions(classes)
+    assert sizes and min(n for _, n in sizes) >= 4
+    ds = ogr.Open(f"{out}/regions.gpkg")  # the dataset must outlive its layer
+    assert ds.GetLayer("regions").GetFeatureCount() == len(sizes)
+
+
 CHECKS: dict[str, Callable[[str, str], None]] = {
+    "segment-polygons-sieve-tta": check_segment_polygons,
+    "segment-bare-onnx-card": check_segment_bare_card,
     "exportonnx-missing-folder": check_exportonnx_missing_folder,
     "segment-stale-partial": check_segment_stale_partial,
     "export-stale-partial": check_export_stale_partial,
     "assess-value-300": check_assess_value_300,
     "export-nan-hole": check_export_nan_hole,
     "export-degree-raster": check_export_degree,
+    "segment-degree-raster": check_segment_degree,
     "export-spaces": check_export_spaces,
     "train-spaces": check_train_spaces,
     "segment-nan-hole": check_segment_nan_hole,

@@ -292,3 +292,63 @@ def test_core_error_marks_its_field(qgis_app, qgis_iface, qgis_new_project, tmp_
     finally:
         dialog.close()
         dialog.deleteLater()
+
+
+# ------------------------------------------------------------------ one place
+def _extended(cls: type) -> type:
+    """`cls` with one more parameter, written once, as a later issue would add it."""
+    from geoseg.core.params import p
+
+    extra = p(3, name="FREEZE_DEMO", label="Demo epochs with a frozen encoder", minimum=0, advanced=True)
+    return dataclasses.make_dataclass(cls.__name__, [("freeze_demo", int, extra)], bases=(cls,), frozen=True)
+
+
+@pytest.mark.parametrize("step", list(DIALOGS))
+def test_a_parameter_added_in_one_place_reaches_every_front_end(qgis_app, qgis_iface, monkeypatch, step):
+    """Only the dataclass changes: Processing, the command line and the dialog all offer the new
+    parameter, and each builds the dataclass with its value."""
+    import importlib
+
+    from qgis.core import QgsSettings
+
+    from geoseg.algorithms.base import add_parameters
+    from geoseg.core.cli import add_arguments, params_from_args
+
+    cls = _extended(STEPS[step])
+    # Processing: the definition a step's algorithm adds through add_parameters
+    alg = _Recorder()
+    add_parameters(alg, cls)
+    (demo,) = [d for d in alg.added if d.name() == "FREEZE_DEMO"]
+    assert demo.defaultValue() == 3 and demo.minimum() == 0 and demo.flags() & demo.FlagAdvanced
+    # command line
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, cls)
+    required = [x for s in schema(cls) if s.required for x in (s.flag, f"v_{s.field}")]
+    assert params_from_args(cls, parser.parse_args([*required, "--freeze-demo", "5"])).freeze_demo == 5
+    # dialog: no dialog code names the new field
+    QgsSettings().remove("geoseg")
+    module, name = DIALOGS[step]
+    monkeypatch.setattr(getattr(importlib.import_module(module), name), "params_class", cls)
+    dialog = _dialog(step, qgis_iface)
+    try:
+        widget = dialog.fields["freeze_demo"]
+        assert widget.objectName() == "freezeDemo" and widget.value() == 3 and widget.minimum() == 0
+        widget.setValue(7)
+        assert dialog.field_values()["freeze_demo"] == 7
+    finally:
+        dialog.close()
+        dialog.deleteLater()
+
+
+class _Recorder:
+    """Stands in for a QgsProcessingAlgorithm: records what add_parameters adds."""
+
+    def __init__(self) -> None:
+        self.added: list = []
+
+    def addParameter(self, definition) -> bool:
+        self.added.append(definition)
+        return True
+
+    def tr(self, text: str) -> str:
+        return text

@@ -151,7 +151,12 @@ def test_unreadable_model_is_shown_and_refused(dialog, layers, net, tmp_path, ki
 
 @pytest.mark.parametrize(
     ("raster", "expected"),
-    [("match", None), ("coarse", "pixel size (10 × 10)"), ("fourband", "4 bands"), ("utm34", "CRS")],
+    [
+        ("match", None),
+        ("coarse", "The model expects 2 m (EPSG:32633); this raster is 10 m (EPSG:32633); GeoSeg will read it at 2 m."),
+        ("fourband", "4 bands"),
+        ("utm34", "GeoSeg will read it at 2 m in the model's CRS EPSG:32633"),
+    ],
 )
 def test_compatibility_warnings(dialog, model, layers, raster, expected):
     dialog.set_input_layer(layers["match"])
@@ -166,6 +171,16 @@ def test_compatibility_warnings(dialog, model, layers, raster, expected):
         assert dialog.warningLabel.text() == ""
         dialog.modelFile.setFilePath(model)  # a new model re-checks
         assert expected in dialog.warningLabel.text()
+
+
+def test_resolution_choice_changes_the_plan_shown(dialog, model, layers):
+    """Issue 17: RESOLUTION 1 (the raster's own) reads the coarse raster as it is, and warns as before."""
+    dialog.set_input_layer(layers["coarse"])
+    dialog.modelFile.setFilePath(model)
+    assert "will read it at 2 m" in dialog.warningLabel.text()
+    dialog.fields["resolution"].setCurrentIndex(1)
+    assert "pixel size (10 × 10)" in dialog.warningLabel.text() and "will read" not in dialog.warningLabel.text()
+    dialog.fields["resolution"].setCurrentIndex(0)
 
 
 def test_recommended_tiling(dialog, model, layers, tmp_path):

@@ -138,7 +138,10 @@ def test_params_maps_widgets(dialog, chips_dir, tmp_path):
     dialog.chipsDir.setFilePath(chips_dir)
     dialog.outputModel.setFilePath(out)
     defaults = dialog.params()
-    assert defaults == TrainParams(chips_dir, out)  # the dialog's defaults are core's
+    from qgis.core import QgsApplication
+
+    cache = os.path.join(QgsApplication.qgisSettingsDirPath(), "geoseg")  # named weights go into the profile
+    assert defaults == TrainParams(chips_dir, out, weights_cache=cache)  # otherwise the dialog's defaults are core's
 
     options = {"base_width": 8, "depth": 3, "deep_supervision": True}
     set_widgets(

@@ -406,13 +406,28 @@ CASES: list[Case] = [
         _with(SEGMENT, INPUT="{in}/twelve.tif"),
         "INPUT has 12 bands, but the model was trained on 3",
     ),
+    # issue 17 (resampling): a degree raster is read on the model's grid; what cannot be planned is refused
     Case(
         "segment-degree-raster",
         "segment",
         "geographic (degree) raster, model trained in UTM at 2 m",
         _with(SEGMENT, INPUT="{in}/geo.tif"),
-        "INPUT is in geographic coordinates (degrees), but the model was trained on the projected CRS EPSG:32633 "
-        "at 2 × 2 pixels; warp the raster to that CRS and pixel size first",
+        ok=True,
+        result="works: read through a warped VRT at 2 m in EPSG:32633, class map on the raster's degree grid",
+    ),
+    Case(
+        "segment-pixel-size-missing",
+        "segment",
+        "RESOLUTION 2 (PIXEL_SIZE) without a pixel size",
+        _with(SEGMENT, RESOLUTION=2),
+        "PIXEL_SIZE must be above 0 (map units of the working CRS) when RESOLUTION is 2 (got 0)",
+    ),
+    Case(
+        "segment-no-crs-card-crs",
+        "segment",
+        "raster without a CRS, model card with one (RESOLUTION auto)",
+        _with(SEGMENT, INPUT="{in}/nocrs.tif"),
+        "INPUT has no CRS, but the model was trained in EPSG:32633; assign the raster its CRS",
     ),
     Case(
         "segment-all-nodata",
@@ -847,6 +862,261 @@ CASES: list[Case] = [
         _with(SEGMENT, MODEL="{in}/fixed32.onnx", CHIP_SIZE=48),
         "Expected: 32",
     ),
+    # ------------------------------------------------------------------ issue 14: Deepness and bare ONNX models
+    Case(
+        "segment-bare-onnx-no-card",
+        "segment",
+        "ONNX model with neither a GeoSeg card nor Deepness metadata, no CARD",
+        _with(SEGMENT, MODEL="{in}/bare.onnx"),
+        "and no Deepness metadata; give CARD a JSON file with the card fields (classes, bands, in_channels",
+    ),
+    Case(
+        "segment-bare-onnx-card",
+        "segment",
+        "the same bare ONNX model with CARD=card.json",
+        _with(SEGMENT, MODEL="{in}/bare.onnx", CARD="{in}/card_good.json"),
+        ok=True,
+        result="works: the class map uses the CARD file's classes",
+    ),
+    Case(
+        "segment-card-missing",
+        "segment",
+        "CARD naming a file that does not exist",
+        _with(SEGMENT, MODEL="{in}/bare.onnx", CARD="{in}/no_such_card.json"),
+        "CARD: file not found",
+    ),
+    Case(
+        "segment-card-invalid",
+        "segment",
+        "CARD file with an empty class list and no normalization",
+        _with(SEGMENT, MODEL="{in}/bare.onnx", CARD="{in}/card_bad.json"),
+        "CARD: card field classes must be a list of at least 2 objects",
+    ),
+    Case(
+        "segment-deepness-names-not-json",
+        "segment",
+        "Deepness model whose class_names is not JSON",
+        _with(SEGMENT, INPUT="{in}/rgba.tif", MODEL="{in}/dn_names_not_json.onnx"),
+        "MODEL: Deepness metadata class_names is not JSON",
+    ),
+    Case(
+        "segment-deepness-names-list",
+        "segment",
+        "Deepness model whose class_names is a list of names",
+        _with(SEGMENT, INPUT="{in}/rgba.tif", MODEL="{in}/dn_names_list.onnx"),
+        "MODEL: Deepness metadata class_names must be an object",
+    ),
+    Case(
+        "segment-deepness-detector",
+        "segment",
+        "Deepness detection model (model_type Detector)",
+        _with(SEGMENT, INPUT="{in}/rgba.tif", MODEL="{in}/dn_detector.onnx"),
+        "the model is a Deepness 'Detector' model",
+    ),
+    Case(
+        "segment-deepness-std-text",
+        "segment",
+        "Deepness model whose standardization_std is a word",
+        _with(SEGMENT, INPUT="{in}/rgba.tif", MODEL="{in}/dn_std_text.onnx"),
+        "MODEL: Deepness metadata standardization_std must be a list of 3 numbers",
+    ),
+    Case(
+        "segment-deepness-chip-size",
+        "segment",
+        "CHIP_SIZE 64 for a Deepness model fixed at 32 × 32",
+        _with(SEGMENT, INPUT="{in}/rgba.tif", MODEL="{in}/deepness.onnx", CHIP_SIZE=64),
+        "CHIP_SIZE 64: the model's input is fixed at 32 × 32 pixels",
+    ),
+    Case(
+        "segment-output-index-range",
+        "segment",
+        "OUTPUT_INDEX 5 for a model with 2 outputs",
+        _with(SEGMENT, INPUT="{in}/rgba.tif", MODEL="{in}/deepness.onnx", OUTPUT_INDEX=5),
+        "OUTPUT_INDEX 5: the model has 2 output(s)",
+    ),
+    Case(
+        "segment-threshold-without-seg-thresh",
+        "segment",
+        "MODEL_THRESHOLD for a model without seg_thresh",
+        _with(SEGMENT, MODEL="{in}/model.onnx", MODEL_THRESHOLD=True),
+        "MODEL_THRESHOLD: the model has no probability threshold",
+    ),
+    Case(
+        "segment-card-for-pt",
+        "segment",
+        "CARD given with a GeoSeg .pt model",
+        _with(SEGMENT, MODEL="{in}/model.pt", CARD="{in}/card_good.json"),
+        "CARD: a GeoSeg .pt carries its own card",
+    ),
+    # ------------------------------------------------------------------ issue 16: label rasters, MASK, APPEND
+    Case(
+        "export-labels-both",
+        "exportchips",
+        "both LABELS and LABEL_RASTER",
+        _with(EXPORT, LABEL_RASTER="{in}/lab_ok.tif"),
+        "LABELS: give the labels either as polygons (LABELS) or as a classified raster (LABEL_RASTER), not both",
+    ),
+    Case(
+        "export-labels-neither",
+        "exportchips",
+        "neither LABELS nor LABEL_RASTER",
+        _with(EXPORT, LABELS=None, CLASS_FIELD=None),
+        "and none was given",
+    ),
+    Case(
+        "export-label-raster-float",
+        "exportchips",
+        "Float32 label raster",
+        _with(EXPORT, LABELS=None, CLASS_FIELD=None, LABEL_RASTER="{in}/lab_float.tif"),
+        "lab_float.tif is of type Float32; a label raster holds integer class values",
+    ),
+    Case(
+        "export-label-raster-300",
+        "exportchips",
+        "label raster holding the value 300",
+        _with(EXPORT, LABELS=None, CLASS_FIELD=None, LABEL_RASTER="{in}/lab_300.tif"),
+        "LABEL_RASTER: value 300 at INPUT pixel (column 30, row 20)",
+    ),
+    Case(
+        "export-label-raster-two-bands",
+        "exportchips",
+        "label raster with two bands",
+        _with(EXPORT, LABELS=None, CLASS_FIELD=None, LABEL_RASTER="{in}/lab_two.tif"),
+        "has 2 bands; a label raster has exactly one band",
+    ),
+    Case(
+        "export-mask-points",
+        "exportchips",
+        "MASK layer of points",
+        _with(EXPORT, MASK="{in}/points.gpkg"),
+        "MASK: the layer holds Point geometries; MASK layers must hold polygons",
+    ),
+    Case(
+        "export-mask-far",
+        "exportchips",
+        "MASK not overlapping the raster",
+        _with(EXPORT, MASK="{in}/aoi_far.gpkg"),
+        "MASK does not overlap INPUT",
+    ),
+    Case(
+        "export-append-not-chips",
+        "exportchips",
+        "APPEND to a folder that is not a GeoSeg chips folder",
+        _with(EXPORT, OUTPUT_DIR="{in}/not_chips", APPEND=True),
+        "is not a GeoSeg chips folder (no dataset.json)",
+    ),
+    Case(
+        "export-append-bands",
+        "exportchips",
+        "APPEND a 1-band scene to 3-band chips",
+        _with(EXPORT, INPUT="{in}/one_band.tif", OUTPUT_DIR="{in}/chips", APPEND=True),
+        "INPUT: the raster has 1 bands, but the chips folder's images have 3",
+    ),
+    Case(
+        "export-append-dtype",
+        "exportchips",
+        "APPEND a UInt16 scene to Byte chips",
+        _with(EXPORT, INPUT="{in}/rgb16.tif", OUTPUT_DIR="{in}/chips", APPEND=True),
+        "INPUT: the raster's data type is UInt16, but the chips folder's images are Byte",
+    ),
+    Case(
+        "export-append-classes",
+        "exportchips",
+        "APPEND a scene with a class the chips folder lacks",
+        _with(EXPORT, LABELS="{in}/labels7.gpkg", OUTPUT_DIR="{in}/chips", APPEND=True),
+        "LABELS: class value 7 of the new scene is not among the chips folder's classes",
+    ),
+    # ------------------------------------------------------------------ issue 16: chip formats (CHIP_FORMAT)
+    Case(
+        "export-png-16bit",
+        "exportchips",
+        "PNG chips (CHIP_FORMAT=1) of a UInt16 raster",
+        _with(EXPORT, INPUT="{in}/rgb16.tif", CHIP_FORMAT=1),
+        "CHIP_FORMAT: PNG chips need 8-bit (Byte) data of 1-4 bands, but the raster has 3 bands of UInt16",
+    ),
+    # ------------------------------------------------------------------ issue 17: polygons, SIEVE, TTA
+    Case(
+        "segment-vector-not-gpkg",
+        "segment",
+        "OUTPUT_VECTOR not a GeoPackage (.shp)",
+        _with(SEGMENT, OUTPUT_VECTOR="{out}/regions.shp"),
+        "OUTPUT_VECTOR must be a GeoPackage file name ending in .gpkg",
+    ),
+    Case(
+        "segment-vector-existing",
+        "segment",
+        "OUTPUT_VECTOR exists",
+        _with(SEGMENT, OUTPUT_VECTOR="{out}/regions.gpkg"),
+        f"already exists. {NEVER}",
+        existing={"regions.gpkg": "mine"},
+    ),
+    Case(
+        "segment-sieve-negative",
+        "segment",
+        "SIEVE −3",
+        _with(SEGMENT, SIEVE=-3),
+        "SIEVE must be at least 0 (got -3)",
+    ),
+    Case(
+        "segment-tta-out-of-range",
+        "segment",
+        "TTA 3 (choices 0-2)",
+        _with(SEGMENT, TTA=3),
+        "TTA",
+    ),
+    Case(
+        "segment-polygons-sieve-tta",
+        "segment",
+        "OUTPUT_VECTOR with SIEVE 4 and TTA 2",
+        _with(SEGMENT, OUTPUT_VECTOR="{out}/regions.gpkg", SIEVE=4, TTA=2),
+        ok=True,
+        result="works: sieved class map and its polygons (value, name, area in m²), 8 views per tile",
+    ),
+    # ------------------------------------------------------------------ issue 15: pretrained encoders
+    # (a wrong checksum, a dropped connection and offline need a local server and its environment:
+    # tests/core/test_core_weights.py and tests/e2e/test_alg_pretrained.py)
+    Case(
+        "train-weights-unknown-name",
+        "train",
+        "ENCODER_WEIGHTS naming no known weights",
+        _with(TRAIN, ENCODER=2, ENCODER_WEIGHTS="resnet34_imagenett"),
+        "ENCODER_WEIGHTS: unknown weight name 'resnet34_imagenett'",
+    ),
+    Case(
+        "train-weights-other-resnet",
+        "train",
+        "ResNet-50 weights for a ResNet-34 encoder",
+        _with(TRAIN, ENCODER=2, ENCODER_WEIGHTS="resnet50_imagenet"),
+        "ENCODER_WEIGHTS: resnet50_imagenet are resnet50 weights, but the encoder is resnet34",
+    ),
+    Case(
+        "train-weights-missing-file",
+        "train",
+        "ENCODER_WEIGHTS file that does not exist",
+        _with(TRAIN, ENCODER=1, ENCODER_WEIGHTS="{in}/no_such_resnet18.pth"),
+        "ENCODER_WEIGHTS: file not found",
+    ),
+    Case(
+        "train-weights-plain-unet",
+        "train",
+        "ENCODER_WEIGHTS for the plain UNet (no ENCODER)",
+        _with(TRAIN, ENCODER_WEIGHTS="resnet18_imagenet"),
+        "ENCODER_WEIGHTS: the plain unet has no pretrained encoder",
+    ),
+    Case(
+        "train-encoder-fcn",
+        "train",
+        "ENCODER with FCN",
+        _with(TRAIN, ARCHITECTURE=3, ENCODER=1, MODEL_OPTIONS=json.dumps({"base_width": 4})),
+        "ENCODER: fcn has no ResNet encoder option",
+    ),
+    Case(
+        "train-freeze-random-encoder",
+        "train",
+        "FREEZE_ENCODER_EPOCHS without pretrained weights",
+        _with(TRAIN, ENCODER=1, FREEZE_ENCODER_EPOCHS=1),
+        "FREEZE_ENCODER_EPOCHS: there are no pretrained encoder weights to keep",
+    ),
 ]
 
 IDS = [c.id for c in CASES]
@@ -878,8 +1148,10 @@ def render_markdown() -> str:
         "- **Nodata and NaN:** NaN in a float raster is nodata, like a band's nodata value or a masked pixel. "
         "It never reaches chips statistics, training or predictions. A raster with no valid pixel at all is "
         "refused.",
-        "- **Degree rasters:** chip export works in any CRS. Segment refuses a geographic (degree) raster when "
-        "the model was trained on a projected CRS: warp the raster to the model's CRS and pixel size first.",
+        "- **Degree rasters:** chip export works in any CRS. Segment reads a geographic (degree) raster on the "
+        "model's grid (its card's CRS and pixel size, else the raster's UTM zone) and writes the class map back "
+        "on the raster's grid; a raster without a CRS is refused when the model card has one (RESOLUTION 1 "
+        "segments it as it is).",
         "- **Untrusted models:** `.pt` files are never unpickled; cards are validated field by field.",
         "- **Validation before work:** the chips folder and the model card training will write are checked "
         "before the first epoch; a refused run leaves no file and no folder.",
