@@ -8,7 +8,7 @@ export QT_QPA_PLATFORM ?= offscreen
 export GDAL_PAM_ENABLED ?= NO
 DEMO_OUT ?= demo_output
 
-.PHONY: setup test demo bench lint typecheck compile package screenshots docs clean
+.PHONY: setup test demo bench gpucheck lint typecheck compile package screenshots docs clean
 
 setup:
 	@bash scripts/setup.sh
@@ -24,6 +24,11 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# GeoSeg on a CUDA GPU (scripts/gpucheck.py): a short report, non-zero exit when a check fails; on a
+# machine without CUDA one line saying so, exit 0. Never part of `make test`.
+gpucheck: setup
+	$(PY) scripts/gpucheck.py
 
 # ruff's rules (complexity included, see pyproject.toml) and its formatting, without changing files.
 lint: setup
