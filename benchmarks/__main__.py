@@ -14,7 +14,7 @@ import platform
 import sys
 import time
 
-from . import export_memory, export_speed, regions_cost, segment_memory, segment_speed, train_speed
+from . import export_memory, export_speed, pretrain_compare, regions_cost, segment_memory, segment_speed, train_speed
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,6 +25,7 @@ FULL = {
     "segment_speed": 4096,
     "regions": (1024, 4096),  # TTA raster, class map for SIEVE and polygonize
     "train": {"size": 2048, "epochs": 3, "steps": 3},
+    "pretrain": {"size": 256, "epochs": 6, "pretrain_epochs": 10},  # about 1 min on 2 cores
 }
 QUICK = {
     "export_memory": (512, 1024),
@@ -33,6 +34,7 @@ QUICK = {
     "segment_speed": 768,
     "regions": (512, 1024),
     "train": {"size": 768, "epochs": 1, "steps": 1},
+    "pretrain": {"size": 128, "epochs": 1, "pretrain_epochs": 1},
 }
 
 
@@ -111,6 +113,7 @@ def main() -> None:
     seg = step("segment speed", segment_speed.run, sizes["segment_speed"])
     regions = step("TTA, SIEVE and polygons", regions_cost.run, *sizes["regions"])
     train = step("training input", train_speed.run, **sizes["train"])
+    init = step("initialisation comparison", pretrain_compare.run, **sizes["pretrain"])
     minutes = (time.perf_counter() - t0) / 60
     lines = [
         "# GeoSeg benchmarks",
@@ -130,6 +133,7 @@ def main() -> None:
     lines += export_speed.report(exp)
     lines += export_memory.report(exp_mem)
     lines += train_speed.report(train)
+    lines += pretrain_compare.report(init)
     text = "\n".join(lines)
     if not args.quick:
         with open(os.path.join(HERE, "BENCHMARKS.md"), "w", encoding="utf-8") as f:

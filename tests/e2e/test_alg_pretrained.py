@@ -99,6 +99,14 @@ def test_named_weights_from_the_local_server_3_and_4_bands(data, tmp_path, monke
     assert os.listdir(cache / "weights") == ["resnet34-test.pth"]
 
 
+def test_local_file_trains_with_3_bands_without_adaptation(data, tmp_path):
+    model = str(tmp_path / "m3.pt")
+    train(data["chips3"], model, data["weights"])
+    card = ModelCard.from_json(torch.load(model, weights_only=True)["card"])
+    assert card.encoder is not None and card.encoder.weights == "resnet34-test.pth"
+    assert "→" not in (card.encoder.first_conv or "")  # RGB weights on 3 bands: used as they are
+
+
 def test_local_file_trains_and_the_pt_and_onnx_segment(data, tmp_path):
     model = str(tmp_path / "m.pt")
     train(data["chips4"], model, data["weights"])
