@@ -19,6 +19,7 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
@@ -114,6 +115,8 @@ def parameter_from_spec(s: Spec, tr: Callable[[str], str] = str) -> QgsProcessin
         p = QgsProcessingParameterEnum(m.name, label, list(s.labels), False, s.values.index(default), optional)
     elif s.kind in ("string", "json"):
         p = QgsProcessingParameterString(m.name, label, "" if default in (None, {}) else str(default), False, optional)
+    elif s.kind == "extent":
+        p = QgsProcessingParameterExtent(m.name, label, None, optional)
     elif s.kind == "raster":
         p = QgsProcessingParameterRasterLayer(m.name, label, None, optional)
     elif s.kind == "vector":
@@ -163,6 +166,17 @@ def _json(alg: QgsProcessingAlgorithm, s: Spec, parameters: dict, context) -> di
         raise QgsProcessingException(str(e)) from None
 
 
+def _extent(alg: QgsProcessingAlgorithm, s: Spec, parameters: dict, context) -> str:
+    """Core's 'xmin,xmax,ymin,ymax [AUTHID]' from an extent parameter (a string, a layer, a rectangle)."""
+    raw = parameters.get(s.name)
+    if isinstance(raw, str) and "[" not in raw:
+        return raw.strip()  # in the input raster's CRS (core's reading), not the project's
+    r = alg.parameterAsExtent(parameters, s.name, context)
+    crs = alg.parameterAsExtentCrs(parameters, s.name, context)
+    text = f"{r.xMinimum()!r},{r.xMaximum()!r},{r.yMinimum()!r},{r.yMaximum()!r}"
+    return f"{text} [{crs.authid()}]" if crs.isValid() and crs.authid() else text
+
+
 # kind → (alg, spec, parameters, context, feedback) → the dataclass field's value
 _GETTERS: dict[str, Callable[..., Any]] = {
     "int": lambda a, s, p, c, f: a.parameterAsInt(p, s.name, c),
@@ -171,7 +185,8 @@ _GETTERS: dict[str, Callable[..., Any]] = {
     "enum": lambda a, s, p, c, f: s.values[a.parameterAsEnum(p, s.name, c)],
     "json": lambda a, s, p, c, f: _json(a, s, p, c),
     "string": lambda a, s, p, c, f: a.parameterAsString(p, s.name, c) or (None if s.optional else ""),
-    "raster": lambda a, s, p, c, f: raster_path(a, p, s.name, c),
+    "raster": lambda a, s, p, c, f: raster_path(a, p, s.name, c, f),
+    "extent": lambda a, s, p, c, f: _extent(a, s, p, c),
     "vector": lambda a, s, p, c, f: vector_uri(a, p, s.name, c, f),
     "file": lambda a, s, p, c, f: a.parameterAsFile(p, s.name, c),
     "file_out": lambda a, s, p, c, f: a.parameterAsFileOutput(p, s.name, c),

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # kinds: values ...
-VALUE_KINDS = ("int", "float", "bool", "enum", "string", "json")
+VALUE_KINDS = ("int", "float", "bool", "enum", "string", "json", "extent")
 # ... inputs (paths of existing data) and outputs (new paths)
 INPUT_KINDS = ("raster", "vector", "field", "file", "folder")
 OUTPUT_KINDS = ("raster_out", "vector_out", "file_out", "folder_out")
@@ -631,6 +631,17 @@ class SegmentParams:
         file_filter="JSON (*.json)",
         help="A JSON file with the card fields (classes, bands, in_channels, chip_size, normalization) for an "
         "ONNX model that carries neither a GeoSeg card nor Deepness metadata; it replaces the model's own.",
+    )
+    extent: str | None = p(
+        None,
+        name="EXTENT",
+        label="Area to segment (default: the whole raster)",
+        short="Area to segment",
+        kind="extent",
+        placeholder="xmin,xmax,ymin,ymax [EPSG:xxxx]",
+        help="Only this window of INPUT is read and segmented: 'xmin,xmax,ymin,ymax' in the raster's CRS, or "
+        "followed by ' [EPSG:xxxx]' in another CRS; snapped outwards to the raster's pixels. Empty: the whole "
+        "raster (a web layer in the dialog: the map canvas's extent).",
     )
     output_index: int = p(
         0,

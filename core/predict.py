@@ -30,6 +30,7 @@ from osgeo import gdal, osr
 from .backends import Backend, open_backend, read_model, read_model_card
 from .card import CardClass, ModelCard
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress, first_line
+from .extent import clip_to_extent
 from .foreign import ModelIO, OpenedModel
 from .gdalx import with_gdal_exceptions
 from .grid import Window, axis_origins
@@ -733,6 +734,8 @@ def _preflight(p: SegmentParams) -> tuple[OpenedModel, gdal.Dataset, RasterInfo,
     class_rule(model.io, p.model_threshold)  # refuses MODEL_THRESHOLD without a threshold
     _check_fixed_size(p, model)
     ds = open_raster(p.input_path)
+    if p.extent:
+        ds = clip_to_extent(ds, p.extent)
     info = raster_info(ds, p.input_path)
     bands = _model_bands(model, info)
     _refuse_unusable_input(ds, info)

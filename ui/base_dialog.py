@@ -194,7 +194,7 @@ class GeoSegDialog(QDialog):
             widget = QComboBox(self)
             widget.addItems(list(s.labels))
             widget.setCurrentIndex(s.values.index(default))
-        elif s.kind in ("string", "json"):
+        elif s.kind in ("string", "json", "extent"):
             widget = QLineEdit(self)
             widget.setPlaceholderText(m.placeholder)
         else:

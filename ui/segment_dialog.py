@@ -12,14 +12,23 @@ from __future__ import annotations
 import html
 import json
 import os
+import tempfile
 from typing import TYPE_CHECKING, Any
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsMapLayerProxyModel,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
-from ..adapter.layers import raster_source
+from ..adapter.layers import gdal_raster_source, is_web, raster_source, reads_directly
 from ..adapter.style import (
     apply_class_style,
     apply_vector_class_style,
@@ -360,7 +369,7 @@ class SegmentDialog(GeoSegDialog):
         band check, and core's grid plan when the model reads the raster on another grid (core.resample)."""
         warnings: list[str] = []
         layer = self.inputLayer.currentLayer()
-        if self.card is not None and layer is not None:
+        if self.card is not None and layer is not None and layer.providerType() == "gdal":
             from ..core.predict import compatibility_warnings
             from ..core.resample import plan_for
 
@@ -394,7 +403,11 @@ class SegmentDialog(GeoSegDialog):
     def params(self) -> SegmentParams:
         """Build core's SegmentParams from the widgets; GeoSegError says what is missing (GUI-only checks:
         a layer, a model and an output must be chosen; every rule about the values is core's)."""
-        input_path = self._about("INPUT", raster_source, self.inputLayer.currentLayer())
+        layer = self.inputLayer.currentLayer()
+        values = self.field_values()
+        if layer is not None and is_web(layer) and not values.get("extent"):
+            values["extent"] = self._canvas_extent()  # a web layer's own extent is the whole world
+        input_path = self._about("INPUT", self._layer_source, layer, values.get("extent"))
         model = self.modelFile.filePath().strip()
         if not model:
             raise GeoSegError("Model: choose a GeoSeg model (.onnx or .pt) written by Train model.", param="MODEL")
@@ -408,8 +421,36 @@ class SegmentDialog(GeoSegDialog):
             probabilities_path=self.probabilitiesFile.filePath().strip() or None,
             vector_path=self.vectorFile.filePath().strip() or None,
             card_path=self.cardFile.filePath().strip() or None,
-            **self.field_values(),
+            **values,
         )
+
+    def _canvas_extent(self) -> str | None:
+        """The map canvas's extent as core's EXTENT text (with the canvas CRS)."""
+        canvas = self.iface.mapCanvas() if self.iface is not None else None
+        if canvas is None or canvas.extent().isEmpty():
+            return None
+        r, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
+        text = f"{r.xMinimum()!r},{r.xMaximum()!r},{r.yMinimum()!r},{r.yMaximum()!r}"
+        return f"{text} [{crs.authid()}]" if crs.authid() else text
+
+    def _layer_source(self, layer: QgsRasterLayer | None, extent: str | None) -> str:
+        """GDAL source of the chosen layer; a layer only QGIS can read is copied over EXTENT first."""
+        if layer is None or reads_directly(layer):
+            return raster_source(layer)
+        area = None
+        if extent:
+            from ..core.extent import parse_extent
+
+            xmin, xmax, ymin, ymax, crs = parse_extent(extent)
+            area = QgsRectangle(xmin, ymin, xmax, ymax)
+            if crs:
+                transform = QgsCoordinateTransform(
+                    QgsCoordinateReferenceSystem(crs), layer.crs(), QgsProject.instance()
+                )
+                area = transform.transformBoundingBox(area)
+        folder = tempfile.mkdtemp(prefix="geoseg-layer-")
+        self._temp_dirs.append(folder)
+        return gdal_raster_source(layer, "Input raster", area, None, folder)
 
     def _checked_params(self) -> SegmentParams:
         """Core's preflight: values, outputs (.tif, new, distinct), card, band count and tiling, before any

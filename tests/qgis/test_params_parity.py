@@ -18,6 +18,7 @@ PROCESSING_TYPES = {
     "enum": "enum",
     "string": "string",
     "json": "string",
+    "extent": "extent",
     "raster": "raster",
     "vector": "source",
     "field": "field",
