@@ -134,14 +134,12 @@ def raster_path(alg, parameters, name: str, context, feedback=None) -> str:
         layer = alg.parameterAsRasterLayer(parameters, name, context)
         if alg.parameterDefinition("EXTENT") is None:  # only segment reads a window of any layer
             return raster_source(layer, name)
+        given = parameters.get("EXTENT") not in (None, "")
+        if layer is not None and is_web(layer) and not given:
+            raise GeoSegError(f"EXTENT: give the area to segment of the web layer '{layer.name()}'.", param="EXTENT")
         extent = None
-        if layer is not None and not reads_directly(layer):
-            if parameters.get("EXTENT") not in (None, ""):
-                extent = alg.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
-            elif is_web(layer):
-                raise GeoSegError(
-                    f"EXTENT: give the area to segment of the web layer '{layer.name()}'.", param="EXTENT"
-                )
+        if layer is not None and not reads_directly(layer) and given:
+            extent = alg.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
         folder = tempfile.mkdtemp(prefix="geoseg-layer-", dir=QgsProcessingUtils.tempFolder())
         return gdal_raster_source(layer, name, extent, feedback, folder)
     except GeoSegError as e:

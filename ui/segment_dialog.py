@@ -28,7 +28,7 @@ from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
-from ..adapter.layers import gdal_raster_source, is_web, raster_source, reads_directly
+from ..adapter.layers import gdal_raster_source, is_web, raster_source
 from ..adapter.style import (
     apply_class_style,
     apply_vector_class_style,
@@ -435,7 +435,7 @@ class SegmentDialog(GeoSegDialog):
 
     def _layer_source(self, layer: QgsRasterLayer | None, extent: str | None) -> str:
         """GDAL source of the chosen layer; a layer only QGIS can read is copied over EXTENT first."""
-        if layer is None or reads_directly(layer):
+        if layer is None or layer.providerType() == "gdal":
             return raster_source(layer)
         area = None
         if extent:

@@ -38,3 +38,34 @@ def test_a_layer_read_block_by_block_equals_its_pixels(qgis_app, tmp_path):
     assert (copy.RasterXSize, copy.RasterYSize) == (120, 60)
     assert copy.GetGeoTransform() == pytest.approx((x0 + 10 * dx, dx, 0, y0 + 20 * dy, 0, dy))
     assert np.array_equal(copy.ReadAsArray(), src.ReadAsArray(10, 20, 120, 60))
+
+
+XYZ = "type=xyz&url=http://127.0.0.1:9/%7Bz%7D/%7Bx%7D/%7By%7D.png&zmax=14&zmin=0"
+
+
+def test_dialog_segments_a_web_layer_over_the_canvas_extent(segment_dialog, qgis_iface, model, tmp_path):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProject
+
+    from tests.support.segment_fixtures import setup
+
+    layer = QgsRasterLayer(XYZ, "tiles", "wms")
+    QgsProject.instance().addMapLayer(layer)
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
+    canvas.setExtent(QgsRectangle(1000.0, 2000.0, 5000.0, 4000.0))
+    setup(segment_dialog, layer, model, tmp_path / "out.tif")
+    p = segment_dialog.params()
+    assert p.input_path.endswith(".xml") and "<GDAL_WMS>" in open(p.input_path, encoding="utf-8").read()
+    xmin, xmax, ymin, ymax = (float(v) for v in p.extent.split(" [")[0].split(","))
+    assert p.extent.endswith("[EPSG:3857]") and xmin < 1000.0 + 1e-6 and xmax > 5000.0 - 1e-6
+    segment_dialog.fields["extent"].setText("10,20,30,40")
+    assert segment_dialog.params().extent == "10,20,30,40"  # what the user typed wins
+
+
+def test_segment_refuses_a_web_layer_without_extent(geoseg_provider, model, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    layer = QgsRasterLayer(XYZ, "tiles", "wms")
+    with pytest.raises(QgsProcessingException, match="EXTENT"):
+        processing.run("geoseg:segment", {"INPUT": layer, "MODEL": model, "OUTPUT": str(tmp_path / "o.tif")})
