@@ -10,12 +10,13 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from osgeo import gdal
 
 from geoseg.core.card import CARD_KEY
 from geoseg.models.export import export_onnx
 from tests.core.test_core_predict import card
-from tests.core.test_core_regions import symmetric_stack
+from tests.core.test_core_regions import conv_stack, symmetric_stack
 from tests.support.helpers import make_raster, qgis_process
 
 Z, TX, TY, NX, NY = 16, 35200, 21500, 3, 2  # zoom level and the block of tiles served
@@ -123,6 +124,20 @@ def test_tta_all_views_with_an_equivariant_model_equals_none(models, tmp_path):
     _run(f"INPUT={raster}", f"OUTPUT={tmp_path / 'tta2.tif'}", "TTA=2", *common)
     a, b = (gdal.Open(str(tmp_path / f"tta{k}.tif")).ReadAsArray() for k in (0, 2))
     assert np.array_equal(a, b)
+
+
+def test_tta_all_views_with_a_generic_model_differs(tmp_path):
+    """The same runs with a network that is not equivariant: the 8 views disagree, so the average differs."""
+    raster, model = str(tmp_path / "scene.tif"), str(tmp_path / "generic.onnx")
+    make_raster(raster, 150, 110, bands=3)
+    torch.manual_seed(0)
+    export_onnx(conv_stack(), 3, model, metadata={CARD_KEY: json.dumps(card())})
+    common = ["RESOLUTION=1", "CHIP_SIZE=32", "STRIDE_X=24", "STRIDE_Y=24", "CROP=4", f"MODEL={model}"]
+    _run(f"INPUT={raster}", f"OUTPUT={tmp_path / 'tta0.tif'}", "TTA=0", *common)
+    _run(f"INPUT={raster}", f"OUTPUT={tmp_path / 'tta2.tif'}", "TTA=2", *common)
+    a, b = (gdal.Open(str(tmp_path / f"tta{k}.tif")).ReadAsArray() for k in (0, 2))
+    assert (a != b).sum() > 0
+    assert np.array_equal(a == 255, b == 255)  # nodata stays nodata
 
 
 def _epsg3857() -> str:
