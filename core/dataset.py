@@ -40,20 +40,31 @@ class ChipsFolder:
         return int(self.dataset["chip_size"])
 
 
-def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
-    """Check the folder (chips.csv, dataset.json, every listed file) before any training."""
+def check_chips_folder(path: str) -> tuple[str, str]:
+    """The folder-level checks of CHIPS, reading no file (cheap enough for a dialog before it starts a
+    task); returns the paths of chips.csv and dataset.json."""
     csv_path, json_path = os.path.join(path, "chips.csv"), os.path.join(path, "dataset.json")
     if os.path.isfile(path):
         raise GeoSegError(
             f"CHIPS: {path} is a file; choose the folder written by Export training chips.", param="CHIPS"
         )
     if not os.path.isdir(path):
-        raise GeoSegError(f"CHIPS: folder not found: {path}", param="CHIPS")
+        raise GeoSegError(
+            f"CHIPS: folder not found: {path} does not exist; choose the folder written by Export training chips.",
+            param="CHIPS",
+        )
     for p in (csv_path, json_path):
         if not os.path.isfile(p):
             raise GeoSegError(
-                f"CHIPS: {path} has no {os.path.basename(p)}; choose a folder written by " "Export training chips."
+                f"CHIPS: {path} has no {os.path.basename(p)}; choose a folder written by Export training chips.",
+                param="CHIPS",
             )
+    return csv_path, json_path
+
+
+def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
+    """Check the folder (chips.csv, dataset.json, every listed file) before any training."""
+    csv_path, json_path = check_chips_folder(path)
     digest = hashlib.sha256()
     with open(json_path, "rb") as f:
         raw = f.read()

@@ -28,6 +28,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import options
+from ..core.dataset import check_chips_folder
 from ..core.device import resolve_device
 from ..core.errors import GeoSegError
 from ..core.options import (
@@ -216,13 +217,7 @@ class TrainDialog(GeoSegDialog):
         if not self.torch_ok:
             raise GeoSegError(TORCH_MISSING)
         p = self.params()
-        if not os.path.isdir(p.chips_dir):
-            raise GeoSegError(f"Chips folder: {p.chips_dir} does not exist.")
-        for name in ("chips.csv", "dataset.json"):
-            if not os.path.isfile(os.path.join(p.chips_dir, name)):
-                raise GeoSegError(
-                    f"Chips folder: {p.chips_dir} has no {name}; choose a folder written by " "Export training chips."
-                )
+        check_chips_folder(p.chips_dir)  # core's own folder checks (the full dataset check runs in the task)
         validate(p)  # names, ranges, model options, existing outputs (never overwrite), resume state
         resolve_device(p.device)  # torch is already imported: only asks whether CUDA is there
         return p
