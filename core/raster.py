@@ -203,12 +203,6 @@ def any_valid_pixel(ds: gdal.Dataset, info: RasterInfo, rows: int = 64) -> bool:
     return False
 
 
-def is_geographic(info: RasterInfo) -> bool:
-    """Whether the raster's CRS is geographic (coordinates and pixel sizes in degrees)."""
-    srs = info.srs
-    return bool(srs is not None and srs.IsGeographic())
-
-
 def window_geotransform(gt: tuple[float, ...], win: Window) -> tuple[float, ...]:
     """Geotransform of a chip whose top-left pixel is (win.xoff, win.yoff) of the source."""
     return (
