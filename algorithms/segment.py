@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputString
+from qgis.core import QgsProcessingException, QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputString
 
+from ..adapter.layers import prepare_processing_copy, remove_copy
 from ..core.params import SegmentParams
 from .base import GeoSegAlgorithm, add_parameters, params_from_parameters, require_torch
 
@@ -50,12 +51,29 @@ class SegmentAlgorithm(GeoSegAlgorithm):
         add_parameters(self, SegmentParams)  # core/params.py defines them
         self.addOutput(QgsProcessingOutputString("PROVIDER", self.tr("Backend and execution provider used")))
 
+    def prepareAlgorithm(self, parameters, context, feedback) -> bool:
+        """On the main thread: clone the provider of an INPUT layer GDAL cannot read (a WMS, a virtual
+        raster), which processAlgorithm then copies with this run's progress and cancel."""
+        self.prepared_copies, self.prepare_error = {}, None
+        try:
+            self.prepared_copies["INPUT"] = prepare_processing_copy(self, parameters, "INPUT", context)
+        except QgsProcessingException as e:  # raised by processAlgorithm, whose errors Processing reports in full
+            self.prepare_error = e
+        return True
+
     def processAlgorithm(self, parameters, context, feedback):
         require_torch()
         from ..core.predict import segment
 
-        params = params_from_parameters(self, SegmentParams, parameters, context, feedback)
-        r = self.run_core(segment, params, feedback)
+        if getattr(self, "prepare_error", None) is not None:
+            raise self.prepare_error
+        params = None
+        try:
+            params = params_from_parameters(self, SegmentParams, parameters, context, feedback)  # writes the copy
+            r = self.run_core(segment, params, feedback)
+        finally:  # the layer's copy, also when cancelled while copying
+            copy = getattr(self, "prepared_copies", {}).get("INPUT")
+            remove_copy(copy.path if copy else params.input_path if params else "")
         feedback.pushInfo(
             f"Segmented {r.tiles} tiles in {r.seconds:.1f} s with {r.backend} ({r.provider}), "
             f"batch size {r.final_batch_size}."

@@ -29,7 +29,9 @@ SEGMENT = r"""
 import json, sys
 from geoseg.core.predict import SegmentParams, segment
 raster, model, out, batch = sys.argv[1:5]
-r = segment(SegmentParams(raster, model, out, batch_size=int(batch)))
+# the bare run's tiles (chip 256, stride 128, crop 32): core.tiling's default for a local model differs
+tiles = dict(chip_size=256, stride_x=128, stride_y=128, crop=32)
+r = segment(SegmentParams(raster, model, out, batch_size=int(batch), **tiles))
 print(json.dumps({"tiles": r.tiles, "seconds": r.seconds, "batch": r.batch_size, "provider": r.provider,
                   "peak_kb": hwm()}))
 """

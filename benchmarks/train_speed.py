@@ -1,5 +1,5 @@
-"""Training input speed: the chip loader (DataLoader over ChipDataset, then the batch
-augmentation, as the training loop feeds a step) against training steps of the demo's model.
+"""Training input speed: the chip loader (DataLoader over the packed chips, core.packed, then the
+batch augmentation, as the training loop feeds a step) against training steps of the demo's model.
 
 Both run in fresh processes on the same exported chips: 256-px chips, batch 8, UNet with base
 width 16, Dice+CE, AdamW (train's defaults apart from the width). The loader must deliver
@@ -19,12 +19,14 @@ CHIP, BATCH = 256, 8
 LOADER = r"""
 import json, sys, time
 import torch
-from geoseg.core.dataset import ChipDataset, augment_batch, open_chips
+from geoseg.core.dataset import augment_batch, open_chips
+from geoseg.core.packed import collate_batch, training_datasets
 from geoseg.core.trainer import default_workers
 chips, epochs = sys.argv[1], int(sys.argv[2])
 folder = open_chips(chips)
 workers = default_workers()
-loader = torch.utils.data.DataLoader(ChipDataset(folder, folder.train), batch_size=int(sys.argv[3]), shuffle=True,
+train_ds, _ = training_datasets(folder)  # as training reads them: packed (core.packed), a batch per read
+loader = torch.utils.data.DataLoader(train_ds, batch_size=int(sys.argv[3]), shuffle=True, collate_fn=collate_batch,
                                      num_workers=workers, generator=torch.Generator().manual_seed(0))
 gen = torch.Generator().manual_seed(1)
 t0 = time.perf_counter()
@@ -95,7 +97,7 @@ def report(r: dict) -> list[str]:
         "## Training input speed",
         "",
         f"{r['chips']} training chips of {CHIP} px (4-band UInt16 GeoTIFFs written by export), batch {BATCH}; "
-        f"loader: DataLoader with {lo['workers']} worker processes (train's default on this machine), "
+        f"loader: DataLoader over the packed chips with {lo['workers']} worker processes (train's default here), "
         f"steps: UNet base width 16, Dice+CE, AdamW, forward + backward + update on the CPU "
         f"({st['threads']} threads).",
         "",

@@ -1,5 +1,5 @@
 """Command line over the engine, the third front-end beside the dialogs and Processing:
-`python -m geoseg.core exportchips|train|segment|assess|exportonnx …` builds the same parameter
+`python -m geoseg.core exportchips|train|segment|assess|exportonnx|cluster …` builds the same parameter
 dataclasses the others build; its options come from their schema (core.params, core.cli)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .cli import add_arguments, params_from_args
+from .cluster import ClusterParams
 from .errors import Cancelled, GeoSegError, IsCancelled
 from .gdalx import with_gdal_exceptions
 from .params import AssessParams, ExportOnnxParams, ExportParams, SegmentParams, TrainParams
@@ -37,9 +38,12 @@ def _run_export(p: ExportParams, cancelled: IsCancelled) -> str:
 
 
 def _run_train(p: TrainParams, cancelled: IsCancelled) -> str:
+    from .ddp import World
     from .train import train
 
     r = train(p, progress=_progress_arg(), cancelled=cancelled)
+    if World.from_env().rank:  # under torchrun, the summary once (rank 0's), like its log
+        return ""
     return (
         f"Best validation mIoU {r.val_miou:.4f} at epoch {r.best_epoch} of {r.epochs_run} on {r.device}; "
         f"wrote {r.model_path}, {r.onnx_path}, {r.metrics_path}."
@@ -69,6 +73,12 @@ def _run_exportonnx(p: ExportOnnxParams, cancelled: IsCancelled) -> str:
     return f"Wrote {export_model_onnx(p.model_path, p.output_path, cancelled, p.format)}."
 
 
+def _run_cluster(p: ClusterParams, cancelled: IsCancelled) -> str:
+    from .cluster import run
+
+    return run(p, cancelled)
+
+
 # command → (dataclass, runner, help)
 COMMANDS: dict[str, tuple[type, Callable[[Any, IsCancelled], str], str]] = {
     "exportchips": (ExportParams, _run_export, "export training chips (as geoseg:exportchips)"),
@@ -76,6 +86,7 @@ COMMANDS: dict[str, tuple[type, Callable[[Any, IsCancelled], str], str]] = {
     "segment": (SegmentParams, _run_segment, "tiled prediction of a raster (as geoseg:segment)"),
     "assess": (AssessParams, _run_assess, "accuracy of a class map against reference data (as geoseg:assess)"),
     "exportonnx": (ExportOnnxParams, _run_exportonnx, "GeoSeg .pt checkpoint → ONNX model (as geoseg:exportonnx)"),
+    "cluster": (ClusterParams, _run_cluster, "a Dask scheduler and workers on this machine, for SCHEDULER (issue 19)"),
 }
 
 
@@ -112,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(message)
         print(f"error: stopped by {cancelled.name} as the run ended; its output is complete.", file=sys.stderr)
         return cancelled.exit_status()
-    print(message)
+    if message:
+        print(message)
     return 0
 
 

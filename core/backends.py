@@ -28,6 +28,10 @@ log = logging.getLogger("geoseg")
 
 PROBE_SIZE = 64  # pixels: activation memory is measured on a tile this size and scaled by area
 FALLBACK_BYTES_PER_PIXEL = 1024.0  # when a model cannot be probed: 256 float32 activations per pixel
+# onnxruntime's CPU threads, chosen by measurement (benchmarks/segment_throughput.py, BENCHMARKS.md):
+# every core inside each operator (0: os.cpu_count()), and idle workers that sleep rather than spin.
+INTRA_OP_THREADS = 0
+INTRA_OP_SPINNING = False
 
 
 class Backend(Protocol):
@@ -98,9 +102,9 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = os.cpu_count() or 1
+        opts.intra_op_num_threads = INTRA_OP_THREADS or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if INTRA_OP_SPINNING else "0")
         opts.log_severity_level = 3
         self.path = path
         providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]

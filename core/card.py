@@ -119,6 +119,12 @@ SCHEMA = Spec(
                 "crop": _int(0, required=True),
                 "stride": _int(1, required=True),
                 "receptive_field_radius": _int(0),
+                "global_context": Spec(
+                    "boolean",
+                    description="the model's outputs depend on the whole input (e.g. image pooling), or on more "
+                    "than the receptive-field probe could see; false: local within receptive_field_radius. "
+                    "Missing (cards before GeoSeg issue 18): segment probes the model",
+                ),
             },
         ),
         "architecture": Spec("string", description="GeoSeg architecture name (a .pt must name a known one)"),
@@ -455,6 +461,7 @@ class RecommendedTiling(_Record):
     crop: int
     stride: int
     receptive_field_radius: int | None = None
+    global_context: bool | None = None  # None: an older card; segment probes the model (core.tiling)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -600,11 +607,20 @@ def json_schema() -> dict:
     }
 
 
-def recommended_tiling(chip: int, radius: int) -> dict[str, int]:
+def recommended_tiling(chip: int, radius: int, probe_size: int | None = None) -> dict[str, Any]:
     """Crop ≥ the receptive-field radius makes tiles seam-free; capped at a quarter chip so
-    that the stride (chip − 2·crop) keeps at least half the tile."""
+    that the stride (chip − 2·crop) keeps at least half the tile. `radius` comes from
+    models.receptive.receptive_field_radius on a `probe_size` tile (training: min(chip, 256)),
+    which returns its cap, probe_size // 2, for a model with global context or a wider field:
+    such a model is marked `global_context`, and segment keeps its trained chip (core.tiling)."""
     crop = min(radius, chip // 4)
-    return {"crop": int(crop), "stride": int(chip - 2 * crop), "receptive_field_radius": int(radius)}
+    probe = probe_size or min(chip, 256)
+    return {
+        "crop": int(crop),
+        "stride": int(chip - 2 * crop),
+        "receptive_field_radius": int(radius),
+        "global_context": bool(radius >= probe // 2),
+    }
 
 
 if __name__ == "__main__":  # python -m geoseg.core.card > docs/model_card.schema.json

@@ -55,3 +55,22 @@ def params_from_args(cls: type, args: argparse.Namespace) -> Any:
             value = parse_json_object(value, s.name, s.meta.placeholder)
         kwargs[s.field] = value
     return cls(**kwargs)
+
+
+def args_from_params(params: Any) -> list[str]:
+    """The command-line arguments that `params_from_args` turns back into `params` (a step's dataclass):
+    for starting the same step in another process (torchrun). Values at their default are left out."""
+    import json
+
+    out: list[str] = []
+    for s in schema(type(params)):
+        value = getattr(params, s.field)
+        if (not s.required and value == s.default) or (value is None and s.kind != "json"):
+            continue
+        if s.kind == "bool":
+            out.append(s.flag if value else "--no-" + s.flag.removeprefix("--"))
+        elif s.kind == "json":
+            out += [s.flag, json.dumps(value or {})]
+        else:
+            out += [s.flag, str(value)]
+    return out

@@ -110,6 +110,18 @@ def open_chips(path: str, ignore_background: bool = False) -> ChipsFolder:
     return ChipsFolder(path, dataset, train, val, classes, lut, digest.hexdigest())
 
 
+def normalise(image: np.ndarray, raw_mask: np.ndarray, mean: np.ndarray, std: np.ndarray, lut: np.ndarray):
+    """(image, target) of one chip ([C, H, W], [H, W]) or a batch ([N, C, H, W], [N, H, W]), in place on the
+    float32 `image`: the one normalisation both loaders share, so the file reader and the packed reader
+    give bit-identical batches. Nodata pixels (mask 255) become 0, the band mean; their target stays 255."""
+    image -= mean
+    image /= std
+    ignored = raw_mask == IGNORE_INDEX
+    if ignored.any():
+        np.copyto(image, np.float32(0.0), where=np.expand_dims(ignored, -3))
+    return image, lut[raw_mask]
+
+
 class ChipDataset:
     """Map-style dataset of (image float32 [C, H, W], target int64 [H, W]) tensors.
 
@@ -137,13 +149,8 @@ class ChipDataset:
         image = read_array(open_chip(image_path), row["image"], buf_type=gdal.GDT_Float32)
         if image.ndim == 2:
             image = image[None]
-        raw = read_array(open_chip(mask_path), row["mask"])
-        image -= self.mean
-        image /= self.std
-        ignored = raw == IGNORE_INDEX
-        if ignored.any():
-            image[:, ignored] = 0.0
-        return image, self.folder.lut[raw]
+        raw = read_array(open_chip(mask_path), row["mask"]).astype(np.uint8, copy=False)  # checked: 0-255
+        return normalise(image, raw, self.mean, self.std, self.folder.lut)
 
     def __getitem__(self, i: int):
         import torch
@@ -152,11 +159,35 @@ class ChipDataset:
         return torch.from_numpy(image), torch.from_numpy(target.astype(np.int64))
 
 
+def _dihedral(x, y, hflip, vflip, rot):
+    """Per sample: flip W (`hflip`), flip H (`vflip`), then rotate by `rot` × 90°, as at most three
+    whole-batch selections. Any such sequence equals [flip W] [flip H] [transpose]: a rotation by 1
+    adds a W flip and a transpose, by 2 both flips, by 3 an H flip and a transpose."""
+    import torch
+
+    flip_w = hflip ^ ((rot == 1) | (rot == 2))
+    flip_h = vflip ^ (rot >= 2)
+    for sel, op in (
+        (flip_w, lambda t: t.flip(-1)),
+        (flip_h, lambda t: t.flip(-2)),
+        (rot % 2 == 1, lambda t: t.transpose(-2, -1)),
+    ):
+        if bool(sel.all()):
+            x, y = op(x), op(y)
+        elif bool(sel.any()):
+            sel = sel.to(x.device)
+            x = torch.where(sel.view(-1, *[1] * (x.dim() - 1)), op(x), x)
+            y = torch.where(sel.view(-1, *[1] * (y.dim() - 1)), op(y), y)
+    return x.contiguous(), y.contiguous()
+
+
 def augment_batch(x, y, generator):
     """Random flips, 90° rotations (square chips), brightness, contrast and gamma, per sample.
 
-    Runs on the batch's device after loading (cheap, and on the GPU when there is one).
-    Geometric transforms move image and target together; photometric ones touch the image only.
+    Runs on the batch's device after loading (cheap, and on the GPU when there is one): the random
+    numbers come from `generator` (a CPU generator, so a run draws the same on any device), the
+    pixels stay where they are. Geometric transforms move image and target together; photometric
+    ones touch the image only. Draws and results are those of the former per-sample loop, bit for bit.
     """
     import torch
 
@@ -165,18 +196,10 @@ def augment_batch(x, y, generator):
     def coin(p: float = 0.5):
         return torch.rand(n, generator=generator) < p
 
-    xs, ys = list(x.unbind(0)), list(y.unbind(0))
     hflip, vflip = coin(), coin()
-    rot = torch.randint(0, 4, (n,), generator=generator) if x.shape[-1] == x.shape[-2] else torch.zeros(n)
-    for i in range(n):
-        if hflip[i]:
-            xs[i], ys[i] = xs[i].flip(-1), ys[i].flip(-1)
-        if vflip[i]:
-            xs[i], ys[i] = xs[i].flip(-2), ys[i].flip(-2)
-        k = int(rot[i])
-        if k:
-            xs[i], ys[i] = torch.rot90(xs[i], k, (-2, -1)), torch.rot90(ys[i], k, (-2, -1))
-    x, y = torch.stack(xs), torch.stack(ys)
+    square = x.shape[-1] == x.shape[-2]
+    rot = torch.randint(0, 4, (n,), generator=generator) if square else torch.zeros(n, dtype=torch.long)
+    x, y = _dihedral(x, y, hflip, vflip, rot)
     dev = x.device
     shape = (n, 1, 1, 1)
     brightness = (torch.rand(shape, generator=generator) - 0.5) * 0.4 * coin().view(shape)  # ±0.2 std

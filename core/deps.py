@@ -42,7 +42,13 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "onnxruntime", "onnxruntime", ">=1.17", "segmentation with .onnx models", gpu_package="onnxruntime-gpu"
     ),
 )
-BY_MODULE = {r.module: r for r in REQUIREMENTS}
+# Optional: only for SCHEDULER (segmenting on a Dask cluster, core.distributed); never installed with "all".
+# Client, scheduler and workers must run the same version, so none is pinned here.
+OPTIONAL: tuple[Requirement, ...] = (
+    Requirement("dask", "dask", "", "segmenting on a Dask cluster (SCHEDULER)"),
+    Requirement("distributed", "distributed", "", "segmenting on a Dask cluster (SCHEDULER)"),
+)
+BY_MODULE = {r.module: r for r in REQUIREMENTS + OPTIONAL}
 
 # modules each step imports when its work starts
 STEPS: dict[str, tuple[str, ...]] = {
@@ -50,6 +56,7 @@ STEPS: dict[str, tuple[str, ...]] = {
     "segment": ("onnx", "onnxruntime"),
     "exportonnx": ("torch", "onnx", "onnxscript"),
     "all": tuple(r.module for r in REQUIREMENTS),
+    "cluster": tuple(r.module for r in OPTIONAL),
 }
 
 

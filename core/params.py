@@ -664,43 +664,50 @@ class SegmentParams:
     chip_size: int | None = p(
         None,
         name="CHIP_SIZE",
-        label="Chip size (pixels; default: from the model card)",
+        label="Chip size (pixels; default: chosen for the model)",
         short="Chip size (pixels)",
         minimum=8,
         unset=0,
-        special="from model",
-        help="Width and height of the tiles fed to the model; default: the model's chip size.",
+        special="automatic",
+        help="Width and height of the tiles fed to the model. Default: for a local model (a measured receptive "
+        "radius r and no global context, from its card or a probe of the model) the largest multiple of the "
+        "model's stride factor that fits the memory budget with the batch, at most 512 on the CPU and 2048 on a "
+        "GPU and no larger than the raster; for a model with global context (image pooling, a fixed input size) "
+        "its trained chip size.",
     )
     stride_x: int | None = p(
         None,
         name="STRIDE_X",
-        label="Stride X (pixels; default: half the chip)",
+        label="Stride X (pixels; default: chosen for the model)",
         short="Stride X (pixels)",
         minimum=1,
         unset=0,
-        special="default (chip / 2)",
-        help="Horizontal step between tiles; default: half the chip.",
+        special="automatic",
+        help="Horizontal step between tiles. Default: CHIP_SIZE − 2·CROP for a local model (each pixel computed "
+        "about once), else half the chip (each pixel computed about 4 times).",
     )
     stride_y: int | None = p(
         None,
         name="STRIDE_Y",
-        label="Stride Y (pixels; default: half the chip)",
+        label="Stride Y (pixels; default: chosen for the model)",
         short="Stride Y (pixels)",
         minimum=1,
         unset=0,
-        special="default (chip / 2)",
-        help="Vertical step between tiles; default: half the chip.",
+        special="automatic",
+        help="Vertical step between tiles. Default: CHIP_SIZE − 2·CROP for a local model (each pixel computed "
+        "about once), else half the chip (each pixel computed about 4 times).",
     )
     crop: int | None = p(
         None,
         name="CROP",
-        label="Crop at interior tile edges (pixels; default: chip / 8)",
+        label="Crop at interior tile edges (pixels; default: chosen for the model)",
         short="Crop (pixels)",
         minimum=0,
         unset=-1,
-        special="default (chip / 8)",
-        help="Margin of each tile's prediction that is discarded (tile edges see less context); "
-        "default: an eighth of the chip.",
+        special="automatic",
+        help="Margin of each tile's prediction that is discarded (tile edges see less context); a crop of at "
+        "least the model's receptive radius gives the same map as whole-image inference. Default: max(r, 16) "
+        "for a local model of receptive radius r, else an eighth of the chip.",
     )
     batch_size: int = p(
         8,
@@ -806,6 +813,20 @@ class SegmentParams:
         file_filter="GeoPackage (*.gpkg)",
         help="Optional GeoPackage: one polygon per connected region of the class map (after SIEVE) with its "
         "class value, class name and area (m² in a projected CRS); empty: not written. GeoSeg never overwrites.",
+    )
+    # issue 19 (prediction on a Dask cluster: core.distributed)
+    scheduler: str | None = p(
+        None,
+        name="SCHEDULER",
+        optional=True,
+        label="Dask scheduler (address or scheduler file; empty = this process)",
+        short="Dask scheduler",
+        placeholder="tcp://host:8786 or /shared/scheduler.json",
+        advanced=True,
+        help="Predict the tiles on the workers of a running Dask cluster (`python -m geoseg.core cluster`, or "
+        "`dask scheduler` + `dask worker`): its tcp://host:port address, or the JSON file written by "
+        "`dask scheduler --scheduler-file`. The workers must see INPUT, MODEL and the output folder at the "
+        "same paths (shared storage). Empty: $DASK_SCHEDULER_ADDRESS if set, else this process.",
     )
 
 

@@ -21,8 +21,9 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import cast
 
 import numpy as np
 from osgeo import gdal, osr
@@ -41,6 +42,16 @@ from .pipeline import END, Pipe, Stage, Stop
 from .raster import MASK_NODATA, RasterInfo, open_raster, raster_info, read_window, set_category_names
 from .resample import GridPlan, flush, plan_grid, warp_to_grid, warped_source
 from .staging import check_new_file, remove_stale_outputs, staged_file
+from .tiling import (
+    Request,
+    TilingPlan,
+    describe,
+    local_batch,
+    model_profile,
+    plan_tiling,
+    stride_factor,
+    tile_bytes,
+)
 from .tta import view_count, with_views
 
 log = logging.getLogger("geoseg")
@@ -52,12 +63,14 @@ CREATE_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THRE
 __all__ = [
     "SegmentParams",
     "SegmentResult",
+    "check_params",
     "choose_batch_size",
     "compatibility_warnings",
     "preflight",
     "read_model_card",
     "segment",
     "tile_memory_bytes",
+    "tiling_plan",
 ]
 
 
@@ -85,6 +98,10 @@ class Tiling:
     ys: list[int]
     keep_x: list[tuple[int, int]]
     keep_y: list[tuple[int, int]]
+    stride_x: int = 0
+    stride_y: int = 0
+    crop: int = 0
+    plan: TilingPlan | None = None  # how the tiling was chosen (core.tiling), when `_resolve` chose it
 
     @property
     def tiles(self) -> int:
@@ -114,7 +131,7 @@ def make_tiling(width: int, height: int, chip: int, stride_x: int, stride_y: int
             )
     xs, kx = keep_spans(width, chip, stride_x, crop)
     ys, ky = keep_spans(height, chip, stride_y, crop)
-    return Tiling(chip, xs, ys, kx, ky)
+    return Tiling(chip, xs, ys, kx, ky, stride_x, stride_y, crop)
 
 
 @with_gdal_exceptions
@@ -147,10 +164,53 @@ def compatibility_warnings(
     return out
 
 
-def _resolve(p: SegmentParams, card: ModelCard, io: ModelIO | None = None) -> tuple[int, int, int, int]:
-    chip = p.chip_size or (io.fixed_size if io and io.fixed_size else card.chip_size)
-    crop = chip // 8 if p.crop is None else p.crop
-    return chip, p.stride_x or chip // 2, p.stride_y or chip // 2, crop
+def _resolve(
+    p: SegmentParams, card: ModelCard, io: ModelIO | None = None, info: RasterInfo | None = None
+) -> TilingPlan:
+    """CHIP_SIZE, STRIDE_X/Y and CROP of a run (core.tiling): what the user set, else for a local model
+    the largest chip that fits the memory budget with crop max(r, 16) and stride chip − 2·crop, else
+    the trained chip, stride chip/2 and crop chip/8. `info`: the raster (working grid) it tiles."""
+    trained = io.fixed_size if io and io.fixed_size else card.chip_size
+    named = (("CHIP_SIZE", p.chip_size), ("STRIDE_X", p.stride_x), ("STRIDE_Y", p.stride_y), ("CROP", p.crop))
+    explicit = tuple(name for name, v in named if v is not None and (v or name == "CROP"))
+    req = Request(p.chip_size or None, p.stride_x or None, p.stride_y or None, p.crop, trained, explicit)
+    if len(explicit) == 4:  # nothing to choose: no model run
+        return plan_tiling(req, None, 1, lambda chip: False, False, None)
+    profile = model_profile(p.model_path, card, io, p.output_index)
+    on_cuda = _runs_on_cuda(p)
+    per_pixel = profile.activation_bytes_per_pixel
+    budget = memory_budget_mb(p.memory_budget_mb) or default_budget_mb(cast(Backend, _Device(on_cuda)))
+    batch = (io.fixed_batch if io else None) or p.batch_size or 1
+
+    def fits(chip: int) -> bool:
+        tiles = local_batch(batch, chip, on_cuda)
+        return per_pixel is not None and tiles * tile_bytes(card, chip, per_pixel) <= budget * 1e6
+
+    extent = min(info.width, info.height) if info is not None else None
+    return plan_tiling(req, profile.locality, stride_factor(card), fits, on_cuda, extent)
+
+
+@dataclass(frozen=True)
+class _Device:
+    """The one thing `default_budget_mb` asks of a backend, before any is opened."""
+
+    on_cuda: bool
+
+
+def _runs_on_cuda(p: SegmentParams) -> bool:
+    """Whether the run's backend will use a GPU (its tile cap and default budget), without building it."""
+    if p.device == "cpu":
+        return False
+    try:
+        if p.model_path.lower().endswith(".onnx") and p.backend != "torch":
+            import onnxruntime as ort
+
+            return "CUDAExecutionProvider" in ort.get_available_providers()
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001  (no such engine installed: segment reports it)
+        return False
 
 
 def _validate(p: SegmentParams) -> None:
@@ -206,6 +266,22 @@ def _style_classes(band: gdal.Band, classes: tuple[CardClass, ...]) -> None:
     band.SetRasterColorTable(table)
     band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
     band.SetNoDataValue(MASK_NODATA)
+
+
+def _new_map(path: str, info, card: ModelCard, prob: bool) -> gdal.Dataset:
+    """An empty class map (Byte, colour table) or probability map (Float32, one named band per class)
+    on `info`'s grid: the one way every writer (tiles, write-back, cluster assembly) starts a map."""
+    k = len(card.classes)
+    out = _create(
+        path, info, k if prob else 1, gdal.GDT_Float32 if prob else gdal.GDT_Byte, ["PREDICTOR=3"] if prob else []
+    )
+    if not prob:
+        _style_classes(out.GetRasterBand(1), card.classes)
+        return out
+    for i, c in enumerate(card.classes):
+        out.GetRasterBand(i + 1).SetDescription(c.name)
+        out.GetRasterBand(i + 1).SetNoDataValue(PROB_NODATA)
+    return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -294,6 +370,118 @@ class PyramidWriter:
 MAX_AUTO_BATCH = {"cpu": 8, "cuda": 64}  # beyond these a larger batch buys no throughput (CPU: measured)
 
 
+READ_COLUMNS = 1024  # columns per GDAL read (whole blocks): bounds GDAL's block cache, spreads the reads
+MAX_ALIGN_ROWS = 1024  # taller blocks (a single-strip file) are read row range by row range instead
+
+
+class _RowCache:
+    """Full-width rows of the raster (in its own data type, the model's bands only) from the current
+    strip's top row down: each block is decoded once per run.
+
+    Consecutive strips share chip − stride rows, and a tile row ends inside a block row, so rows are
+    read to the next block boundary, in whole blocks of at most READ_COLUMNS columns, then GDAL's
+    cache is flushed (those blocks are never needed again). The next strip's rows are read a chunk
+    at a time between the current strip's batches (`plan`, `fetch`), so the reader never stalls the
+    model for a whole block row. Memory: chip + stride + one block row of rows, the raster's width.
+    """
+
+    def __init__(
+        self,
+        ds: gdal.Dataset,
+        info: RasterInfo,
+        tiling: Tiling,
+        bands: list[int] | None = None,
+        source: gdal.Dataset | None = None,
+    ) -> None:
+        self.ds, self.info, self.chip, self.bands, self.source = ds, info, tiling.chip, bands, source
+        bw, bh = ds.GetRasterBand(1).GetBlockSize()
+        self.align = bh if 1 < bh <= MAX_ALIGN_ROWS else 1
+        self.columns = max(bw, READ_COLUMNS // bw * bw) if bw < info.width else info.width
+        step = max((b - a for a, b in zip(tiling.ys, tiling.ys[1:], strict=False)), default=0)
+        rows = self.chip + min(step, self.chip) + self.align - 1
+        n = len(bands) if bands is not None else info.band_count
+        width = max(info.width, self.chip)  # a raster narrower than a chip: padding on the right
+        self.pixels = np.zeros((n, rows, width), dtype=info.dtype)
+        self.valid = np.zeros((rows, width), dtype=bool)
+        self.top = self.rows = 0  # raster row of buffer row 0; complete rows held
+        self.pending: list[tuple[int, int, int]] = []  # (y, h, x): reads queued for the next strip
+
+    def strip(self, oy: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels [bands, chip, width], valid [chip, width]) of rows [oy, oy + chip): views into
+        the cache, valid until the next call."""
+        self.fetch(len(self.pending))
+        keep, shift = self.top + self.rows - oy, oy - self.top
+        for i in range(0, keep, shift) if shift > 0 else ():  # shared rows to the front, in pieces that
+            n = min(shift, keep - i)  # do not overlap (numpy copies overlapping ranges through a temporary)
+            self.pixels[:, i : i + n] = self.pixels[:, shift + i : shift + i + n]
+            self.valid[i : i + n] = self.valid[shift + i : shift + i + n]
+        self.top, self.rows = oy, max(keep, 0)
+        self.plan(oy)
+        self.fetch(len(self.pending))
+        self.valid[self.rows : self.chip] = False  # below a raster lower than one chip: padding
+        return self.pixels[:, : self.chip], self.valid[: self.chip]
+
+    def plan(self, oy: int) -> None:
+        """Queue the reads that complete rows [oy, oy + chip), to the next block boundary."""
+        y = self.top + self.rows
+        end = min(-(-(oy + self.chip) // self.align) * self.align, self.info.height)
+        if y < end and y - self.top + end - y <= len(self.valid):
+            self.pending = [(y, end - y, x) for x in range(0, self.info.width, self.columns)]
+
+    def fetch(self, count: int) -> None:
+        """Do the first `count` queued reads."""
+        for y, h, x in self.pending[:count]:
+            r, w = y - self.top, min(self.columns, self.info.width - x)
+            try:
+                pixels, valid = read_window(self.ds, self.info, Window(x, y, w, h))
+                flush(self.ds, *([self.source] if self.source is not None else []))
+            except GeoSegError:
+                raise
+            except Exception as e:  # noqa: BLE001  (GDAL I/O and decoding errors of every kind)
+                raise GeoSegError(
+                    f"INPUT: GDAL could not read columns {x}-{x + w} of rows {y}-{y + h} "
+                    f"of {self.info.path} ({first_line(e, 300)})."
+                ) from None
+            self.pixels[:, r : r + h, x : x + w] = pixels if self.bands is None else pixels[self.bands]
+            self.valid[r : r + h, x : x + w] = valid
+            if x + w >= self.info.width:  # the row range is complete
+                self.valid[r : r + h, self.info.width :] = False  # right of a raster narrower than a chip
+                self.rows = r + h
+        self.pending = self.pending[count:]
+
+
+def _runs(origins: list[int]) -> list[tuple[int, int, int]]:
+    """(first, end, step) index ranges of equally spaced tile origins (all but an edge-shifted last
+    tile, usually): each run is one strided view of the strip."""
+    runs: list[tuple[int, int, int]] = []
+    i = 0
+    while i < len(origins):
+        step = origins[i + 1] - origins[i] if i + 1 < len(origins) else 1
+        j = i + 1
+        while j < len(origins) and origins[j] - origins[j - 1] == step:
+            j += 1
+        runs.append((i, j, step))
+        i = j
+    return runs
+
+
+def _tiles(pixels: np.ndarray, valid: np.ndarray, origins: list[int], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Normalised tiles [n, bands, chip, chip] (float32) at `origins` of a strip, built straight
+    from strided views of the strip (no per-tile copy): (pixel − mean) / std in float32, invalid
+    pixels 0, the same arithmetic as one tile at a time."""
+    chip = pixels.shape[1]
+    view = np.lib.stride_tricks.sliding_window_view(pixels, chip, axis=2)  # [bands, chip, x, chip]
+    masks = np.lib.stride_tricks.sliding_window_view(valid, chip, axis=1)  # [chip, x, chip]
+    x = np.empty((len(origins), pixels.shape[0], chip, chip), dtype=np.float32)
+    runs = [(i, j, slice(origins[i], origins[j - 1] + 1, step)) for i, j, step in _runs(origins)]
+    for i, j, cols in runs:  # the data type's values as float32 first, then float32 arithmetic
+        np.subtract(view[:, :, cols].transpose(2, 0, 1, 3), mean, out=x[i:j], dtype=np.float32, casting="unsafe")
+    np.divide(x, std, out=x)
+    for i, j, cols in runs:  # nodata → 0 (the mean); NaN pixels are invalid, so they become 0 too
+        np.copyto(x[i:j], 0, where=~masks[:, cols].transpose(1, 0, 2)[:, None])
+    return x
+
+
 @dataclass
 class _Batch:
     """Normalised tiles of one batch window, as the reader hands them to inference."""
@@ -318,38 +506,22 @@ def _read_batches(
     bands: list[int] | None = None,
     source: gdal.Dataset | None = None,
 ) -> None:
-    """Reader stage: one window per batch (arrays stay batch-sized whatever the raster's width).
-    `source`: the raster under a warped VRT `ds`, whose block cache is flushed with the VRT's."""
+    """Reader stage: each strip's rows from the row cache (each block decoded once), cut into
+    batches of normalised tiles (arrays stay batch-sized whatever the raster's width). `source`:
+    the raster under a warped VRT `ds`, whose block cache is flushed with the VRT's."""
     chip, n = tiling.chip, len(tiling.xs)
+    cache = _RowCache(ds, info, tiling, bands, source)
+    starts = range(0, n, batch_size)
     for si, oy in enumerate(tiling.ys):
-        for b in range(0, n, batch_size):
+        pixels, valid = cache.strip(oy)
+        if si + 1 < len(tiling.ys):
+            cache.plan(tiling.ys[si + 1])
+        for k, b in enumerate(starts):
             xs = tiling.xs[b : b + batch_size]
-            left, right = xs[0], min(xs[-1] + chip, info.width)
-            win = Window(
-                left, oy, right - left, min(chip, info.height), max(0, chip - info.width), max(0, chip - info.height)
-            )
-            try:
-                pixels, valid = read_window(ds, info, win)
-                ds.FlushCache()  # the cache would otherwise hold a strip's width of blocks
-                if source is not None:
-                    flush(ds, source)
-            except GeoSegError:
-                raise
-            except Exception as e:  # noqa: BLE001  (GDAL I/O and decoding errors of every kind)
-                raise GeoSegError(
-                    f"INPUT: GDAL could not read columns {left}-{right} of rows {oy}-{oy + win.height} "
-                    f"of {info.path} ({first_line(e, 300)})."
-                ) from None
-            if bands is not None:  # the model's bands only (e.g. RGB of an RGBA orthophoto)
-                pixels = pixels[bands]
-            x = np.empty((len(xs), pixels.shape[0], chip, chip), dtype=np.float32)
-            for j, xo in enumerate(xs):
-                tile = x[j]
-                tile[...] = pixels[:, :, xo - left : xo - left + chip]
-                tile -= mean
-                tile /= std
-                tile[:, ~valid[:, xo - left : xo - left + chip]] = 0  # nodata → 0 (the mean); NaN · 0 stays NaN
-            inbox.put(_Batch(si, b, left, x, valid, b + batch_size >= n))
+            x = _tiles(pixels, valid, xs, mean, std)
+            window = valid[:, xs[0] : xs[-1] + chip].copy()  # the writer's, after the cache has moved on
+            inbox.put(_Batch(si, b, xs[0], x, window, b + batch_size >= n))
+            cache.fetch(-(-len(cache.pending) // (len(starts) - k)))  # the next strip's rows, spread evenly
     inbox.put(END)
 
 
@@ -410,7 +582,11 @@ class FiniteOutputs:
 
     def mask(self, tile: np.ndarray, invalid: np.ndarray) -> np.ndarray:
         """Pixels of `tile` [classes, h, w] with a non-finite output among the valid ones."""
-        bad = ~np.isfinite(tile).all(axis=0) & ~invalid
+        return self.count(~np.isfinite(tile).all(axis=0), invalid)
+
+    def count(self, nonfinite: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+        """`mask` for pixels whose output is already known to be non-finite (a batch's, at once)."""
+        bad = nonfinite & ~invalid
         self.valid += int(invalid.size - np.count_nonzero(invalid))
         self.bad += int(np.count_nonzero(bad))
         return bad
@@ -432,6 +608,37 @@ class FiniteOutputs:
         return None
 
 
+def _argmax_channels(scores: np.ndarray) -> np.ndarray:
+    """Arg-max over the classes of a batch [n, k, h, w] as uint8 [n, h, w], the first maximum as
+    np.argmax: k vectorised comparisons, about twice as fast as np.argmax(axis=1), which copies the
+    batch to make that axis the last. (Non-finite pixels differ, but those are nodata anyway.)"""
+    best = scores[:, 0].copy()
+    idx = np.zeros(best.shape, dtype=np.uint8)
+    more = np.empty(best.shape, dtype=bool)
+    k = scores.shape[1]
+    for c in range(1, k):
+        np.greater(scores[:, c], best, out=more)
+        idx[more] = c
+        if c + 1 < k:
+            np.maximum(best, scores[:, c], out=best)
+    return idx
+
+
+def _batch_channels(rule: ClassRule, scores: np.ndarray) -> np.ndarray:
+    """`rule.channels` of every tile of a batch [n, k, h, w] at once: [n, h, w]."""
+    if rule.single or rule.threshold is not None or scores.shape[1] > 256:
+        return rule.channels(np.moveaxis(scores, 1, 0))
+    return _argmax_channels(scores)
+
+
+def _kept(a: np.ndarray, xs: list[int], keep: list[tuple[int, int]], c0: int, out: np.ndarray) -> np.ndarray:
+    """Each tile's kept columns of `a` [n, ..., columns c0…] side by side in `out` [..., span of `keep`]."""
+    left = keep[0][0]
+    for j, (x, (x0, x1)) in enumerate(zip(xs, keep, strict=True)):
+        out[..., x0 - left : x1 - left] = a[j, ..., x0 - x - c0 : x1 - x - c0]
+    return out
+
+
 @with_gdal_exceptions  # a pipeline thread: GDAL ≥ 3.7 keeps the exception mode per thread
 def _write_strips(
     outbox: Pipe[tuple[_Batch, np.ndarray]],
@@ -443,8 +650,9 @@ def _write_strips(
     finite: FiniteOutputs | None = None,
     rule: ClassRule | None = None,
 ) -> None:
-    """Writer stage: arg-max (and softmax) of each tile's kept span into its strip; whole strips
-    go to the output files (and their overviews) in order. Non-finite outputs become nodata."""
+    """Writer stage: arg-max (and softmax) of each batch's kept rows at once, each tile's kept span
+    placed into its strip; whole strips go to the output files (and their overviews) in order.
+    Non-finite outputs become nodata."""
     finite = finite or FiniteOutputs()
     rule = rule or ClassRule()
     k = len(values)
@@ -456,18 +664,24 @@ def _write_strips(
             classes = np.empty((y1 - y0, width), dtype=np.uint8)
             probs = np.empty((k, y1 - y0, width), dtype=np.float32) if prob_rows else None
         xs = tiling.xs[b.first : b.first + len(logits)]
-        for j, (x, (x0, x1)) in enumerate(zip(xs, tiling.keep_x[b.first : b.first + len(xs)], strict=True)):
-            tile = logits[j, :, y0 - oy : y1 - oy, x0 - x : x1 - x]
-            invalid = ~b.valid[y0 - oy : y1 - oy, x0 - b.left : x1 - b.left]
-            invalid |= finite.mask(tile, invalid)
-            cls = values[rule.channels(tile)]
-            cls[invalid] = MASK_NODATA
-            classes[:, x0:x1] = cls
-            if probs is not None:
-                with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf pixels: nodata just below
-                    pr = rule.probabilities_of(tile)
-                pr[:, invalid] = PROB_NODATA
-                probs[:, :, x0:x1] = pr
+        keep = tiling.keep_x[b.first : b.first + len(xs)]
+        c0 = min(x0 - x for x, (x0, _) in zip(xs, keep, strict=True))
+        c1 = max(x1 - x for x, (_, x1) in zip(xs, keep, strict=True))
+        scores = logits[:, :, y0 - oy : y1 - oy, c0:c1]  # every kept column of the batch, and a few more
+        left, right = keep[0][0], keep[-1][1]
+        shape = (y1 - y0, right - left)
+        invalid = ~b.valid[y0 - oy : y1 - oy, left - b.left : right - b.left]
+        nonfinite = _kept(~np.isfinite(scores).all(axis=1), xs, keep, c0, np.empty(shape, dtype=bool))
+        invalid |= finite.count(nonfinite, invalid)
+        channels = _kept(_batch_channels(rule, scores), xs, keep, c0, np.empty(shape, dtype=np.intp))
+        cls = classes[:, left:right]
+        np.take(values, channels, out=cls)
+        cls[invalid] = MASK_NODATA
+        if probs is not None:
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf pixels: nodata just below
+                pr = rule.probabilities_of_batch(scores)
+            dst = _kept(pr, xs, keep, c0, probs[:, :, left:right])
+            dst[:, invalid] = PROB_NODATA
         if b.last:
             out_rows.write(classes[None])
             if prob_rows is not None and probs is not None:  # both set together
@@ -525,8 +739,7 @@ class _Inference:
 def tile_memory_bytes(engine: Backend, card: ModelCard, chip: int) -> float:
     """Memory one tile of a batch needs during inference: its input, the network's activations
     (measured per pixel on a small probe, an upper bound: every intermediate counted) and logits."""
-    per_pixel = engine.activation_bytes_per_pixel(card.in_channels)
-    return chip * chip * (4.0 * card.in_channels + per_pixel + 4.0 * card.num_classes)
+    return tile_bytes(card, chip, engine.activation_bytes_per_pixel(card.in_channels))
 
 
 def default_budget_mb(engine: Backend) -> float:
@@ -586,9 +799,14 @@ def _predict(  # noqa: C901
     rule: ClassRule | None = None,
     bands: list[int] | None = None,
     source: gdal.Dataset | None = None,
+    part: tuple[RasterInfo, FiniteOutputs] | None = None,
 ) -> str | None:
     """Stream strips of tiles through the model into the (temporary) output files; returns the
     warning about non-finite model outputs, if any (none finite at all: GeoSegError).
+
+    `part` (core.distributed): the files cover only the kept rows of `tiling`'s strips, on that
+    RasterInfo's grid, and the non-finite outputs are counted into that FiniteOutputs, whose verdict
+    the caller gives once all parts are done.
 
     Three stages overlap: a reader thread reads and normalises batch windows, this thread runs
     the model, a writer thread takes the arg-max and writes whole strips (GDAL, numpy and both
@@ -598,20 +816,15 @@ def _predict(  # noqa: C901
     values = np.array([c.value for c in card.classes], dtype=np.uint8)
     mean = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
-    out = _create(out_path, info, 1, gdal.GDT_Byte, [])
-    prob = _create(prob_path, info, len(values), gdal.GDT_Float32, ["PREDICTOR=3"]) if prob_path else None
+    target, finite = part if part else (info, FiniteOutputs())
+    out = _new_map(out_path, target, card, False)
+    prob = _new_map(prob_path, target, card, True) if prob_path else None
     stop = threading.Event()
     inbox: Pipe[_Batch] = Pipe(stop)
     outbox: Pipe[tuple[_Batch, np.ndarray]] = Pipe(stop)
     stages: list[Stage] = []
     out_rows = prob_rows = None
-    finite = FiniteOutputs()
     try:
-        _style_classes(out.GetRasterBand(1), card.classes)
-        if prob is not None:
-            for i, c in enumerate(card.classes):
-                prob.GetRasterBand(i + 1).SetDescription(c.name)
-                prob.GetRasterBand(i + 1).SetNoDataValue(PROB_NODATA)
         out_rows, prob_rows = PyramidWriter(out), PyramidWriter(prob) if prob else None
         rows = (out_rows, prob_rows)  # the writer stage's, typed as set here (not as reset below)
 
@@ -656,7 +869,7 @@ def _predict(  # noqa: C901
     for s in stages:
         if s.error is not None:
             raise s.error
-    warning = finite.verdict()
+    warning = None if part else finite.verdict()
     if warning:
         log.warning(warning)
     progress(1.0)
@@ -725,58 +938,112 @@ def _working_grid(p: SegmentParams, card: ModelCard, ds: gdal.Dataset, info: Ras
 
 
 @with_gdal_exceptions
-def _preflight(p: SegmentParams) -> tuple[OpenedModel, gdal.Dataset, RasterInfo, Tiling, list[int] | None, _Grid]:
-    """`preflight`, also returning how to run the model, which raster bands it reads (of the working
-    dataset: the raster, or its warped VRT, whose alpha band is never read as data) and the grid."""
+def check_params(p: SegmentParams) -> OpenedModel:
+    """The checks of `preflight` that need no raster: values, outputs, the model and its card. The dialog
+    runs them before copying a layer GDAL cannot read (adapter.layers), and `preflight` after it."""
     _validate(p)
     model = read_model(p.model_path, p.card_path, p.output_index)
-    card = model.card
     class_rule(model.io, p.model_threshold)  # refuses MODEL_THRESHOLD without a threshold
     _check_fixed_size(p, model)
+    return model
+
+
+def _tiled_source(p: SegmentParams, model: OpenedModel) -> tuple[gdal.Dataset, RasterInfo, list[int] | None, _Grid]:
+    """The dataset the tiles are read from (the raster, clipped to EXTENT, or its warped VRT), its info,
+    the bands the model reads and the grid; refuses a raster without the model's bands or valid pixels."""
     ds = open_raster(p.input_path)
     if p.extent:
         ds = clip_to_extent(ds, p.extent)
     info = raster_info(ds, p.input_path)
     bands = _model_bands(model, info)
     _refuse_unusable_input(ds, info)
-    ds, info, bands, grid = _working_grid(p, card, ds, info, bands)
-    chip, sx, sy, crop = _resolve(p, card, model.io)
-    tiling = make_tiling(info.width, info.height, chip, sx, sy, crop)
-    radius = card.recommended.receptive_field_radius if card.recommended else None
-    if radius is not None and crop < radius:
+    return _working_grid(p, model.card, ds, info, bands)
+
+
+@with_gdal_exceptions
+def tiling_plan(p: SegmentParams) -> TilingPlan:
+    """The tiling `segment` would use for `p` (core.tiling; `describe` words it), without checking the
+    outputs: what a dialog shows while the user fills it in."""
+    model = read_model(p.model_path, p.card_path, p.output_index)
+    _, info, _, _ = _tiled_source(p, model)
+    return _resolve(p, model.card, model.io, info)
+
+
+@with_gdal_exceptions
+def _preflight(p: SegmentParams) -> tuple[OpenedModel, gdal.Dataset, RasterInfo, Tiling, list[int] | None, _Grid]:
+    """`preflight`, also returning how to run the model, which raster bands it reads (of the working
+    dataset: the raster, or its warped VRT, whose alpha band is never read as data) and the grid."""
+    model = check_params(p)
+    card = model.card
+    ds, info, bands, grid = _tiled_source(p, model)
+    plan = _resolve(p, card, model.io, info)
+    tiling = make_tiling(info.width, info.height, plan.chip, plan.stride_x, plan.stride_y, plan.crop)
+    tiling = replace(tiling, plan=plan)
+    log.info("Tiling: %s", describe(plan))
+    known = plan.locality.radius if plan.locality and plan.locality.local else None
+    radius = known if known is not None else card.recommended.receptive_field_radius if card.recommended else None
+    if radius is not None and plan.crop < radius:
         log.info(
             "CROP %d is below the model's receptive-field radius %d: tiles may differ slightly from "
             "whole-image inference near their seams.",
-            crop,
+            plan.crop,
             radius,
         )
     return model, ds, info, tiling, bands, grid
 
 
 def preflight(p: SegmentParams) -> tuple[ModelCard, gdal.Dataset, RasterInfo, Tiling]:
-    """Every check that needs no model run and no pixel: parameters, outputs, card, band count,
-    tiling (of the working grid; `info` is the warped VRT's when the raster is resampled). The dialogs
-    call it before starting a task; `segment` starts with it."""
+    """Every check that needs no pixel: parameters, outputs, card, band count, tiling (of the working
+    grid; `info` is the warped VRT's when the raster is resampled; `tiling.plan` says how it was chosen).
+    Choosing a default tiling runs the model once on the CPU, on two blank tiles, the first time a model
+    file is seen in the process (core.tiling). The dialogs call it before starting a task; `segment`
+    starts with it."""
     model, ds, info, tiling, _, _ = _preflight(p)
     return model.card, ds, info, tiling
 
 
-@with_gdal_exceptions
-def segment(
-    p: SegmentParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
-) -> SegmentResult:
-    """Segment `p.input_path` with `p.model_path`; raise GeoSegError (or Cancelled) on failure."""
-    t0, started = time.perf_counter(), time.time()
-    model, ds, info, tiling, bands, grid = _preflight(p)
-    card, io = model.card, model.io
-    remove_stale_outputs((p.output_path, p.probabilities_path, p.vector_path), started)  # of a killed run (SIGKILL)
-    chip, sx, sy, crop = _resolve(p, card, io)
-    warnings = compatibility_warnings(card, p.input_path, grid.input_info, grid=p.resolution == "raster")
-    for w in warnings:
-        log.warning(w)
+@dataclass
+class _Engine:
+    """The model as one process runs it (segment in-process, or a cluster worker: core.distributed):
+    the backend, batched inference (an out-of-memory error lowers its batch size) and the class rule."""
+
+    backend: Backend
+    infer: _Inference
+    rule: ClassRule
+    tiles_per_batch: int
+    batch_size: int  # as chosen at the start
+
+    def summary(self) -> tuple[str, str, int, int]:
+        """(backend, provider, batch size at the start, at the end) for SegmentResult."""
+        return self.backend.name, self.backend.provider, self.batch_size, self.infer.batch_size
+
+
+def _pinned(p: SegmentParams, tiling: Tiling) -> SegmentParams:
+    """`p` with this run's tiling (and batch) written in: a worker must cut the tiles the client planned
+    its parts on, whatever memory it has free (the default chip follows the memory budget)."""
+    batch = p.batch_size
+    if batch and tiling.plan is not None and tiling.plan.rule == "local":
+        batch = local_batch(batch, tiling.chip, _runs_on_cuda(p))
+    return replace(
+        p, chip_size=tiling.chip, stride_x=tiling.stride_x, stride_y=tiling.stride_y, crop=tiling.crop, batch_size=batch
+    )
+
+
+def _open_engine(p: SegmentParams, model: OpenedModel, tiling: Tiling) -> _Engine:
+    card, io, chip = model.card, model.io, tiling.chip
     engine = open_backend(p.model_path, card, p.backend, p.device, chip, io)
     budget = memory_budget_mb(p.memory_budget_mb)
-    batch_size, tile_bytes = choose_batch_size(engine, card, chip, io.fixed_batch or p.batch_size, budget)
+    requested = io.fixed_batch or p.batch_size
+    if requested and not io.fixed_batch and tiling.plan is not None and tiling.plan.rule == "local":
+        requested = local_batch(requested, chip, engine.on_cuda)  # larger tiles, as many pixels a batch
+        if requested != p.batch_size:
+            log.info(
+                "Batch of %d tiles of %d px (BATCH_SIZE %d counts 256 px tiles on the CPU).",
+                requested,
+                chip,
+                p.batch_size,
+            )
+    batch_size, tile_bytes = choose_batch_size(engine, card, chip, requested, budget)
     if io.fixed_batch and p.batch_size != io.fixed_batch:
         log.info("The model's batch size is fixed at %d; BATCH_SIZE %d is not used.", io.fixed_batch, p.batch_size)
     rule = class_rule(io, p.model_threshold)
@@ -784,11 +1051,42 @@ def segment(
     infer = _Inference(engine, batch_size, tile_bytes, budget, p.tta, rule.probabilities_of_batch)
     if views > 1:  # a batch of B tiles runs as B × views model inputs; the averaged views are probabilities
         rule = ClassRule(True, rule.single, rule.threshold)
-    tiles_per_batch = max(1, batch_size // views)
+    return _Engine(engine, infer, rule, max(1, batch_size // views), batch_size)
+
+
+@with_gdal_exceptions
+def segment(
+    p: SegmentParams, progress: Progress = lambda f: None, cancelled: IsCancelled = lambda: False
+) -> SegmentResult:
+    """Segment `p.input_path` with `p.model_path`; raise GeoSegError (or Cancelled) on failure.
+
+    With a Dask scheduler (SCHEDULER, or $DASK_SCHEDULER_ADDRESS) the tiles are predicted on its
+    workers (core.distributed) and assembled here; everything before and after is the same."""
+    from .distributed import ClusterPredict, Engine, scheduler_address  # dask itself only with a scheduler
+
+    t0, started = time.perf_counter(), time.time()
+    model, ds, info, tiling, bands, grid = _preflight(p)
+    card, io = model.card, model.io
+    remove_stale_outputs((p.output_path, p.probabilities_path, p.vector_path), started)  # of a killed run (SIGKILL)
+    chip, sx, sy, crop = tiling.chip, tiling.stride_x, tiling.stride_y, tiling.crop  # as _preflight chose them
+    warnings = compatibility_warnings(card, p.input_path, grid.input_info, grid=p.resolution == "raster")
+    for w in warnings:
+        log.warning(w)
     post = p.sieve > 0 or p.vector_path is not None
     predict_progress = _scaled(progress, 0.0, 0.85) if post else progress
+    address = scheduler_address(p.scheduler)
 
     with ExitStack() as stack:  # all files appear complete, or not at all
+        run: _Engine | ClusterPredict
+        if address:  # the workers open the model; the rule here is only passed along
+            engine = Engine(_preflight, _open_engine, _predict, FiniteOutputs, _new_map, PyramidWriter)
+            run = stack.enter_context(ClusterPredict(_pinned(p, tiling), address, info, tiling, card, engine))
+            predict: Callable[..., str | None] = run
+            tiles_per_batch, rule = 0, class_rule(io, p.model_threshold)
+        else:
+            run = _open_engine(p, model, tiling)
+            predict = partial(_predict, ds, info, tiling, run.infer, card)
+            tiles_per_batch, rule = run.tiles_per_batch, run.rule
         out_tmp = stack.enter_context(staged_file(p.output_path, "OUTPUT"))
         prob_tmp = (
             stack.enter_context(staged_file(p.probabilities_path, "OUTPUT_PROBABILITIES"))
@@ -798,7 +1096,7 @@ def segment(
         vector_tmp = stack.enter_context(staged_file(p.vector_path, "OUTPUT_VECTOR")) if p.vector_path else None
         nonfinite = _predict_on_grid(
             grid,
-            partial(_predict, ds, info, tiling, infer, card),
+            predict,
             (out_tmp, prob_tmp),
             (tiles_per_batch, predict_progress, cancelled, rule, bands),
             card,
@@ -808,6 +1106,7 @@ def segment(
         warnings.append(nonfinite)
     set_category_names(p.output_path, card.class_names)  # after the rename
     seconds = time.perf_counter() - t0
+    backend, provider, batch_size, final_batch = run.summary()
     log.info(
         "Segmented %d tiles (%d × %d px, chip %d, stride %d × %d, crop %d, batch %d) in %.1f s.",
         tiling.tiles,
@@ -817,20 +1116,20 @@ def segment(
         sx,
         sy,
         crop,
-        infer.batch_size,
+        final_batch,
         seconds,
     )
     return SegmentResult(
         os.path.abspath(p.output_path),
         os.path.abspath(p.probabilities_path) if p.probabilities_path else None,
         card,
-        engine.name,
-        engine.provider,
+        backend,
+        provider,
         tiling.tiles,
         seconds,
         warnings,
         batch_size,
-        infer.batch_size,
+        final_batch,
         os.path.abspath(p.vector_path) if p.vector_path else None,
     )
 
@@ -877,17 +1176,8 @@ def _write_back(
     """A map on the working grid onto the input's grid: nearest neighbour (classes, and probabilities
     too, so that they agree with the class map pixel for pixel), nodata kept, styled and with the
     overviews streamed like a map written directly."""
-    k = len(card.classes)
-    out = _create(
-        dst, grid, k if prob else 1, gdal.GDT_Float32 if prob else gdal.GDT_Byte, ["PREDICTOR=3"] if prob else []
-    )
+    out = _new_map(dst, grid, card, prob)
     try:
-        if prob:
-            for i, c in enumerate(card.classes):
-                out.GetRasterBand(i + 1).SetDescription(c.name)
-                out.GetRasterBand(i + 1).SetNoDataValue(PROB_NODATA)
-        else:
-            _style_classes(out.GetRasterBand(1), card.classes)
         rows: PyramidWriter | None = PyramidWriter(out)
         assert rows is not None
         warp_to_grid(src, rows.write, grid, PROB_NODATA if prob else MASK_NODATA, "nearest", progress, cancelled)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, save_model, save_onnx
 from .dataset import open_chips
+from .ddp import LOCAL, Group, World, emit_result, per_rank_batch, process_group, progress_lines, quiet_unless_main
 from .device import resolve_device  # also re-exported: it lived here
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress
 from .gdalx import with_gdal_exceptions
@@ -148,13 +149,33 @@ def train(
     cancelled: IsCancelled = lambda: False,
     report: Callable[[BatchReport | EpochReport], None] | None = None,
 ) -> TrainResult:
-    """Train as described by `p`; raise GeoSegError (or Cancelled) on failure."""
+    """Train as described by `p`; raise GeoSegError (or Cancelled) on failure.
+
+    Started by torchrun (WORLD_SIZE > 1 in the environment), each process trains its share of every
+    batch (core.ddp); rank 0 reports progress and writes the outputs, the others wait for it."""
+    world = World.from_env()
+    if not world.enabled:
+        return _train(p, progress, cancelled, report, LOCAL)
+    per_rank_batch(p.batch_size, world.size)  # before any process waits for another
+    with process_group(world, resolve_device(p.device)) as group, quiet_unless_main(group):
+        if group.main:
+            progress, report = progress_lines(progress, report)
+        else:
+            progress, report = (lambda f: None), None
+        result = _train(p, progress, cancelled, report, group)
+        if group.main:
+            emit_result(result)
+        return result
+
+
+def _setup(p: TrainParams, group: Group) -> tuple:
+    """Every check before training, in every process; nothing is written yet."""
     from ..models.registry import validate_options  # no torch import
 
     started = time.time()
     validate(p)
-    paths = output_paths(p.output_model)
-    remove_stale_outputs(paths.values(), started)  # left by a killed run (SIGKILL)
+    if group.main:
+        remove_stale_outputs(output_paths(p.output_model).values(), started)  # left by a killed run (SIGKILL)
     chips = open_chips(p.chips_dir, p.ignore_background)
     options = effective_model_options(p)
     check_card_before_training(p, chips, validate_options(p.architecture, **options))
@@ -166,97 +187,54 @@ def train(
         "Use a smaller model (base_width, depth) or smaller chips.",
         device=device,
     )
+    return chips, options, device
 
-    run = Run(p, chips, device, _encoder_weights(p, options, progress, cancelled))
+
+def _train(
+    p: TrainParams,
+    progress: Progress,
+    cancelled: IsCancelled,
+    report: Callable[[BatchReport | EpochReport], None] | None,
+    group: Group,
+) -> TrainResult:
+    chips, options, device = group.together(lambda: _setup(p, group))
+    weights = group.main_first(lambda: _encoder_weights(p, options, progress, cancelled))  # one download
+    run = group.together(lambda: Run(p, chips, device, weights, group))
+    run.wrap()
     out_dir = os.path.dirname(os.path.abspath(p.output_model))
     new_dir = not os.path.isdir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)  # only now: every check before it writes nothing
+    group.on_main(lambda: os.makedirs(out_dir, exist_ok=True))  # only now: every check before it writes nothing
     if p.resume:
-        run.resume()
+        group.together(run.resume)
     created = not p.resume
     log.info(
-        "Training %s on %s: %d training / %d validation chips, %d classes, device %s.",
+        "Training %s on %s: %d training / %d validation chips, %d classes, device %s%s.",
         p.architecture,
         chips.path,
         len(chips.train),
         len(chips.validation),
         len(chips.classes),
         device,
+        f", {group.world.size} processes of {run.batch_size // group.world.size} chips" if group.enabled else "",
     )
     stopped_early = False
     try:
         for epoch in range(run.start_epoch, p.epochs):
-            t0 = time.perf_counter()
-            train_loss = run.train_epoch(epoch, progress, cancelled, report)
-            val_loss, cm = run.validate_epoch(cancelled, epoch)
-            m = metrics_from_confusion(cm)
-            miou = 0.0 if math.isnan(m.mean_iou) else float(m.mean_iou)
-            run.history.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "val_oa": float(m.overall_accuracy),
-                    "val_miou": miou,
-                    "val_macro_f1": float(np.nan_to_num(m.macro_f1)),
-                    "per_class_iou": nan_to_none(list(m.iou)),
-                    "lr": run.optimizer.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - t0,
-                    "batch_size": run.batch_size,
-                }
-            )
-            if miou > run.best_miou:
-                run.best_miou, run.best_epoch = miou, epoch + 1
-            # the resumable state first: a kill after it leaves what RESUME needs to write the rest again
-            run.save_last(epoch + 1)
-            if run.best_epoch == epoch + 1:
-                save_model(run.paths["model"], run.model.state_dict(), run.card())
-            run.write_metrics()
+            _epoch(run, epoch, progress, cancelled, report)
             created = False  # from here on the files hold a usable model: keep them whatever happens
-            h = run.history[-1]
-            log.info(
-                "epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f, epoch %d)%s",
-                epoch + 1,
-                p.epochs,
-                train_loss,
-                val_loss,
-                miou,
-                run.best_miou,
-                run.best_epoch,
-                f", batch size {run.batch_size}" if run.batch_size != p.batch_size else "",
-            )
-            if report is not None:
-                report(
-                    EpochReport(
-                        epoch + 1,
-                        p.epochs,
-                        train_loss,
-                        val_loss,
-                        miou,
-                        h["val_oa"],
-                        h["val_macro_f1"],
-                        h["per_class_iou"],
-                        run.best_epoch,
-                        h["seconds"],
-                        run.batch_size,
-                    )
-                )
             if p.patience and epoch + 1 - run.best_epoch >= p.patience:
                 log.info("Early stop: no better validation mIoU for %d epochs.", p.patience)
                 stopped_early = True
                 break
-        best = load_checkpoint(run.paths["model"])
-        run.model.load_state_dict(best["state_dict"])
-        card = best["card"]
-        # written beside the target, renamed only once checked
-        save_onnx(run.paths["onnx"], run.model.to("cpu").eval(), card)
+        group.on_main(lambda: _export_best(run))
+        card = load_checkpoint(run.paths["model"])["card"]
         progress(1.0)
     except BaseException:
-        if created:  # failed or cancelled before the first epoch finished: leave nothing behind
+        if created and group.main:  # failed or cancelled before the first epoch finished: leave nothing behind
             for key in ("model", "last", "metrics", "onnx"):
                 if os.path.exists(run.paths[key]):
                     os.remove(run.paths[key])
-            if new_dir and not os.listdir(out_dir):
+            if new_dir and os.path.isdir(out_dir) and not os.listdir(out_dir):
                 os.rmdir(out_dir)
         raise
     return TrainResult(
@@ -271,6 +249,83 @@ def train(
         card,
         run.history,
     )
+
+
+def _epoch(
+    run: Run,
+    epoch: int,
+    progress: Progress,
+    cancelled: IsCancelled,
+    report: Callable[[BatchReport | EpochReport], None] | None,
+) -> None:
+    """Train, validate, record and (rank 0) write one epoch."""
+    t0 = time.perf_counter()
+    train_loss = run.train_epoch(epoch, progress, cancelled, report)
+    val_loss, cm = run.validate_epoch(cancelled, epoch)
+    m = metrics_from_confusion(cm)
+    miou = 0.0 if math.isnan(m.mean_iou) else float(m.mean_iou)
+    run.history.append(
+        {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_oa": float(m.overall_accuracy),
+            "val_miou": miou,
+            "val_macro_f1": float(np.nan_to_num(m.macro_f1)),
+            "per_class_iou": nan_to_none(list(m.iou)),
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+            "batch_size": run.batch_size,
+        }
+    )
+    if miou > run.best_miou:
+        run.best_miou, run.best_epoch = miou, epoch + 1
+    run.group.on_main(lambda: _write_epoch(run, epoch))
+    h = run.history[-1]
+    log.info(
+        "epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f, epoch %d)%s",
+        epoch + 1,
+        run.p.epochs,
+        train_loss,
+        val_loss,
+        miou,
+        run.best_miou,
+        run.best_epoch,
+        f", batch size {run.batch_size}" if run.batch_size != run.p.batch_size else "",
+    )
+    if report is not None:
+        report(
+            EpochReport(
+                epoch + 1,
+                run.p.epochs,
+                train_loss,
+                val_loss,
+                miou,
+                h["val_oa"],
+                h["val_macro_f1"],
+                h["per_class_iou"],
+                run.best_epoch,
+                h["seconds"],
+                run.batch_size,
+            )
+        )
+
+
+def _write_epoch(run: Run, epoch: int) -> None:
+    # the resumable state first: a kill after it leaves what RESUME needs to write the rest again
+    run.save_last(epoch + 1)
+    if run.best_epoch == epoch + 1:
+        save_model(run.paths["model"], run.model.state_dict(), run.card())
+    run.write_metrics()
+
+
+def _export_best(run: Run) -> None:
+    """The ONNX model of the best checkpoint, rebuilt from the file as any user loads it (a plain model:
+    no DDP, no SyncBatchNorm), written beside the target and renamed only once checked."""
+    from .checkpoint import model_from_checkpoint
+
+    best = load_checkpoint(run.paths["model"])
+    save_onnx(run.paths["onnx"], model_from_checkpoint(best).eval(), best["card"])
 
 
 @with_gdal_exceptions

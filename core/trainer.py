@@ -10,16 +10,24 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import numpy as np
 
 from . import __version__
 from .card import ModelCard, card_errors, recommended_tiling
 from .checkpoint import load_checkpoint, save_model
-from .dataset import ChipDataset, ChipsFolder, augment_batch
+from .dataset import ChipDataset, ChipsFolder
+from .ddp import LOCAL, Group, TrainShards, ValShards, augment_shard
 from .errors import Cancelled, GeoSegError, IsCancelled, Progress, first_line
-from .memory import check_budget, leaf_output_bytes, memory_budget_mb, release_cuda_cache, retry_halving_batch
+from .memory import (
+    check_budget,
+    is_out_of_memory,
+    leaf_output_bytes,
+    memory_budget_mb,
+    release_cuda_cache,
+    retry_halving_batch,
+)
 from .metrics import confusion_matrix
 from .options import IGNORE_INDEX
 from .reports import BatchReport
@@ -208,7 +216,12 @@ class Run:
     """One training run's state; split out of `train` so each step reads on its own."""
 
     def __init__(
-        self, p: TrainParams, chips: ChipsFolder, device: str, encoder_weights: ResolvedWeights | None = None
+        self,
+        p: TrainParams,
+        chips: ChipsFolder,
+        device: str,
+        encoder_weights: ResolvedWeights | None = None,
+        group: Group = LOCAL,
     ) -> None:
         import torch
 
@@ -216,7 +229,7 @@ class Run:
         from ..models.registry import build_model
         from .losses import build_loss
 
-        self.p, self.chips, self.device = p, chips, device
+        self.p, self.chips, self.device, self.group = p, chips, device, group
         self.paths = output_paths(p.output_model)
         torch.manual_seed(p.seed)
         options = effective_model_options(p)
@@ -226,6 +239,8 @@ class Run:
             raise GeoSegError(f"MODEL_OPTIONS: {first_line(e, 400)}.", param="MODEL_OPTIONS") from None
         self.encoder_card = self._init_encoder(encoder_weights)
         self.radius = receptive_field_radius(self.model, chips.in_channels, min(chips.chip_size, 256))
+        if group.enabled and device == "cuda":  # batch statistics over all GPUs' pieces of the batch
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(device)
         if device == "cuda":
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits memory_format
@@ -255,6 +270,20 @@ class Run:
         self.best_epoch = 0
         self.history: list[dict] = []
         self._start_state: dict | None = None  # the state the first epoch of this process starts from
+        self.net: torch.nn.Module = self.model  # what training steps run: DDP over the model (`wrap`)
+        self._wrapped_frozen: bool | None = None
+
+    def wrap(self) -> None:
+        """(Re)wrap the model in DDP for the parameters that train now (every process calls it at the same
+        point: DDP's constructor is a collective). Freezing the encoder changes them, so it wraps again."""
+        frozen = self._encoder_frozen()
+        if self.group.enabled and frozen != self._wrapped_frozen:
+            self.net = self.group.wrap(self.model)
+            self._wrapped_frozen = frozen
+
+    def _encoder_frozen(self) -> bool:
+        encoder = getattr(self.model, "encoder", None)
+        return encoder is not None and not any(q.requires_grad for q in encoder.parameters())
 
     def _init_encoder(self, weights: ResolvedWeights | None) -> dict | None:
         """Load ENCODER_WEIGHTS into the ResNet encoder; the card's `encoder` record (None: no ResNet)."""
@@ -301,31 +330,42 @@ class Run:
             log.info("Epoch %d: encoder %s.", epoch + 1, "frozen" if frozen else "trained")
         for q in encoder.parameters():
             q.requires_grad_(not frozen)
+        self.wrap()
 
     def _build_loaders(self) -> None:
         """(Re)build the loaders for `batch_size` / `val_batch_size` (again after an out-of-memory)."""
         import torch
 
-        b, workers, pin = self.batch_size, self.workers, self.device == "cuda"
-        train_ds = ChipDataset(self.chips, self.chips.train)
-        drop_last = len(train_ds) > b and len(train_ds) % b == 1  # no batch of 1 for BatchNorm
+        from .packed import collate_batch, training_datasets
+
+        workers, pin, world = self.workers, self.device == "cuda", self.group.world
+        train_ds, val_ds = training_datasets(self.chips)  # packed: a batch is one read (core.packed)
+        # batch_size is the global batch; each process loads its piece of it (core.ddp)
+        self.train_sampler = TrainShards(len(train_ds), self.batch_size, world, self.loader_gen)
+        if not self.train_sampler.batches:
+            raise GeoSegError(
+                f"CHIPS: {len(train_ds)} training chip(s) cannot be shared by {world.size} processes; "
+                "export more chips or start fewer processes.",
+                param="CHIPS",
+            )
         self.train_loader: DataLoader[tuple[Tensor, Tensor]] = torch.utils.data.DataLoader(
             _as_dataset(train_ds),
-            batch_size=b,
-            shuffle=True,
-            generator=self.loader_gen,
+            batch_size=self.train_sampler.piece,
+            sampler=self.train_sampler,
+            generator=self.loader_gen,  # the loader draws its base seed here first, as before DDP: same batches
             num_workers=workers,
-            drop_last=drop_last,
             pin_memory=pin,
             persistent_workers=workers > 0,
+            collate_fn=collate_batch,
         )
         self.val_loader: DataLoader[tuple[Tensor, Tensor]] = torch.utils.data.DataLoader(
-            _as_dataset(ChipDataset(self.chips, self.chips.validation or self.chips.train)),
+            _as_dataset(val_ds),
             batch_size=self.val_batch_size,
-            shuffle=False,
+            sampler=ValShards(len(val_ds), self.val_batch_size, world),
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=workers > 0,
+            collate_fn=collate_batch,
         )
         self.steps = len(self.train_loader)
 
@@ -438,9 +478,11 @@ class Run:
         return ModelCard.from_dict(card, "OUTPUT_MODEL")
 
     def resume(self) -> None:
-        for path in self.paths.values():  # temporary files of a killed run (the files themselves are whole)
-            for name in remove_stale_partials(path):
-                log.info("Removed %s, left behind by an interrupted write.", name)
+        """Continue from `.last.pt`, in any number of processes (every process reads it; rank 0 writes)."""
+        if self.group.main:
+            for path in self.paths.values():  # temporary files of a killed run (the files themselves are whole)
+                for name in remove_stale_partials(path):
+                    log.info("Removed %s, left behind by an interrupted write.", name)
         state = load_checkpoint(self.paths["last"], "RESUME")
         missing = [
             k
@@ -476,7 +518,11 @@ class Run:
             self._build_scheduler()
         try:
             self._restore(state)
-            self.scheduler.load_state_dict(state["scheduler"])
+            mine = self.scheduler.state_dict()
+            if all(state["scheduler"].get(k) == mine.get(k) for k in ("total_steps", "T_max")):
+                self.scheduler.load_state_dict(state["scheduler"])
+            else:  # more EPOCHS, or another number of processes cut the last partial batch differently:
+                self._build_scheduler(int(state["epoch"]))  # the schedule over this run's steps, at its epoch
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise GeoSegError(
                 f"RESUME: {self.paths['last']} does not fit this run's model or settings "
@@ -486,8 +532,9 @@ class Run:
         self.best_miou = float(state["best_miou"])
         self.best_epoch = int(state["best_epoch"])
         self.history = [dict(h) for h in state["history"]]
-        self._start_state = state
-        self._complete_outputs(state)
+        self._start_state = None if self.group.enabled else state  # (an OOM restart: one process only)
+        if self.group.main:
+            self._complete_outputs(state)
         log.info(
             "Resuming %s after epoch %d (best val mIoU %.4f at epoch %d).",
             self.paths["model"],
@@ -526,18 +573,22 @@ class Run:
                 "history": self.history,
                 "dataset_sha256": self.chips.sha256,
                 "architecture": self.p.architecture,
-                "batch_size": self.batch_size,
+                "batch_size": self.batch_size,  # the global batch, whatever the number of processes
+                "processes": self.group.world.size,
             },
         )
 
     # ------------------------------------------------------------ epochs
     def _forward(self, x):
+        """Logits of `x`: in training through `self.net` (DDP under torchrun), in evaluation the model itself
+        (no collective: each process validates its own share)."""
         import torch
 
+        net = self.net if self.model.training else self.model
         if self.amp_dtype is not None:
             with torch.autocast("cuda", dtype=self.amp_dtype):
-                return self.model(x)
-        return self.model(x)
+                return net(x)
+        return net(x)
 
     def _loss(self, out, y):
         if isinstance(out, list | tuple):  # deep supervision: every head learns the target
@@ -551,7 +602,10 @@ class Run:
         cancelled: IsCancelled,
         report: Callable[[BatchReport], None] | None = None,
     ) -> float:
-        """One epoch; on out of memory (CUDA, CPU, or over the budget) the epoch restarts at half the batch."""
+        """One epoch; on out of memory (CUDA, CPU, or over the budget) the epoch restarts at half the batch.
+        Under torchrun an out of memory is an error instead: every process would have to halve at once."""
+        if self.group.enabled:
+            return self._train_epoch(epoch, progress, cancelled, report)
         self.remember_start()
         loss, _ = retry_halving_batch(
             lambda _batch: self._train_epoch(epoch, progress, cancelled, report),
@@ -568,61 +622,110 @@ class Run:
         cancelled: IsCancelled,
         report: Callable[[BatchReport], None] | None = None,
     ) -> float:
+        """The steps of one epoch. Under torchrun the processes agree twice a step (core.ddp.Group): when
+        every one holds its piece of the batch, and on the loss (summed: the global batch's mean)."""
         import torch
 
         self.model.train()
         self.set_encoder_frozen(epoch)
-        total, n = 0.0, 0
-        for b, (x, y) in enumerate(self.train_loader):
-            if cancelled():
-                raise Cancelled(self._cancel_message(epoch, b))
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
-            if self.p.augment:
-                x, y = augment_batch(x, y, self.aug_gen)
-            if self.device == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self.budget_mb > 0:
-                check_budget(self.step_bytes(x.shape[0]), self.budget_mb, f"A training step at batch size {x.shape[0]}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(self._forward(x), y)
-            if not torch.isfinite(loss):
-                raise GeoSegError(
-                    f"Training diverged (loss is {loss.item()}) at epoch {epoch + 1}; lower "
-                    "LEARNING_RATE or check the chips for extreme values."
-                )
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
-            self.scheduler.step()
-            total += loss.item() * x.shape[0]
-            n += x.shape[0]
+        total, n = 0.0, 0.0
+        batches = iter(self.train_loader)
+        for b in range(self.steps):
+            try:
+                if cancelled():
+                    raise Cancelled(self._cancel_message(epoch, b))
+                x, y = self._next_batch(batches)
+            except BaseException as e:  # noqa: BLE001  (every process must hear of it)
+                self._stop(e)
+            self.group.barrier()
+            try:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._loss(self._forward(x), y)
+                if not torch.isfinite(loss):
+                    raise GeoSegError(
+                        f"Training diverged (loss is {loss.item()}) at epoch {epoch + 1}; lower "
+                        "LEARNING_RATE or check the chips for extreme values."
+                    )
+            except BaseException as e:  # noqa: BLE001
+                self._stop(e)
+            loss_sum, count = (float(v) for v in self.group.sums((loss.item() * x.shape[0], x.shape[0])))
+            self._backward(loss)
+            total += loss_sum
+            n += count
             progress((epoch + (b + 1) / self.steps) / self.p.epochs)
             if report is not None:
-                report(BatchReport(epoch + 1, self.p.epochs, b + 1, self.steps, loss.item()))
+                report(BatchReport(epoch + 1, self.p.epochs, b + 1, self.steps, loss_sum / count))
+        next(batches, None)  # the loader's end (its sampler has drawn the epoch's permutations)
         return total / max(n, 1)
 
+    def _next_batch(self, batches):
+        """This process's next piece of the batch, on the device, augmented, within the memory budget."""
+        import torch
+
+        x, y = next(batches)
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.p.augment:
+            x, y = augment_shard(x, y, self.aug_gen, self.group.world)
+        if self.device == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.budget_mb > 0:
+            check_budget(self.step_bytes(x.shape[0]), self.budget_mb, f"A training step at batch size {x.shape[0]}")
+        return x, y
+
+    def _backward(self, loss) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+
+    def _stop(self, e: BaseException) -> NoReturn:
+        """Raise `e` here and make every other process stop too; under torchrun an out of memory becomes a
+        clear error (one process cannot halve the batch on its own)."""
+        if self.group.enabled and not isinstance(e, GeoSegError) and is_out_of_memory(e):
+            e = GeoSegError(
+                f"Out of memory at {self.train_sampler.piece} chips per process ({first_line(e)}). With several "
+                "processes GeoSeg does not halve the batch (they would all have to, at the same step): lower "
+                "BATCH_SIZE, or use a smaller model or smaller chips.",
+                param="BATCH_SIZE",
+            )
+        self.group.fail(e)
+
     def validate_epoch(self, cancelled: IsCancelled, epoch: int) -> tuple[float, np.ndarray]:
-        """Validation changes no state, so after an out of memory it simply runs again at half the batch."""
+        """Validation changes no state, so after an out of memory it simply runs again at half the batch
+        (one process; under torchrun it is an error, as in training)."""
 
         def smaller(batch: int) -> None:
             self.val_batch_size = batch
             self._build_loaders()
 
+        if self.group.enabled:
+            return self._validate_epoch(cancelled, epoch)
         result, _ = retry_halving_batch(
             lambda _batch: self._validate_epoch(cancelled, epoch), self.val_batch_size, "validation", smaller
         )
         return result
 
     def _validate_epoch(self, cancelled: IsCancelled, epoch: int) -> tuple[float, np.ndarray]:
+        """(mean loss, confusion matrix) over the validation chips: each process its share of the batches
+        (with rank 0's BatchNorm statistics, the model that is saved), summed over the processes."""
+        k = len(self.chips.classes)
+        self.group.share_buffers(self.model)
+        try:
+            total, n, cm = self._validate_share(cancelled, epoch, k)
+        except BaseException as e:  # noqa: BLE001
+            self._stop(e)
+        sums = self.group.sums(np.concatenate([[total, n], cm.ravel()]))
+        return float(sums[0]) / max(float(sums[1]), 1.0), np.rint(sums[2:]).astype(np.int64).reshape(k, k)
+
+    def _validate_share(self, cancelled: IsCancelled, epoch: int, k: int) -> tuple[float, int, np.ndarray]:
         import torch
 
         self.model.eval()
-        k = len(self.chips.classes)
         cm = np.zeros((k, k), dtype=np.int64)
         total, n = 0.0, 0
         with torch.inference_mode():
@@ -637,7 +740,7 @@ class Run:
                 total += self.loss_fn(out, y).item() * x.shape[0]
                 n += x.shape[0]
                 cm += confusion_matrix(y.cpu().numpy(), out.argmax(1).cpu().numpy(), k, IGNORE_INDEX)
-        return total / max(n, 1), cm
+        return total, n, cm
 
     def _cancel_message(self, epoch: int, batch: int | None) -> str:
         step = "during validation" if batch is None else f"batch {batch + 1}"

@@ -8,30 +8,43 @@ the stride), and the ONNX graph keeps symbolic height and width (no Python branc
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+def norm_layer(channels: int, norm: str = "batch") -> nn.Module:
+    """BatchNorm, or GroupNorm (groups of the channels, at most 32): GroupNorm normalises each sample on
+    its own, so a step gives the same result however the batch is split (several GPUs, small batches)."""
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(channels, 32), channels)
+    return nn.BatchNorm2d(channels)
+
+
 def conv_bn_relu(
-    in_ch: int, out_ch: int, batch_norm: bool = True, kernel_size: int = 3, dilation: int = 1
+    in_ch: int, out_ch: int, batch_norm: bool = True, kernel_size: int = 3, dilation: int = 1, norm: str = "batch"
 ) -> nn.Sequential:
-    """Conv → (BN) → ReLU; the conv has no bias when BN follows (BN's shift replaces it)."""
+    """Conv → (norm) → ReLU; the conv has no bias when a norm follows (the norm's shift replaces it).
+    `batch_norm` switches normalisation on; `norm` says which ("batch" or "group")."""
     padding = dilation * (kernel_size // 2)
     layers: list[nn.Module] = [
         nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, dilation=dilation, bias=not batch_norm)
     ]
     if batch_norm:
-        layers.append(nn.BatchNorm2d(out_ch))
+        layers.append(norm_layer(out_ch, norm))
     layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3×3 conv-(BN)-ReLU layers: the U-Net block."""
+    """Two 3×3 conv-(norm)-ReLU layers: the U-Net block."""
 
-    def __init__(self, in_ch: int, out_ch: int, batch_norm: bool = True) -> None:
-        super().__init__(conv_bn_relu(in_ch, out_ch, batch_norm), conv_bn_relu(out_ch, out_ch, batch_norm))
+    def __init__(self, in_ch: int, out_ch: int, batch_norm: bool = True, norm: str = "batch") -> None:
+        super().__init__(
+            conv_bn_relu(in_ch, out_ch, batch_norm, norm=norm), conv_bn_relu(out_ch, out_ch, batch_norm, norm=norm)
+        )
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

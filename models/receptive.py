@@ -42,7 +42,9 @@ def receptive_field_radius(model: nn.Module, in_channels: int, size: int = 256, 
     logits at the centre pixel of a size×size input is back-propagated.
 
     The result is capped at size // 2: a model with global context (DeepLabv3+'s image pooling)
-    or a field wider than the probe returns the cap; probe with a larger `size` to tell.
+    or a field wider than the probe returns the cap; probe with a larger `size` to tell. The model
+    card records a radius at the cap as `recommended.global_context` (core.card.recommended_tiling),
+    and segment then keeps the trained chip size (core.tiling).
     """
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")

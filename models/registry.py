@@ -80,6 +80,7 @@ _SPECS: dict[str, tuple[str, str, dict[str, tuple[Any, Callable[[Any], Any]]]]] 
             "dropout": (0.0, _dropout),
             "encoder": ("none", _choice("none", *RESNET_ENCODERS)),
             "encoder_weights": (None, _path_or_none),
+            "norm": ("batch", _choice("batch", "group")),
         },
     ),
     "unetpp": (

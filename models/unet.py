@@ -13,8 +13,8 @@ With `encoder` a ResNet (`build_unet`, the registry's "unet"), the encoder is th
 the decoder is segmentation-models-pytorch's Unet decoder: five stages, each a ×2 nearest
 upsampling, concatenation with the ResNet feature map of that scale (layer3, layer2, layer1, the
 stem; none at full resolution) and two 3×3 conv-BN-ReLU; widths base_width·(8, 4, 2, 1, ½) —
-smp's (256, 128, 64, 32, 16) at the default base_width 32. `depth` and `batch_norm` belong to
-the plain UNet and are not used (the ResNet has five stages and batch norm throughout).
+smp's (256, 128, 64, 32, 16) at the default base_width 32. `depth`, `batch_norm` and `norm` belong
+to the plain UNet and are not used (the ResNet has five stages and batch norm throughout).
 """
 
 from __future__ import annotations
@@ -45,25 +45,32 @@ class UNet(nn.Module):
         base_width: int = 32,
         batch_norm: bool = True,
         dropout: float = 0.0,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
-        self.options = {"depth": depth, "base_width": base_width, "batch_norm": batch_norm, "dropout": dropout}
+        self.options = {
+            "depth": depth,
+            "base_width": base_width,
+            "batch_norm": batch_norm,
+            "dropout": dropout,
+            "norm": norm,
+        }
         self.stride = 2**depth
         widths = [base_width * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList()
         ch = in_channels
         for w in widths[:-1]:
-            self.encoder.append(DoubleConv(ch, w, batch_norm))
+            self.encoder.append(DoubleConv(ch, w, batch_norm, norm))
             ch = w
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = DoubleConv(ch, widths[-1], batch_norm)
+        self.bottleneck = DoubleConv(ch, widths[-1], batch_norm, norm)
         self.bottleneck_dropout = _dropout(dropout)
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         self.decoder_dropout = nn.ModuleList()
         for level in reversed(range(depth)):
             self.up.append(nn.ConvTranspose2d(widths[level + 1], widths[level], kernel_size=2, stride=2))
-            self.decoder.append(DoubleConv(2 * widths[level], widths[level], batch_norm))
+            self.decoder.append(DoubleConv(2 * widths[level], widths[level], batch_norm, norm))
             self.decoder_dropout.append(_dropout(dropout) if level > 0 else nn.Identity())
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
         init_weights(self)
@@ -138,10 +145,13 @@ def build_unet(
     dropout: float = 0.0,
     encoder: str = "none",
     encoder_weights: str | None = None,
+    norm: str = "batch",
 ) -> nn.Module:
     """The registry's "unet": the plain U-Net, or with `encoder` a ResNet name, `ResNetUNet`."""
     if encoder == "none":
         if encoder_weights:
             raise ValueError("encoder_weights need a ResNet encoder (set encoder to resnet18, resnet34 or resnet50)")
-        return UNet(in_channels, num_classes, depth, base_width, batch_norm, dropout)
+        return UNet(in_channels, num_classes, depth, base_width, batch_norm, dropout, norm)
+    if norm != "batch":
+        raise ValueError("norm group applies to the plain UNet; the ResNet encoder uses batch norm")
     return ResNetUNet(in_channels, num_classes, encoder, encoder_weights, base_width, dropout)

@@ -16,19 +16,16 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from qgis.core import (
-    QgsCoordinateReferenceSystem,
-    QgsCoordinateTransform,
     QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
-    QgsRectangle,
     QgsVectorLayer,
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
-from ..adapter.layers import gdal_raster_source, is_web, raster_source
+from ..adapter.layers import COPY_PREFIX, LayerCopy, copied_then, is_web, layer_source, raster_source
 from ..adapter.style import (
     apply_class_style,
     apply_vector_class_style,
@@ -135,6 +132,7 @@ class SegmentDialog(GeoSegDialog):
         self.last_probabilities_layer: QgsRasterLayer | None = None
         self.last_vector_layer: QgsVectorLayer | None = None
         self._input_name = ""
+        self._copy: LayerCopy | None = None  # a layer's copy prepared by params(), written by the next task
         self._setup()
 
     # ---------------------------------------------------------------- layout
@@ -244,6 +242,7 @@ class SegmentDialog(GeoSegDialog):
         )
         self.deviceInfo.setWordWrap(True)
         self.deviceInfo.setText("\n".join(deps.summary_lines(deps.device_summary())))
+        self._add_tiling_info(tiling)
 
         output = self._group(right, "Output")
         self.outputFile = self._add(
@@ -388,6 +387,47 @@ class SegmentDialog(GeoSegDialog):
             except Exception as e:  # noqa: BLE001  (only a hint: an unreadable raster must not break the form)
                 warnings.append(str(e))
         self.warningLabel.setText("\n".join(warnings))
+        self._update_tiling_info()
+
+    # ---------------------------------------------------------------- tiling message (issue 18)
+    def _add_tiling_info(self, form: Any) -> None:
+        """The line saying which tiling a run would use and how often it computes each pixel."""
+        self.tilingInfo = self._add(
+            form,
+            None,
+            QLabel(self),
+            "tilingInfo",
+            "The tiling a run would use (a local model gets large tiles with a crop just above its receptive "
+            "field) and how many times each pixel is computed, against the old default stride of half a chip.",
+        )
+        self.tilingInfo.setWordWrap(True)
+        for name in ("chip_size", "stride_x", "stride_y", "crop", "batch_size", "memory_budget_mb"):
+            self.fields[name].valueChanged.connect(self._update_tiling_info)
+        self.fields["device"].currentIndexChanged.connect(self._update_tiling_info)
+
+    def _update_tiling_info(self, *_: Any) -> None:
+        """core.tiling.describe of core.predict.tiling_plan for the chosen model, layer and values (the model
+        is probed once per file), or nothing when they do not allow a run yet."""
+        if not hasattr(self, "tilingInfo"):  # a change while the form is still being built
+            return
+        text = ""
+        layer, model = self.inputLayer.currentLayer(), self.modelFile.filePath().strip()
+        if self.card is not None and layer is not None and layer.providerType() == "gdal" and model:
+            from ..core.predict import tiling_plan
+            from ..core.tiling import describe
+
+            try:
+                p = SegmentParams(
+                    input_path=raster_source(layer),
+                    model_path=model,
+                    output_path="",
+                    card_path=self.cardFile.filePath().strip() or None,
+                    **self.field_values(),
+                )
+                text = describe(tiling_plan(p))
+            except Exception:  # noqa: BLE001  (only a hint: the run's own checks report what is wrong)
+                text = ""
+        self.tilingInfo.setText(text)
 
     def use_recommended_tiling(self) -> None:
         """Chip size, strides and crop from the card's `recommended` (crop covers the receptive field)."""
@@ -407,7 +447,7 @@ class SegmentDialog(GeoSegDialog):
         values = self.field_values()
         if layer is not None and is_web(layer) and not values.get("extent"):
             values["extent"] = self._canvas_extent()  # a web layer's own extent is the whole world
-        input_path = self._about("INPUT", self._layer_source, layer, values.get("extent"))
+        input_path = self._about("INPUT", self._layer_source, layer, values)
         model = self.modelFile.filePath().strip()
         if not model:
             raise GeoSegError("Model: choose a GeoSeg model (.onnx or .pt) written by Train model.", param="MODEL")
@@ -433,32 +473,27 @@ class SegmentDialog(GeoSegDialog):
         text = f"{r.xMinimum()!r},{r.xMaximum()!r},{r.yMinimum()!r},{r.yMaximum()!r}"
         return f"{text} [{crs.authid()}]" if crs.authid() else text
 
-    def _layer_source(self, layer: QgsRasterLayer | None, extent: str | None) -> str:
-        """GDAL source of the chosen layer; a layer only QGIS can read is copied over EXTENT first."""
+    def _layer_source(self, layer: QgsRasterLayer | None, values: dict[str, Any]) -> str:
+        """GDAL source of the chosen layer. A layer only QGIS can read is not copied here: its copy over
+        EXTENT is prepared (`self._copy`, adapter.layers) and written by the task, with progress and cancel."""
+        self._copy = None
         if layer is None or layer.providerType() == "gdal":
             return raster_source(layer)
-        area = None
-        if extent:
-            from ..core.extent import parse_extent
-
-            xmin, xmax, ymin, ymax, crs = parse_extent(extent)
-            area = QgsRectangle(xmin, ymin, xmax, ymax)
-            if crs:
-                transform = QgsCoordinateTransform(
-                    QgsCoordinateReferenceSystem(crs), layer.crs(), QgsProject.instance()
-                )
-                area = transform.transformBoundingBox(area)
-        folder = tempfile.mkdtemp(prefix="geoseg-layer-")
+        folder = tempfile.mkdtemp(prefix=COPY_PREFIX)
         self._temp_dirs.append(folder)
-        return gdal_raster_source(layer, "Input raster", area, None, folder)
+        path, self._copy = layer_source(
+            layer, folder, values.get("extent"), values.get("resolution", "auto"), values.get("pixel_size"), self.card
+        )
+        return path
 
     def _checked_params(self) -> SegmentParams:
         """Core's preflight: values, outputs (.tif, new, distinct), card, band count and tiling, before any
-        work starts."""
-        from ..core.predict import preflight
+        work starts; for a layer still to be copied only what needs no raster (core.predict.check_params):
+        the task's segment() checks the rest on the copy, and its error marks the field like this one."""
+        from ..core.predict import check_params, preflight
 
         p = self.params()
-        preflight(p)
+        (preflight if self._copy is None else check_params)(p)
         return p
 
     # ---------------------------------------------------------------- running
@@ -467,13 +502,22 @@ class SegmentDialog(GeoSegDialog):
 
         layer = self.inputLayer.currentLayer()
         self._input_name = layer.name() if layer is not None else os.path.basename(p.input_path)
+        func, self._copy = (segment if self._copy is None else copied_then(self._copy, segment)), None
         return CoreTask(
             f"GeoSeg: segment {self._input_name} → {os.path.basename(p.output_path)}",
-            segment,
+            func,
             p,
             self._on_success,
             self._on_error,
         )
+
+    def _on_error(self, message: str) -> None:
+        """As every dialog reports a failed task, and the field of the parameter core's error names is marked,
+        as preflight marks it (checks of a layer copy run in the task)."""
+        param = self.task.error_param if self.task is not None else None
+        super()._on_error(message)
+        if not sip.isdeleted(self):
+            self.mark_field(param)
 
     def _success_text(self, result: Any) -> str:
         text = (

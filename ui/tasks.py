@@ -39,6 +39,7 @@ class CoreTask(QgsTask):
         self.on_error = on_error
         self.result: Any = None
         self.error: str | None = None
+        self.error_param: str | None = None  # the parameter a GeoSegError names (the dialog marks its field)
 
     def run(self) -> bool:
         try:
@@ -47,7 +48,7 @@ class CoreTask(QgsTask):
             )
             return True
         except GeoSegError as e:  # Cancelled included: its message says nothing was written
-            self.error = str(e)
+            self.error, self.error_param = str(e), e.param
         except Exception as e:  # noqa: BLE001  (a worker must never raise into QGIS)
             self.error = f"Unexpected error: {e}"
             LOG.error("%s failed:\n%s", self.description(), traceback.format_exc())

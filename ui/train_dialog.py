@@ -8,6 +8,7 @@ torch is imported only when the dialog is built (the plugin must load without it
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -21,6 +22,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -29,6 +31,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core import options
 from ..core.dataset import check_chips_folder
+from ..core.ddp import per_rank_batch
 from ..core.device import resolve_device
 from ..core.errors import GeoSegError
 from ..core.options import (
@@ -36,6 +39,7 @@ from ..core.options import (
     ARCHITECTURES,
 )
 from ..core.reports import BatchReport, EpochReport, TrainResult
+from ..core.torchrun import train_torchrun
 from ..core.train import TrainParams, train, validate
 from .base_dialog import ERROR_STYLE, GeoSegDialog
 from .settings import apply_defaults
@@ -113,6 +117,19 @@ class TrainDialog(GeoSegDialog):
         apply_defaults(self.device, self.batchSize)  # GeoSeg ▸ Settings; remembered values override them
         self.deviceLabel = self._add(data, "", QLabel(self), "deviceLabel", "What Auto resolves to on this machine.")
         self.deviceLabel.setWordWrap(True)
+        # several GPUs: torchrun in a child process (core.torchrun); the row is shown only when there are
+        self.gpus = self._add(
+            data,
+            "Several GPUs",
+            QSpinBox(self),
+            "gpus",
+            "Train on this many GPUs at once: torchrun starts one process per GPU and each takes BATCH_SIZE / N "
+            "chips of every batch. 1: train inside QGIS.",
+        )
+        self.gpus.setPrefix("Use ")
+        self.gpus.setSuffix(" GPU(s)")
+        self.gpusLabel = data.labelForField(self.gpus)
+        self.show_gpus(0)
         self.seed = self._field(data, "seed", "seed", "seed")
         self.outputModel = self._add(
             data,
@@ -186,10 +203,18 @@ class TrainDialog(GeoSegDialog):
             where = f"CUDA GPU ({torch.cuda.get_device_name(0)})" if cuda else "CPU (torch sees no GPU)"
             self.deviceLabel.setText(f"Auto trains on the {where}; torch {torch.__version__}.")
             self.torch_ok = True
+            self.show_gpus(torch.cuda.device_count() if cuda else 0)
         except Exception:  # noqa: BLE001  (a missing or broken torch must not break the dialog)
             self.torch_ok = False
             self.deviceLabel.setText(TORCH_MISSING)
             self.deviceLabel.setStyleSheet(ERROR_STYLE)
+
+    def show_gpus(self, count: int) -> None:
+        """The "Use N GPUs" row, when torch sees more than one GPU (1 to `count`; 1, in QGIS, by default)."""
+        self.gpus.setRange(1, max(1, count))
+        for widget in (self.gpus, self.gpusLabel):
+            if widget is not None:
+                widget.setVisible(count > 1)
 
     def _can_run(self) -> bool:
         return self.torch_ok
@@ -219,6 +244,8 @@ class TrainDialog(GeoSegDialog):
         p = self.params()
         check_chips_folder(p.chips_dir)  # core's own folder checks (the full dataset check runs in the task)
         validate(p)  # names, ranges, model options, existing outputs (never overwrite), resume state
+        if self.gpus.value() > 1:
+            per_rank_batch(p.batch_size, self.gpus.value())  # BATCH_SIZE is shared by the GPUs
         resolve_device(p.device)  # torch is already imported: only asks whether CUDA is there
         return p
 
@@ -232,9 +259,11 @@ class TrainDialog(GeoSegDialog):
         self._reporter = _Reporter()
         self._reporter.epoch.connect(self._on_epoch)
         self._reporter.batch.connect(self._on_batch)
+        gpus = self.gpus.value()
         return CoreTask(
-            f"GeoSeg: train {self.architecture.currentText()} → {os.path.basename(p.output_model)}",
-            train,
+            f"GeoSeg: train {self.architecture.currentText()} → {os.path.basename(p.output_model)}"
+            + (f" on {gpus} GPUs" if gpus > 1 else ""),
+            train if gpus <= 1 else functools.partial(train_torchrun, processes=gpus),
             p,
             self._on_success,
             self._on_error,

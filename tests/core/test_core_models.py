@@ -73,6 +73,7 @@ def test_registry_names_match_core_options_and_defaults_are_json() -> None:
         "dropout": 0.0,
         "encoder": "none",  # the plain UNet stays the default (issue 15)
         "encoder_weights": None,
+        "norm": "batch",  # GroupNorm on request (issue 19: the same step however the batch is split)
     }
     assert default_options("deeplabv3plus")["atrous_rates"] == [6, 12, 18]
     assert tuple(RESNET_LAYOUTS) == RESNET_ENCODERS
@@ -228,3 +229,18 @@ def test_receptive_field_radius() -> None:
     assert receptive_field_radius(unet, 3, size=64) > 16
     assert unet.training and next(unet.parameters()).dtype == torch.float32
     assert receptive_field_radius(build_model("deeplabv3plus", 3, 2, decoder_channels=8), 3, size=64) == 32
+
+
+def test_unet_group_norm_is_per_sample() -> None:
+    """MODEL_OPTIONS {"norm": "group"}: GroupNorm layers, and a sample's logits do not depend on the rest of
+    its batch in training mode (BatchNorm's do): what makes a run split over several GPUs equal one process."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    group = build_model("unet", 3, 2, depth=2, base_width=4, norm="group").train()
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in group.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in group.modules())
+    torch.testing.assert_close(group(x)[:2], group(x[:2]))
+    batch = build_model("unet", 3, 2, depth=2, base_width=4).train()
+    assert not torch.allclose(batch(x)[:2], batch(x[:2]))
+    with pytest.raises(ValueError, match="norm group applies to the plain UNet"):
+        build_model("unet", 3, 2, encoder="resnet18", norm="group")

@@ -216,14 +216,16 @@ def test_bad_inputs(scene, trained, tmp_path):
     export_onnx(conv_stack(classes=5), 3, wrong, metadata={CARD_KEY: json.dumps(card())})
     existing = tmp_path / "exists.tif"
     existing.write_bytes(b"mine")
+    o = str(tmp_path / "o.tif")
+    # a local model's default chip here is 128 (the raster's shorter side, core.tiling), not the card's 32
     cases = [
         (SegmentParams(one_band, model, str(tmp_path / "o.tif")), "INPUT has 1 band, but the model was trained on 3"),
         (SegmentParams(twelve, model, str(tmp_path / "o.tif")), "INPUT has 12 bands"),
         (SegmentParams(raster, str(corrupt), str(tmp_path / "o.tif")), "is not a valid ONNX model"),
         (SegmentParams(raster, bare, str(tmp_path / "o.tif")), "carries no GeoSeg model card"),
-        (SegmentParams(raster, wrong, str(tmp_path / "o.tif")), r"returns shape \[1, 5, 32, 32\].*lists 3 classes"),
-        (SegmentParams(raster, model, str(tmp_path / "o.tif"), stride_x=30, crop=4), r"STRIDE_X \(30\) must be"),
-        (SegmentParams(raster, model, str(tmp_path / "o.tif"), crop=16), "CROP must be"),
+        (SegmentParams(raster, wrong, str(tmp_path / "o.tif")), r"returns shape \[1, 5, 128, 128\].*lists 3 classes"),
+        (SegmentParams(raster, model, o, chip_size=32, stride_x=30, crop=4), r"STRIDE_X \(30\) must be"),
+        (SegmentParams(raster, model, o, chip_size=32, crop=16), "CROP must be"),
         (SegmentParams(raster, model, "/sys/geoseg/o.tif"), "OUTPUT: cannot"),
         (SegmentParams(raster, model, str(existing)), "already exists"),
         (SegmentParams(raster, model, str(tmp_path / "o.png")), "must be a GeoTIFF"),

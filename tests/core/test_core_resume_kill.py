@@ -25,10 +25,9 @@ import pytest
 import torch
 
 from geoseg.core.checkpoint import load_checkpoint
-from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.errors import GeoSegError
 from geoseg.core.train import TrainParams, output_paths, train
-from tests.support.helpers import make_raster, standard_labels
+from tests.support.chips import make_chips
 
 EPOCHS = 4
 TINY = {"base_width": 4, "depth": 2}
@@ -85,21 +84,7 @@ train(TrainParams(chips, model, epochs=EPOCHS, batch_size=4, device="cpu", seed=
 
 @pytest.fixture(scope="module")
 def chips(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("killchips")
-    raster = str(root / "r.tif")
-    make_raster(raster, 128, 96, bands=3)
-    out = str(root / "chips")
-    export_chips(
-        ExportParams(
-            raster,
-            standard_labels(str(root / "l.gpkg")),
-            out,
-            class_field="cls",
-            chip_size=32,
-            validation_fraction=0.25,
-        )
-    )
-    return out
+    return make_chips(str(tmp_path_factory.mktemp("killchips")), 128, 96, bands=3)
 
 
 def params(chips: str, folder, **kw) -> TrainParams:

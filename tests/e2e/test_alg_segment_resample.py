@@ -45,13 +45,16 @@ def test_utm_model_on_a_degree_raster(scene, tmp_path):
 def test_half_metre_raster_with_a_metre_model(scene, tmp_path, grid, size):
     _, half, one, model = scene
     out = str(tmp_path / "c.tif")
-    tiles = run(INPUT=half, MODEL=model, OUTPUT=out, OUTPUT_GRID=grid)
+    # the card's chip with the old default strides: tile counts then measure the grid read (issue 18's default
+    # tiling would fit this local model's chip to each raster, one tile each)
+    fixed = {"CHIP_SIZE": 32, "STRIDE_X": 16, "STRIDE_Y": 16, "CROP": 4}
+    tiles = run(INPUT=half, MODEL=model, OUTPUT=out, OUTPUT_GRID=grid, **fixed)
     ds = gdal.Open(out)
     assert (ds.RasterXSize, ds.RasterYSize, ds.GetGeoTransform()[1]) == (size, size, 128 / size)
     # read at 1 m: as many tiles as the 1 m scene (a quarter of 0.5 m's), and the same map
     direct = str(tmp_path / "direct.tif")
-    assert tiles == run(INPUT=one, MODEL=model, OUTPUT=direct)
-    assert tiles < run(INPUT=half, MODEL=model, OUTPUT=str(tmp_path / "own.tif"), RESOLUTION=1) / 3
+    assert tiles == run(INPUT=one, MODEL=model, OUTPUT=direct, **fixed)
+    assert tiles < run(INPUT=half, MODEL=model, OUTPUT=str(tmp_path / "own.tif"), RESOLUTION=1, **fixed) / 3
     ref = warp_like(direct, out, str(tmp_path / "ref.tif"))
     keep = away_from_edges(ref)
     assert (ds.ReadAsArray()[keep] == ref[keep]).mean() >= 0.99

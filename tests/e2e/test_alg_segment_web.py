@@ -1,12 +1,10 @@
-"""Issue 17 (any raster layer): an XYZ layer from a tile server on 127.0.0.1 segmented over an EXTENT
-through scripts/qgis_process equals the same pixels segmented from a GeoTIFF; a layer QGIS reads block
-by block is copied exactly; TTA=2 with an equivariant model equals TTA=0."""
+"""Issue 17 (any raster layer): an XYZ layer from a tile server and a WMS layer, both on 127.0.0.1
+(tests.support.web_servers), segmented over an EXTENT through scripts/qgis_process equal the same pixels
+segmented from a GeoTIFF; TTA=2 with an equivariant model equals TTA=0."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from geoseg.models.export import export_onnx
 from tests.core.test_core_predict import card
 from tests.core.test_core_regions import conv_stack, symmetric_stack
 from tests.support.helpers import make_raster, qgis_process
+from tests.support.web_servers import WmsScene, png, serve, xyz_tiles
 
 Z, TX, TY, NX, NY = 16, 35200, 21500, 3, 2  # zoom level and the block of tiles served
 HALF = 20037508.342789244
@@ -32,52 +31,17 @@ def _scene() -> np.ndarray:
     return np.clip(np.stack(bands), 0, 255).astype(np.uint8)
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    mem = gdal.GetDriverByName("MEM").Create("", 256, 256, 3, gdal.GDT_Byte)
-    for b in range(3):
-        mem.GetRasterBand(b + 1).WriteArray(pixels[b])
-    gdal.GetDriverByName("PNG").CreateCopy("/vsimem/tile.png", mem)
-    f = gdal.VSIFOpenL("/vsimem/tile.png", "rb")
-    gdal.VSIFSeekL(f, 0, 2)
-    size = gdal.VSIFTellL(f)
-    gdal.VSIFSeekL(f, 0, 0)
-    data = gdal.VSIFReadL(1, size, f)
-    gdal.VSIFCloseL(f)
-    gdal.Unlink("/vsimem/tile.png")
-    return bytes(data)
-
-
 @pytest.fixture(scope="module")
 def tile_server():
     """PNG tiles of `_scene` at level Z on 127.0.0.1 (404 elsewhere); stopped after the module."""
     scene = _scene()
     tiles = {
-        f"/{Z}/{TX + i}/{TY + j}.png": _png(scene[:, j * 256 : (j + 1) * 256, i * 256 : (i + 1) * 256])
+        f"/{Z}/{TX + i}/{TY + j}.png": png(scene[:, j * 256 : (j + 1) * 256, i * 256 : (i + 1) * 256])
         for i in range(NX)
         for j in range(NY)
     }
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = tiles.get(self.path.split("?")[0])
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", scene
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve(xyz_tiles(tiles)) as url:
+        yield url, scene
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +78,30 @@ def test_xyz_layer_equals_the_file(tile_server, models, tmp_path):
     assert web.GetGeoTransform() == pytest.approx(file.GetGeoTransform())
     assert np.array_equal(web.ReadAsArray(), file.ReadAsArray())
     assert len(np.unique(file.ReadAsArray())) > 1
+
+
+def test_wms_layer_equals_the_file(models, tmp_path):
+    """A one-layer WMS (tests.support.web_servers) in EPSG:3857 read at the scene's own pixel size: the
+    copy Processing makes of it holds the file's pixels, so the class maps are equal."""
+    scene, reference = _scene(), str(tmp_path / "scene.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(reference, scene.shape[2], scene.shape[1], 3, gdal.GDT_Byte)
+    ds.SetGeoTransform(GT)
+    ds.SetProjection(_epsg3857())
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(scene[b])
+    ds = None
+    wms = WmsScene(scene, GT[0], GT[3], PIXEL, "EPSG:3857")
+    x0, y0 = GT[0] + 40 * PIXEL, GT[3] - 30 * PIXEL  # on pixel edges: the copy's grid is the scene's
+    extent = f"{x0!r},{x0 + 400 * PIXEL!r},{y0 - 250 * PIXEL!r},{y0!r} [EPSG:3857]"
+    common = ["RESOLUTION=2", f"PIXEL_SIZE={PIXEL!r}", "CHIP_SIZE=32", "STRIDE_X=24", "STRIDE_Y=24", "CROP=4"]
+    common += [f"EXTENT={extent}", f"MODEL={models}"]
+    with serve(wms) as url:
+        _run(f"INPUT=wms://{wms.layer_uri(url)}", f"OUTPUT={tmp_path / 'wms.tif'}", *common)
+    _run(f"INPUT={reference}", f"OUTPUT={tmp_path / 'file.tif'}", *common)
+    web, file = gdal.Open(str(tmp_path / "wms.tif")), gdal.Open(str(tmp_path / "file.tif"))
+    assert wms.requests and (file.RasterXSize, file.RasterYSize) == (400, 250)
+    assert web.GetGeoTransform() == pytest.approx(file.GetGeoTransform())
+    assert np.array_equal(web.ReadAsArray(), file.ReadAsArray()) and len(np.unique(file.ReadAsArray())) > 1
 
 
 def test_tta_all_views_with_an_equivariant_model_equals_none(models, tmp_path):

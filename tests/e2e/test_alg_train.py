@@ -12,9 +12,9 @@ import torch
 from qgis.core import QgsProcessingException
 
 from geoseg.core.card import CARD_KEY, ModelCard
-from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.options import ARCHITECTURES
-from tests.support.helpers import make_raster, qgis_process, standard_labels, tree_snapshot
+from tests.support.chips import make_chips
+from tests.support.helpers import qgis_process, tree_snapshot
 
 TINY = {
     "unet": {"base_width": 4, "depth": 2},
@@ -26,21 +26,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def chips(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("trainchips")
-    raster = str(root / "r.tif")
-    make_raster(raster, 128, 96, bands=4)
-    out = str(root / "chips")
-    export_chips(
-        ExportParams(
-            raster,
-            standard_labels(str(root / "l.gpkg")),
-            out,
-            class_field="cls",
-            chip_size=32,
-            validation_fraction=0.25,
-        )
-    )
-    return out
+    return make_chips(str(tmp_path_factory.mktemp("trainchips")), 128, 96, bands=4)
 
 
 def outputs(stdout: str) -> dict[str, str]:

@@ -98,7 +98,7 @@ def test_constructs_with_tooltips_and_defaults(dialog):
     assert (dialog.chipSize.value(), dialog.strideX.value(), dialog.strideY.value()) == (0, 0, 0)
     assert dialog.crop.value() == -1 and dialog.batchSize.value() == 8
     assert dialog.memoryBudget.value() == 0 and dialog.memoryBudget.text() == "none"
-    assert dialog.chipSize.text() == "from model" and "chip / 8" in dialog.crop.text()
+    assert dialog.chipSize.text() == "automatic" and dialog.crop.text() == "automatic"
     assert dialog.addToMap.isChecked()
     assert dialog.card is None and not dialog.recommendedButton.isEnabled()
     assert dialog.warningLabel.text() == ""
@@ -181,6 +181,35 @@ def test_resolution_choice_changes_the_plan_shown(dialog, model, layers):
     dialog.fields["resolution"].setCurrentIndex(1)
     assert "pixel size (10 × 10)" in dialog.warningLabel.text() and "will read" not in dialog.warningLabel.text()
     dialog.fields["resolution"].setCurrentIndex(0)
+
+
+def test_tiling_message_shows_the_overlap_of_the_chosen_tiling(dialog, model, tmp_path, qgis_iface):
+    """Issue 18: the dialog shows core.tiling.describe of the tiling a run would use: for the tiny local
+    model (its card has a radius but no global-context flag: probed) on a 300 × 200 raster, large tiles
+    that compute each pixel 1.4× instead of 4×; explicit values change the message at once."""
+    from geoseg.core.predict import tiling_plan
+    from geoseg.core.tiling import describe
+
+    path = str(tmp_path / "large.tif")
+    make_raster(path, 300, 200, bands=3, dtype=gdal.GDT_Byte, nodata=None)
+    layer = QgsRasterLayer(path, "large", "gdal")
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        assert dialog.tilingInfo.text() == ""  # no model, no layer: nothing to say
+        setup(dialog, layer, model, tmp_path / "out.tif")
+        text = dialog.tilingInfo.text()
+        assert text == describe(tiling_plan(dialog.params()))
+        assert text.startswith("Tiles 192 px, stride 160, crop 16: computes each pixel 1.4× (was 4×)"), text
+        assert "receptive radius 2 px, from an impulse probe" in text  # probe 1, never below the card's 2
+        dialog.chipSize.setValue(128)
+        dialog.strideX.setValue(64)
+        assert dialog.tilingInfo.text() == (
+            "Tiles 128 px, stride 64 × 96, crop 16: computes each pixel 2.7× (was 4×); CHIP_SIZE, STRIDE_X as set."
+        )
+        dialog.modelFile.setFilePath("")
+        assert dialog.tilingInfo.text() == ""
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
 
 
 def test_recommended_tiling(dialog, model, layers, tmp_path):
@@ -436,3 +465,71 @@ def test_dialog_import_does_not_load_heavy_modules():
 @pytest.fixture()
 def dialog(segment_dialog):
     return segment_dialog
+
+
+# ---------------------------------------------------------------- a layer GDAL cannot open (issue 17)
+@pytest.fixture(scope="module")
+def one_band(tmp_path_factory):
+    from tests.support.layer_fixtures import one_band_scene
+
+    return one_band_scene(str(tmp_path_factory.mktemp("oneband")))
+
+
+@pytest.fixture()
+def virtual(one_band, layers):
+    """A virtual raster of the one-band scene in the project (the `layers` fixture removes it)."""
+    from tests.support.layer_fixtures import virtual_layer
+
+    return QgsProject.instance().addMapLayer(virtual_layer(one_band[0]))
+
+
+def test_layer_copy_is_checked_before_and_after_it(dialog, one_band, virtual, tmp_path, qgis_app, monkeypatch):
+    """What needs no raster is refused before the copy (no task); what needs it is refused by the task
+    after the copy, reported the same way: red message, the parameter's field marked; nothing left."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    os.makedirs(tempfile.tempdir)
+    (tmp_path / "taken.tif").write_bytes(b"")
+    setup(dialog, virtual, one_band[1], tmp_path / "taken.tif")
+    assert_refused(dialog, "already exists")
+    assert dialog.outputFile.styleSheet() == FIELD_ERROR_STYLE and os.listdir(tempfile.tempdir) == []
+
+    dialog.outputFile.setFilePath(str(tmp_path / "out.tif"))
+    dialog.chipSize.setValue(32)  # issue 18: else a local model's default chip grows with the raster
+    dialog.fields["resolution"].setCurrentIndex(2)  # a given pixel size of 0: core's grid plan (it needs the
+    dialog.fields["pixel_size"].setValue(0.0)  # raster) refuses it; the layer's copy has its own pixel size
+    assert dialog.run() is not None
+    wait_for(dialog, qgis_app)
+    assert "PIXEL_SIZE must be above 0" in dialog.messageLabel.text()
+    assert "c00000" in dialog.messageLabel.styleSheet()
+    assert dialog.fields["pixel_size"].styleSheet() == FIELD_ERROR_STYLE
+    assert dialog.last_result is None and dialog.runButton.isEnabled()
+    assert sorted(os.listdir(tmp_path)) == ["taken.tif", "tmp"] and os.listdir(tempfile.tempdir) == []
+
+
+def test_layer_action_segments_a_virtual_raster(qgis_app, qgis_iface, qgis_processing, one_band, virtual, tmp_path):
+    """Right-click "Segment layer…" on a virtual raster: the task copies it and the class map equals the
+    file's (core on the GeoTIFF the virtual raster computes from)."""
+    import importlib
+
+    from geoseg.core.predict import segment
+
+    raster, model = one_band
+    segment(SegmentParams(input_path=raster, model_path=model, output_path=str(tmp_path / "file.tif")))
+    plugin = importlib.import_module("geoseg").classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        qgis_iface.setActiveLayer(virtual)
+        plugin.layer_action.trigger()
+        dlg = plugin.dialogs["segment"]
+        assert dlg.inputLayer.currentLayer() is virtual
+        dlg.modelFile.setFilePath(model)
+        dlg.outputFile.setFilePath(str(tmp_path / "action.tif"))
+        run_and_wait(dlg, qgis_app)
+        assert dlg.last_error is None, dlg.last_error
+        expected = gdal.Open(str(tmp_path / "file.tif")).ReadAsArray()
+        assert np.array_equal(gdal.Open(str(tmp_path / "action.tif")).ReadAsArray(), expected)
+        assert dlg.last_layer is not None and "virtual" in dlg.last_layer.name()
+    finally:
+        plugin.unload()

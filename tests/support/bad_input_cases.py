@@ -523,6 +523,13 @@ CASES: list[Case] = [
         "STRIDE_Y must be at least 1 (got 0)",
     ),
     Case(
+        "segment-scheduler-unreachable",
+        "segment",
+        "SCHEDULER where no Dask scheduler listens (tcp://127.0.0.1:9)",
+        _with(SEGMENT, SCHEDULER="tcp://127.0.0.1:9"),
+        "SCHEDULER: could not connect to tcp://127.0.0.1:9: Connection refused — start one with",
+    ),
+    Case(
         "segment-unwritable",
         "segment",
         "OUTPUT in an unwritable place (/sys)",

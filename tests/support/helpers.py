@@ -146,9 +146,11 @@ def rasterize_whole(raster: str, labels: str, field: str = "cls", background: in
 
 
 def tree_snapshot(folder: str) -> dict[str, tuple[int, float]]:
-    """Every file below `folder` with its size and mtime, to prove nothing was touched."""
+    """Every file below `folder` with its size and mtime, to prove nothing was touched (training's
+    packed copy of a chips folder, `.geoseg-packed/` (core.packed), is a cache, not user data)."""
     out = {}
-    for root, _, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != ".geoseg-packed"]
         for f in files:
             p = os.path.join(root, f)
             st = os.stat(p)
