@@ -52,7 +52,7 @@ QUICK = {
     "loader": {"chips": 200, "batches": 10, "file_batches": 5, "augment": 3, "steps": 1},
     "pretrain": {"size": 128, "epochs": 1, "pretrain_epochs": 1},
     "dask": 1024,
-    "ddp": {"size": 256, "epochs": 2},
+    "ddp": {"size": 512, "epochs": 2},
 }
 
 

@@ -23,7 +23,7 @@ from .common import run_child
 from .export_memory import write_raster
 
 BANDS, CLASSES, CHIP = 4, 5, 256
-STRIDE, CROP = CHIP // 2, CHIP // 8  # segment's defaults
+STRIDE, CROP = CHIP // 2, CHIP // 8  # the pre-local-rule defaults, set explicitly
 
 SEGMENT = r"""
 import json, sys
@@ -175,7 +175,8 @@ def report(r: dict) -> list[str]:
         "## Segment speed",
         "",
         f"A {size}² 4-band UInt16 raster, UNet (base width 16, 4 levels, random weights) exported to ONNX, "
-        f"chip {CHIP}, stride {STRIDE}, crop {CROP} (segment's defaults), class map only; segment's batch size "
+        f"chip {CHIP}, stride {STRIDE}, crop {CROP} (the defaults before the local rule, set explicitly), "
+        f"class map only; segment's batch size "
         f"{seg['batch']} ({'chosen automatically' if r['auto'] else 'explicit'}), {seg['provider']}. "
         "Each run is a fresh process.",
         "",
