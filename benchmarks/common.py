@@ -13,6 +13,21 @@ def hwm():
 """
 
 
+# The bare model's timing loop, the tail of a child script that has set `engine`, `batches` (two
+# normalised batches), `batch` and `tiles`: the run's tiles through the model, the batches cycled.
+BARE_LOOP = r"""
+engine(batches[0])  # warm-up, as segment's own probe run
+t0 = time.perf_counter()
+done = i = 0
+while done < tiles:
+    x = batches[i % 2][: min(batch, tiles - done)]
+    engine(x)
+    done += len(x)
+    i += 1
+print(json.dumps({"tiles": done, "seconds": time.perf_counter() - t0}))
+"""
+
+
 def run_child(code: str, *args: str, env: dict | None = None) -> dict:
     """Run `code` (which prints one JSON line last) in a fresh Python; return that JSON."""
     out = subprocess.run(

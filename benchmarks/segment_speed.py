@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from .common import run_child
+from .common import BARE_LOOP, run_child
 from .export_memory import write_raster
 
 BANDS, CLASSES, CHIP = 4, 5, 256
@@ -36,7 +36,8 @@ print(json.dumps({"tiles": r.tiles, "seconds": r.seconds, "batch": r.batch_size,
                   "peak_kb": hwm()}))
 """
 
-BARE = r"""
+BARE = (
+    r"""
 import json, sys, time
 import numpy as np
 from geoseg.core.backends import open_backend, read_model_card
@@ -57,16 +58,9 @@ for b in range(2):
     xs = t.xs[b * batch:(b + 1) * batch] or t.xs[:batch]
     pix = [read_window(ds, info, Window(x, 0, chip, chip))[0] for x in xs]
     batches.append(((np.stack(pix).astype(np.float32) - mean) / std).astype(np.float32))
-engine(batches[0])  # warm-up, as segment's own probe run
-t0 = time.perf_counter()
-done = i = 0
-while done < tiles:
-    x = batches[i % 2][:min(batch, tiles - done)]
-    engine(x)
-    done += len(x)
-    i += 1
-print(json.dumps({"tiles": done, "seconds": time.perf_counter() - t0}))
 """
+    + BARE_LOOP
+)
 
 NAIVE = r"""
 import json, math, sys, time

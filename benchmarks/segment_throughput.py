@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 
-from .common import run_child
+from .common import BARE_LOOP, run_child
 
 BANDS, CLASSES = 4, 5
 WIDTH, HEIGHT = 8192, 6144
@@ -91,16 +91,8 @@ for b in range(2):
     xs = range(b * batch * 192, (b + 1) * batch * 192, 192)
     pix = [read_window(ds, info, Window(x, 0, chip, chip))[0] for x in xs]
     batches.append(((np.stack(pix).astype(np.float32) - mean) / std).astype(np.float32))
-engine(batches[0])  # warm-up, as segment's own probe run
-t0 = time.perf_counter()
-done = i = 0
-while done < tiles:
-    x = batches[i % 2][: min(batch, tiles - done)]
-    engine(x)
-    done += len(x)
-    i += 1
-print(json.dumps({"tiles": done, "seconds": time.perf_counter() - t0}))
 """
+    + BARE_LOOP
 )
 
 DECODE = r"""

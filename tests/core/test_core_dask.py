@@ -32,14 +32,19 @@ W, H = 613, 257  # odd sizes; wider than 512 so that the maps get an overview le
 HOLE = (100, 60, 37, 23)
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dask-scene")
-    raster = str(root / "scene.tif")
+def write_scene(root, name: str = "scene.tif") -> tuple[str, str]:
+    """The odd-sized 3-band raster with its nodata hole, and a local conv model for it (also used by
+    the qgis_process test)."""
+    raster = str(root / name)
     make_raster(raster, W, H, bands=3, hole=HOLE)
     model = str(root / "conv.onnx")
     export_onnx(conv_stack(), 3, model, metadata={CARD_KEY: json.dumps(card())})
     return raster, model
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return write_scene(tmp_path_factory.mktemp("dask-scene"))
 
 
 def params(scene, folder, scheduler: str | None = None) -> SegmentParams:

@@ -3,31 +3,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
-from geoseg.core.card import CARD_KEY
-from geoseg.models.export import export_onnx
-from tests.core.test_core_dask import HOLE, assert_same_maps
-from tests.core.test_core_predict import card, conv_stack
+from tests.core.test_core_dask import assert_same_maps, write_scene
 from tests.support.dask_cluster import dask_cluster
-from tests.support.helpers import make_raster, qgis_process
+from tests.support.helpers import qgis_process
 
 __all__ = ["dask_cluster"]  # the fixture, imported for this module
-
-W, H = 613, 257
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dask-alg")
-    raster = str(root / "scène.tif")
-    make_raster(raster, W, H, bands=3, hole=HOLE)
-    model = str(root / "conv.onnx")
-    export_onnx(conv_stack(), 3, model, metadata={CARD_KEY: json.dumps(card())})
-    return raster, model
+    return write_scene(tmp_path_factory.mktemp("dask-alg"), "scène.tif")
 
 
 def test_qgis_process_segment_on_a_dask_cluster(geoseg_provider, scene, dask_cluster, tmp_path):
