@@ -41,7 +41,7 @@ BARE = (
 import json, sys, time
 import numpy as np
 from geoseg.core.backends import open_backend, read_model_card
-from geoseg.core.predict import make_tiling
+from geoseg.core.grid import make_tiling
 from geoseg.core.raster import open_raster, raster_info, read_window
 from geoseg.core.grid import Window
 raster, model, batch, tiles = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -1,8 +1,8 @@
 """Prediction on a Dask cluster (issue 19): the same strip engine, one task per block of tile rows.
 
-The global tiling (core.predict.make_tiling) is cut into blocks of consecutive whole tile rows
+The global tiling (core.grid.make_tiling) is cut into blocks of consecutive whole tile rows
 (strips). A block's kept rows start and end where its first and last strips' kept spans do, so the
-halo comes from the grid itself: each task runs today's `_predict` on its strips (reader, inference
+halo comes from the grid itself: each task runs core.stream's `stream_tiles` on its strips (reader, inference
 and writer threads, memory bounded as in one process) and writes exactly those rows into its own
 part GeoTIFF, and the parts put together are the single-process map pixel for pixel.
 
@@ -41,6 +41,7 @@ from .gdalx import with_gdal_exceptions
 from .grid import Window
 from .params import SegmentParams
 from .raster import RasterInfo, window_geotransform
+from .stream import FiniteOutputs, PyramidWriter, new_map, stream_tiles
 
 log = logging.getLogger("geoseg")
 
@@ -292,16 +293,13 @@ class Parts:
 # ----------------------------------------------------------------------------- worker side
 @dataclasses.dataclass(frozen=True)
 class Engine:
-    """What the cluster runs of core.predict, handed in by `segment`: predict imports this module, so
-    this module cannot import predict back (the layers' no-cycle rule, tests/core/test_architecture.py).
-    Module-level functions and classes only, so that it pickles by reference into the tasks."""
+    """What a worker needs of core.predict (opening the raster and the model as `segment` does), handed
+    in by `segment`: predict imports this module, so this module cannot import predict back (the layers'
+    no-cycle rule, tests/core/test_architecture.py). Module-level functions only, so that it pickles
+    by reference into the tasks. The stages themselves come from core.stream."""
 
     preflight: Callable[..., Any]  # _preflight: p → (model, ds, info, tiling, bands, grid)
     open_engine: Callable[..., Any]  # _open_engine: (p, model, tiling) → _Engine
-    predict: Callable[..., Any]  # _predict, with `part=`
-    finite: type  # FiniteOutputs
-    new_map: Callable[..., gdal.Dataset]  # _new_map
-    writer: type  # PyramidWriter
 
 
 @dataclasses.dataclass
@@ -378,9 +376,9 @@ def predict_part(
     final = part_paths(folder, index)
     tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.tif"
     tmp = (final[0] + tag, final[1] + tag if prob else None)
-    finite = engine.finite()
+    finite = FiniteOutputs()
     try:
-        engine.predict(
+        stream_tiles(
             state.ds,
             state.info,
             part_tiling(tiling, block),
@@ -419,7 +417,7 @@ def predict_part(
 
 # ----------------------------------------------------------------------------- client side
 class ClusterPredict:
-    """`core.predict._predict`'s stand-in in `segment` (same call): the tiles are predicted on a Dask
+    """`core.stream.stream_tiles`'s stand-in in `segment` (same call): the tiles are predicted on a Dask
     cluster and the parts assembled into the (staged) outputs here. A context manager: connecting
     happens on entry (before any output exists), the client is closed on exit."""
 
@@ -464,7 +462,7 @@ class ClusterPredict:
         parts.open()
         try:
             self._run(parts, workers, lambda f: progress(0.9 * f), cancelled)
-            finite = self.engine.finite()
+            finite = FiniteOutputs()
             for r in parts.done.values():
                 finite.valid += r["valid"]
                 finite.bad += r["bad"]
@@ -474,7 +472,6 @@ class ClusterPredict:
             for i, (dst, is_prob) in enumerate(steps):
                 share = 0.1 / len(steps)
                 assemble(
-                    self.engine,
                     parts.paths(is_prob),
                     dst,
                     self.info,
@@ -591,7 +588,6 @@ def _result(future: Any) -> dict:
 
 @with_gdal_exceptions
 def assemble(
-    engine: Engine,
     paths: list[str],
     dst: str,
     info: RasterInfo,
@@ -601,17 +597,17 @@ def assemble(
     cancelled: IsCancelled,
 ) -> None:
     """The parts (in order, top to bottom) through a VRT into `dst` on `info`'s grid, written as the
-    in-process engine writes a map (core.predict: styled, overviews streamed)."""
+    in-process run writes a map (core.stream: styled, overviews streamed)."""
     vrt_path = os.path.join(os.path.dirname(paths[0]), "prob.vrt" if prob else "classes.vrt")
     vrt = gdal.BuildVRT(vrt_path, paths)
     if vrt is None or (vrt.RasterXSize, vrt.RasterYSize) != (info.width, info.height):
         size = "none" if vrt is None else f"{vrt.RasterXSize} × {vrt.RasterYSize}"
         raise GeoSegError(f"OUTPUT: the parts put together are {size} pixels, not {info.width} × {info.height}.")
     bands = vrt.RasterCount
-    out = engine.new_map(dst, info, card, prob)
+    out = new_map(dst, info, card, prob)
     rows: Any = None
     try:
-        rows = engine.writer(out)
+        rows = PyramidWriter(out)
         step = max(1, min(info.height, CHUNK_BYTES // (info.width * bands * 4)))
         for y in range(0, info.height, step):
             if cancelled():

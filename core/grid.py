@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import GeoSegError
+
+if TYPE_CHECKING:
+    from .tiling import TilingPlan
 
 
 def axis_origins(length: int, chip: int, stride: int) -> list[int]:
@@ -98,3 +104,48 @@ def make_grid(width: int, height: int, chip: int, stride_x: int | None = None, s
     if sx < 1 or sy < 1:
         raise ValueError(f"strides must be positive (got {sx}, {sy})")
     return ChipGrid(width, height, chip, sx, sy)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Tile origins per axis and the span [start, end) each tile keeps."""
+
+    chip: int
+    xs: list[int]
+    ys: list[int]
+    keep_x: list[tuple[int, int]]
+    keep_y: list[tuple[int, int]]
+    stride_x: int = 0
+    stride_y: int = 0
+    crop: int = 0
+    plan: TilingPlan | None = None  # how the tiling was chosen (core.tiling), when `_resolve` chose it
+
+    @property
+    def tiles(self) -> int:
+        return len(self.xs) * len(self.ys)
+
+
+def keep_spans(length: int, chip: int, stride: int, crop: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Origins and kept spans on one axis: tile i keeps [o_i + crop, o_{i+1} + crop) (from 0 for the
+    first tile, to the raster edge for the last), always inside its centre since stride ≤ chip − 2·crop."""
+    origins = axis_origins(length, chip, stride)
+    starts = [0] + [o + crop for o in origins[1:]]
+    ends = starts[1:] + [length]
+    return origins, list(zip(starts, ends, strict=True))
+
+
+def make_tiling(width: int, height: int, chip: int, stride_x: int, stride_y: int, crop: int) -> Tiling:
+    if chip < 8:
+        raise GeoSegError(f"CHIP_SIZE must be at least 8 pixels (got {chip}).", param="CHIP_SIZE")
+    if crop < 0 or 2 * crop >= chip:
+        raise GeoSegError(f"CROP must be at least 0 and less than half of CHIP_SIZE {chip} (got {crop}).", param="CROP")
+    for name, stride in (("STRIDE_X", stride_x), ("STRIDE_Y", stride_y)):
+        if stride < 1 or stride > chip - 2 * crop:
+            raise GeoSegError(
+                f"{name} ({stride}) must be between 1 and CHIP_SIZE − 2·CROP = {chip} − 2·{crop} = {chip - 2 * crop}, "
+                "so that the kept tile centres meet without gaps.",
+                param=name,
+            )
+    xs, kx = keep_spans(width, chip, stride_x, crop)
+    ys, ky = keep_spans(height, chip, stride_y, crop)
+    return Tiling(chip, xs, ys, kx, ky, stride_x, stride_y, crop)

@@ -159,21 +159,35 @@ def raster_info(ds: gdal.Dataset, path: str, what: str = "INPUT") -> RasterInfo:
     )
 
 
-def read_window(ds: gdal.Dataset, info: RasterInfo, win: Window) -> tuple[np.ndarray, np.ndarray]:
+def read_window(
+    ds: gdal.Dataset, info: RasterInfo, win: Window, into: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read all bands of `win`, padded to the chip size.
 
     Returns (pixels [bands, h, w], valid [h, w] bool). A pixel is invalid when any band is
     nodata (or NaN), when the dataset mask says so, or when it is padding.
+
+    `into` (pixels, valid), views of `win`'s size (no padding) in a larger buffer: GDAL decodes
+    straight into them (segment's row cache: no temporary array, no second copy), and they are
+    returned.
     """
     try:
-        data = ds.ReadAsArray(win.xoff, win.yoff, win.width, win.height)
+        if into is None:
+            data = ds.ReadAsArray(win.xoff, win.yoff, win.width, win.height)
+        else:
+            data = into[0]
+            ds.ReadAsArray(win.xoff, win.yoff, win.width, win.height, buf_obj=data)
     except RuntimeError as e:  # a damaged file, a source of a VRT gone since it was opened
         raise GeoSegError(
             f"INPUT: reading {info.path} failed at pixels {win.xoff}, {win.yoff} ({first_line(e)}).", param="INPUT"
         ) from None
     if data.ndim == 2:
         data = data[np.newaxis]
-    valid = np.ones((win.height, win.width), dtype=bool)
+    if into is None:
+        valid = np.ones((win.height, win.width), dtype=bool)
+    else:
+        valid = into[1]
+        valid[...] = True
     for b, nd in enumerate(info.nodata):
         if nd is not None:
             if np.isnan(nd):
@@ -194,7 +208,13 @@ def read_window(ds: gdal.Dataset, info: RasterInfo, win: Window) -> tuple[np.nda
 
 def any_valid_pixel(ds: gdal.Dataset, info: RasterInfo, rows: int = 64) -> bool:
     """Whether any pixel is valid (see read_window), reading strips until the first valid one:
-    a strip for an ordinary raster, the whole raster only when it is (nearly) all nodata."""
+    one block at the centre for an ordinary raster (a strip would decode a whole row of blocks),
+    the whole raster only when it is (nearly) all nodata."""
+    bw, bh = ds.GetRasterBand(1).GetBlockSize()
+    w, h = min(bw, info.width), min(bh, rows, info.height)
+    x, y = (info.width // 2) // bw * bw, (info.height // 2) // bh * bh
+    if read_window(ds, info, Window(min(x, info.width - w), min(y, info.height - h), w, h))[1].any():
+        return True
     for y in range(0, info.height, rows):
         _, valid = read_window(ds, info, Window(0, y, info.width, min(rows, info.height - y)))
         if valid.any():

@@ -13,6 +13,8 @@ import html
 import json
 import os
 import tempfile
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from qgis.core import (
@@ -23,6 +25,7 @@ from qgis.core import (
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QObject, pyqtSignal
 from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
 from ..adapter.layers import COPY_PREFIX, LayerCopy, copied_then, is_web, layer_source, raster_source
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 
 SETTINGS_PREFIX = "geoseg/segment/"
 WARNING_STYLE = "color: #b35900;"
+MEASURING_TEXT = "Measuring the model's receptive field…"  # the tiling line while a new model is probed
 
 
 def architecture_label(name: str | None) -> str:
@@ -117,6 +121,52 @@ def read_card(path: str, card_path: str | None = None, output: int = 0) -> Opene
         raise GeoSegError(f"Model: cannot read a GeoSeg model card from {path} ({e}).") from None
 
 
+# ---------------------------------------------------------------- tiling line off the UI thread (issue 18)
+def tiling_text(p: SegmentParams) -> str:
+    """core.tiling.describe of core.predict.tiling_plan, or "" when the inputs do not allow a run yet (only a
+    hint: the run's own checks report what is wrong). Slow the first time a model file is seen (an impulse
+    probe), so the dialog calls it on the planner thread, never on the UI thread."""
+    from ..core.predict import tiling_plan
+    from ..core.tiling import describe
+
+    try:
+        return describe(tiling_plan(p))
+    except Exception:  # noqa: BLE001  (a hint must never break the form)
+        return ""
+
+
+class PlanRelay(QObject):
+    """Carries a tiling text from the planner thread to the dialog (a queued signal: the slot runs on the UI
+    thread). `latest` is the generation of the dialog's newest request: older results are dropped."""
+
+    done = pyqtSignal(int, str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.latest = 0
+
+
+# One plain Python worker thread for every dialog: probes never run side by side, a burst of changes is
+# served in order, and Python joins the thread at exit (a QThread destroyed while running aborts QGIS).
+PLANNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-tiling")
+
+
+def plan_job(relay_ref: weakref.ref, generation: int, p: SegmentParams) -> None:
+    """The planner thread's work for one request; skipped when a newer request is already queued. The relay
+    is held weakly: a dialog gone meanwhile is simply not told."""
+    relay = relay_ref()
+    if relay is None or relay.latest != generation:
+        return
+    del relay  # not kept alive by the probe
+    text = tiling_text(p)
+    relay = relay_ref()
+    if relay is not None:
+        try:
+            relay.done.emit(generation, text)
+        except RuntimeError:  # its C++ half is gone with the dialog
+            pass
+
+
 class SegmentDialog(GeoSegDialog):
     """Non-modal dialog; segmentation runs in the task manager so QGIS stays responsive."""
 
@@ -133,6 +183,10 @@ class SegmentDialog(GeoSegDialog):
         self.last_vector_layer: QgsVectorLayer | None = None
         self._input_name = ""
         self._copy: LayerCopy | None = None  # a layer's copy prepared by params(), written by the next task
+        self._plan_relay = PlanRelay()  # the tiling line's results from the planner thread
+        self._plan_relay.done.connect(self._show_tiling_info)
+        self._plan_shown = 0  # generation of the request whose text the tiling line shows
+        self._plan_model: tuple[str, str | None, int] | None = None  # the model of the last request
         self._setup()
 
     # ---------------------------------------------------------------- layout
@@ -406,28 +460,48 @@ class SegmentDialog(GeoSegDialog):
         self.fields["device"].currentIndexChanged.connect(self._update_tiling_info)
 
     def _update_tiling_info(self, *_: Any) -> None:
-        """core.tiling.describe of core.predict.tiling_plan for the chosen model, layer and values (the model
-        is probed once per file), or nothing when they do not allow a run yet."""
+        """Ask the planner thread for the tiling line of the chosen model, layer and values (tiling_text). A
+        new model says it is being measured meanwhile; other changes keep the line until the answer comes."""
         if not hasattr(self, "tilingInfo"):  # a change while the form is still being built
             return
-        text = ""
-        layer, model = self.inputLayer.currentLayer(), self.modelFile.filePath().strip()
-        if self.card is not None and layer is not None and layer.providerType() == "gdal" and model:
-            from ..core.predict import tiling_plan
-            from ..core.tiling import describe
+        self._plan_relay.latest += 1  # any answer still on its way is for older inputs now
+        p = self._tiling_params()
+        model = (p.model_path, p.card_path, p.output_index) if p is not None else None
+        if p is None:
+            self._plan_shown = self._plan_relay.latest
+            self.tilingInfo.setText("")
+        else:
+            if model != self._plan_model:
+                self.tilingInfo.setText(MEASURING_TEXT)
+            PLANNER.submit(plan_job, weakref.ref(self._plan_relay), self._plan_relay.latest, p)
+        self._plan_model = model
 
-            try:
-                p = SegmentParams(
-                    input_path=raster_source(layer),
-                    model_path=model,
-                    output_path="",
-                    card_path=self.cardFile.filePath().strip() or None,
-                    **self.field_values(),
-                )
-                text = describe(tiling_plan(p))
-            except Exception:  # noqa: BLE001  (only a hint: the run's own checks report what is wrong)
-                text = ""
+    def _tiling_params(self) -> SegmentParams | None:
+        """The params the tiling line is about, or None when the inputs do not allow a run yet."""
+        layer, model = self.inputLayer.currentLayer(), self.modelFile.filePath().strip()
+        if self.card is None or layer is None or layer.providerType() != "gdal" or not model:
+            return None
+        try:
+            return SegmentParams(
+                input_path=raster_source(layer),
+                model_path=model,
+                output_path="",
+                card_path=self.cardFile.filePath().strip() or None,
+                **self.field_values(),
+            )
+        except Exception:  # noqa: BLE001  (only a hint: the run's own checks report what is wrong)
+            return None
+
+    def _show_tiling_info(self, generation: int, text: str) -> None:
+        """The planner's answer, shown only if it is for the current inputs and the dialog still exists."""
+        if sip.isdeleted(self) or generation != self._plan_relay.latest:
+            return
+        self._plan_shown = generation
         self.tilingInfo.setText(text)
+
+    def tiling_pending(self) -> bool:
+        """Whether the tiling line still waits for the planner's answer to the current inputs."""
+        return self._plan_shown != self._plan_relay.latest
 
     def use_recommended_tiling(self) -> None:
         """Chip size, strides and crop from the card's `recommended` (crop covers the receptive field)."""

@@ -292,7 +292,7 @@ def test_worker_without_the_files_says_shared_storage(tmp_path):
 
 
 def test_blocks_cover_the_strips_several_per_worker():
-    from geoseg.core.predict import make_tiling
+    from geoseg.core.grid import make_tiling
 
     t = make_tiling(W, H, 32, 16, 16, 4)
     layout = distributed.blocks(t, 2)

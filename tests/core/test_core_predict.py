@@ -13,12 +13,13 @@ import pytest
 import torch
 from osgeo import gdal
 
-from geoseg.core import predict
+from geoseg.core import stream
 from geoseg.core.backends import open_backend
 from geoseg.core.card import CARD_KEY, ModelCard
 from geoseg.core.chips import ExportParams, export_chips
 from geoseg.core.errors import Cancelled, GeoSegError
-from geoseg.core.predict import SegmentParams, keep_spans, make_tiling, read_model_card, segment, tile_memory_bytes
+from geoseg.core.grid import keep_spans, make_tiling
+from geoseg.core.predict import SegmentParams, read_model_card, segment, tile_memory_bytes
 from geoseg.core.raster import category_names
 from geoseg.core.train import TrainParams, train
 from geoseg.models.export import export_onnx
@@ -79,6 +80,23 @@ def whole_image(model: str, pixels: np.ndarray, c: dict) -> tuple[np.ndarray, np
     classes[~valid] = 255
     probs[:, ~valid] = -1
     return classes, probs
+
+
+@pytest.mark.parametrize("rule", [stream.ClassRule(), stream.ClassRule(True, False, 0.0)])
+def test_batch_arg_max_is_numpys_and_finds_the_pixels_without_a_usable_score(rule):
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 4, (3, 6, 9, 11)).astype(np.float32)  # many ties: the first maximum wins
+    idx, unusable = stream._batch_channels(rule, scores)
+    np.testing.assert_array_equal(idx, scores.argmax(axis=1))
+    assert not unusable.any()
+    scores[0, 2, 0, 0] = np.nan  # NaN in one class
+    scores[0, 5, 0, 1] = np.inf  # +inf in one class
+    scores[0, :, 0, 2] = -np.inf  # −inf in every class
+    scores[0, 3, 0, 3] = -np.inf  # −inf beside finite scores: that class only has probability 0
+    idx, unusable = stream._batch_channels(rule, scores)
+    assert unusable[0, 0, :4].tolist() == [True, True, True, False] and unusable.sum() == 3
+    assert idx[0, 0, 3] == scores[0, :, 0, 3].argmax() != 3
+    np.testing.assert_array_equal(idx[1:], scores[1:].argmax(axis=1))
 
 
 @pytest.mark.parametrize("chip, stride_x, stride_y, crop", [(32, 24, 20, 3), (32, 26, 26, 3), (48, 13, 40, 4)])
@@ -388,8 +406,8 @@ def test_write_error_in_the_writer_thread_is_reported_and_leaves_no_output(scene
             raise RuntimeError("TIFFAppendToStrip: Write error at scanline 40 (disk full)")
         return original(self, data)
 
-    original = predict.PyramidWriter.write
-    monkeypatch.setattr(predict.PyramidWriter, "write", failing_write)
+    original = stream.PyramidWriter.write
+    monkeypatch.setattr(stream.PyramidWriter, "write", failing_write)
     with pytest.raises(GeoSegError, match=r"OUTPUT: writing the result failed \(TIFFAppendToStrip: Write error"):
         segment(
             SegmentParams(

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from geoseg.core.card import SCHEMA, ModelCard, card_errors, card_from_json, validate_card
 from geoseg.core.errors import GeoSegError
-from geoseg.core.grid import make_grid
-from geoseg.core.predict import make_tiling
+from geoseg.core.grid import make_grid, make_tiling
 
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

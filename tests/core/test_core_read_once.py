@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from geoseg.core import predict
+from geoseg.core import stream
 from geoseg.core.card import CARD_KEY
 from geoseg.core.predict import SegmentParams, segment
 from geoseg.models.export import export_onnx
@@ -39,13 +39,13 @@ def tiled(tmp_path_factory):
 def reads(monkeypatch):
     """Every window the segment reader asks GDAL for."""
     seen: list = []
-    real = predict.read_window
+    real = stream.read_window
 
-    def counting(ds, info, win):
+    def counting(ds, info, win, *into):
         seen.append(win)
-        return real(ds, info, win)
+        return real(ds, info, win, *into)
 
-    monkeypatch.setattr(predict, "read_window", counting)
+    monkeypatch.setattr(stream, "read_window", counting)
     return seen
 
 
@@ -77,3 +77,108 @@ def test_a_raster_smaller_than_a_chip_is_read_once_and_padded(tmp_path, tiled, r
     padded = np.pad(pixels, ((0, 0), (0, 32 - 17), (0, 32 - 21)))  # padding is nodata: 0 after normalising
     ref, _ = whole_image(model, padded, card())
     np.testing.assert_array_equal(gdal.Open(out).ReadAsArray(), ref[:17, :21])
+
+
+@pytest.mark.parametrize("chip, stride", [(32, 26), (48, 20), (64, 58)])
+def test_the_ring_of_rows_hands_out_each_strip_as_the_raster_has_it(tiled, chip, stride):
+    """Shared rows are never moved: raster row y lives in ring row y mod R, and a strip that runs over
+    the end of the ring comes as two pieces that together are exactly the strip's rows."""
+    from geoseg.core.grid import make_tiling
+    from geoseg.core.raster import open_raster, raster_info
+
+    raster, _, pixels = tiled
+    ds = open_raster(raster)
+    info = raster_info(ds, raster)
+    tiling = make_tiling(W, H, chip, stride, stride, 3)
+    cache = stream._RowCache(ds, info, tiling)
+    assert cache.ring % BLOCK == 0  # a read split at the ring's end is still a read of whole blocks
+    pieces = []
+    for si, oy in enumerate(tiling.ys):
+        strip = cache.strip(oy)
+        if si + 1 < len(tiling.ys):
+            cache.plan(tiling.ys[si + 1])
+            cache.fetch(len(cache.pending))  # all of the next strip's reads, as a strip's batches spread them
+        np.testing.assert_array_equal(
+            np.concatenate([p for p, _ in strip], axis=1)[:, :, :W], pixels[:, oy : oy + chip]
+        )
+        valid = (pixels[:, oy : oy + chip] != 0).all(axis=0)
+        np.testing.assert_array_equal(np.concatenate([v for _, v in strip])[:, :W], valid)
+        assert len(strip) == (2 if oy % cache.ring + chip > cache.ring else 1)
+        pieces.append(len(strip))
+    assert 2 in pieces or chip == 64  # the first two tilings run over the ring's end
+
+
+@pytest.mark.parametrize("dtype, nodata", [(gdal.GDT_UInt16, 0), (gdal.GDT_Float32, float("nan"))])
+def test_reading_into_the_cache_equals_a_plain_read(tmp_path, dtype, nodata):
+    """The row cache has GDAL decode straight into its buffer: same pixels and validity as a plain
+    read, nothing outside the window touched."""
+    from geoseg.core.grid import Window
+    from geoseg.core.raster import open_raster, raster_info, read_window
+
+    path = str(tmp_path / "r.tif")
+    make_raster(path, 50, 40, bands=3, dtype=dtype, nodata=nodata, hole=(8, 5, 6, 4))
+    ds = open_raster(path)
+    info = raster_info(ds, path)
+    win = Window(4, 2, 20, 12)
+    pixels, valid = read_window(ds, info, win)
+    assert 0 < valid.sum() < valid.size
+    buf = np.full((3, 30, 60), 7, dtype=info.dtype)
+    mask = np.zeros((30, 60), dtype=bool)
+    got = read_window(ds, info, win, (buf[:, 5:17, 30:50], mask[5:17, 30:50]))
+    np.testing.assert_array_equal(buf[:, 5:17, 30:50], pixels)
+    np.testing.assert_array_equal(mask[5:17, 30:50], valid)
+    np.testing.assert_array_equal(got[1], valid)
+    buf[:, 5:17, 30:50], mask[5:17, 30:50] = 7, False
+    assert (buf == 7).all() and not mask.any()
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_a_background_stage_yields_its_core_and_nothing_else_changes():
+    """Reader and writer beside a CPU model run at the lowest priority, in their own threads only."""
+    import os
+    import threading
+
+    from geoseg.core.pipeline import BACKGROUND_NICE, Stage
+
+    seen: dict = {}
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def work(key: str) -> None:
+        seen[key] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    for key, background in (("background", True), ("foreground", False)):
+        s = Stage(key, lambda k=key: work(k), threading.Event(), background)
+        s.start()
+        s.join()
+    assert seen == {"background": BACKGROUND_NICE, "foreground": before}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_any_valid_pixel_looks_at_one_block_first_and_then_everywhere(tmp_path, monkeypatch):
+    """segment's "every pixel is nodata" check: a valid centre block answers at once (one block read,
+    not a row of blocks); a raster valid only in a corner or nowhere is still judged right."""
+    from geoseg.core import raster
+    from geoseg.core.raster import any_valid_pixel, open_raster, raster_info
+
+    reads: list = []
+    real = raster.read_window
+    monkeypatch.setattr(raster, "read_window", lambda ds, info, win: reads.append(win) or real(ds, info, win))
+
+    opts = ["TILED=YES", "BLOCKXSIZE=32", "BLOCKYSIZE=32"]
+    cases = {"centre": (slice(40, 60), slice(50, 70)), "corner": (slice(0, 2), slice(0, 2)), "none": None}
+    for name, valid_at in cases.items():
+        path = str(tmp_path / f"{name}.tif")
+        ds = gdal.GetDriverByName("GTiff").Create(path, 120, 100, 2, gdal.GDT_UInt16, opts)
+        ds.SetGeoTransform((500000, 2, 0, 5300000, 0, -2))
+        data = np.zeros((2, 100, 120), np.uint16)
+        if valid_at is not None:
+            data[:, valid_at[0], valid_at[1]] = 5
+        for b in range(2):
+            ds.GetRasterBand(b + 1).SetNoDataValue(0)
+            ds.GetRasterBand(b + 1).WriteArray(data[b])
+        ds = None
+        src = open_raster(path)
+        reads.clear()
+        assert any_valid_pixel(src, raster_info(src, path)) is (valid_at is not None), name
+        if name == "centre":
+            assert [(w.width, w.height) for w in reads] == [(32, 32)]

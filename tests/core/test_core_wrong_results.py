@@ -18,7 +18,8 @@ from geoseg.core.assess import AssessParams, PairCounts, assess
 from geoseg.core.card import CARD_KEY
 from geoseg.core.errors import GeoSegError
 from geoseg.core.memory import export_bytes, require_memory, training_bytes
-from geoseg.core.predict import FiniteOutputs, SegmentParams, segment
+from geoseg.core.predict import SegmentParams, segment
+from geoseg.core.stream import FiniteOutputs
 from geoseg.models.export import export_onnx
 from tests.support.helpers import CLASS_GT, UTM, make_raster, srs, write_classes
 from tests.support.segment_fixtures import card

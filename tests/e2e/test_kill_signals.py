@@ -48,13 +48,13 @@ HOOKS = textwrap.dedent(
     def install(point):
         once = threading.Lock()
         if point == "segment":  # after the first strip of the class map is written
-            from geoseg.core import predict
-            real = predict.PyramidWriter.write
+            from geoseg.core import stream
+            real = stream.PyramidWriter.write
             def write(self, data):
                 real(self, data)
                 if once.acquire(blocking=False):
                     _pause()
-            predict.PyramidWriter.write = write
+            stream.PyramidWriter.write = write
         elif point == "exportchips":  # after two chips are written (a writer thread)
             from geoseg.core import chips
             real = chips._export_one

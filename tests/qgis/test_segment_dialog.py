@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -32,7 +34,16 @@ from geoseg.core.predict import SegmentParams
 from geoseg.models.export import export_onnx
 from geoseg.ui.base_dialog import FIELD_ERROR_STYLE
 from geoseg.ui.segment_dialog import SegmentDialog
-from tests.support.helpers import UTM, make_raster, open_dialog, run_and_wait, set_widgets, srs, wait_for
+from tests.support.helpers import (
+    UTM,
+    fresh_settings,
+    make_raster,
+    open_dialog,
+    run_and_wait,
+    set_widgets,
+    srs,
+    wait_for,
+)
 from tests.support.segment_fixtures import CLASSES, MEAN, STD, card, setup
 
 WIDGETS = (
@@ -183,10 +194,20 @@ def test_resolution_choice_changes_the_plan_shown(dialog, model, layers):
     dialog.fields["resolution"].setCurrentIndex(0)
 
 
-def test_tiling_message_shows_the_overlap_of_the_chosen_tiling(dialog, model, tmp_path, qgis_iface):
+def settle(dlg: SegmentDialog, app, timeout: float = 60.0) -> str:
+    """Process events until the tiling line shows the planner's answer to the current inputs; its text."""
+    deadline = time.monotonic() + timeout
+    while dlg.tiling_pending():
+        assert time.monotonic() < deadline, "the tiling line got no answer in time"
+        app.processEvents()
+        time.sleep(0.005)
+    return dlg.tilingInfo.text()
+
+
+def test_tiling_message_shows_the_overlap_of_the_chosen_tiling(dialog, model, tmp_path, qgis_app):
     """Issue 18: the dialog shows core.tiling.describe of the tiling a run would use: for the tiny local
     model (its card has a radius but no global-context flag: probed) on a 300 × 200 raster, large tiles
-    that compute each pixel 1.4× instead of 4×; explicit values change the message at once."""
+    that compute each pixel 1.4× instead of 4×; explicit values change the message."""
     from geoseg.core.predict import tiling_plan
     from geoseg.core.tiling import describe
 
@@ -195,21 +216,108 @@ def test_tiling_message_shows_the_overlap_of_the_chosen_tiling(dialog, model, tm
     layer = QgsRasterLayer(path, "large", "gdal")
     QgsProject.instance().addMapLayer(layer)
     try:
-        assert dialog.tilingInfo.text() == ""  # no model, no layer: nothing to say
+        assert settle(dialog, qgis_app) == ""  # no model, no layer: nothing to say
         setup(dialog, layer, model, tmp_path / "out.tif")
-        text = dialog.tilingInfo.text()
+        text = settle(dialog, qgis_app)
         assert text == describe(tiling_plan(dialog.params()))
         assert text.startswith("Tiles 192 px, stride 160, crop 16: computes each pixel 1.4× (was 4×)"), text
         assert "receptive radius 2 px, from an impulse probe" in text  # probe 1, never below the card's 2
         dialog.chipSize.setValue(128)
         dialog.strideX.setValue(64)
-        assert dialog.tilingInfo.text() == (
+        assert settle(dialog, qgis_app) == (
             "Tiles 128 px, stride 64 × 96, crop 16: computes each pixel 2.7× (was 4×); CHIP_SIZE, STRIDE_X as set."
         )
         dialog.modelFile.setFilePath("")
-        assert dialog.tilingInfo.text() == ""
+        assert not dialog.tiling_pending() and dialog.tilingInfo.text() == ""  # at once: nothing to plan
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
+
+
+class BlockedPlan:
+    """core.predict.tiling_plan whose first call blocks until `release` (a slow impulse probe of a large
+    model); records each call's chip size and thread."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.started, self.release, self.first_done = threading.Event(), threading.Event(), threading.Event()
+        self.calls: list[tuple[int, bool]] = []
+
+    def __call__(self, p):
+        self.calls.append((p.chip_size, threading.current_thread() is threading.main_thread()))
+        first = len(self.calls) == 1
+        if first:
+            self.started.set()
+            self.release.wait(20)  # if this ran on the UI thread, the dialog would hang here
+        try:
+            return self.real(p)
+        finally:
+            if first:
+                self.first_done.set()
+
+
+@pytest.fixture()
+def blocked(monkeypatch):
+    from geoseg.core import predict
+
+    plan = BlockedPlan(predict.tiling_plan)
+    monkeypatch.setattr(predict, "tiling_plan", plan)
+    yield plan
+    plan.release.set()  # never leave the planner thread waiting
+    assert plan.first_done.wait(30)
+
+
+def test_tiling_line_is_planned_off_the_ui_thread(dialog, model, layers, tmp_path, qgis_app, blocked):
+    """Issue 18: the first plan of a model probes it, which takes seconds for a large model: the planner
+    thread does it while the line says so and the form goes on; an answer for older inputs never replaces a
+    newer one, and a request overtaken while queued is not worked out at all."""
+    from geoseg.core.tiling import describe
+    from geoseg.ui.segment_dialog import MEASURING_TEXT
+
+    setup(dialog, layers["match"], model, tmp_path / "out.tif")  # returns while the probe still runs
+    assert blocked.started.wait(10) and not blocked.first_done.is_set()
+    assert dialog.tilingInfo.text() == MEASURING_TEXT and dialog.tiling_pending()
+    dialog.chipSize.setValue(128)  # queued behind the probe, then overtaken by the next change
+    dialog.strideX.setValue(64)
+    qgis_app.processEvents()
+    assert dialog.tilingInfo.text() == MEASURING_TEXT  # the same model: still being measured
+
+    seen: list[tuple[int, str, str]] = []  # after the dialog's own slot: (generation, answer, line shown)
+
+    def watch(g: int, text: str) -> None:
+        seen.append((g, text, dialog.tilingInfo.text()))
+
+    dialog._plan_relay.done.connect(watch)
+    try:
+        blocked.release.set()
+        final = settle(dialog, qgis_app)
+    finally:  # a late answer must not reach this test's closure once the dialog is gone
+        dialog._plan_relay.done.disconnect(watch)
+    assert final == describe(blocked.real(dialog.params())) and final.startswith("Tiles 128 px, stride 64"), final
+    assert blocked.calls == [(None, False), (128, False)]  # automatic, then 128 × 64; the middle one skipped
+    (stale_gen, stale, shown), (new_gen, answer, after) = seen
+    assert stale_gen < new_gen and stale.startswith("Tiles") and stale != final  # a real but old plan ...
+    assert shown == MEASURING_TEXT  # ... that did not replace the line
+    assert answer == after == final
+
+
+def test_closing_while_planning_does_not_crash(qgis_app, qgis_iface, model, layers, tmp_path, blocked):
+    """The dialog destroyed (plugin unloaded) while the planner thread probes: the late answer is dropped."""
+    from qgis.PyQt import sip
+
+    from geoseg.ui.segment_dialog import SETTINGS_PREFIX
+
+    with fresh_settings(SETTINGS_PREFIX):
+        dlg = SegmentDialog(qgis_iface)
+        setup(dlg, layers["match"], model, tmp_path / "out.tif")
+        assert blocked.started.wait(10) and dlg.tiling_pending()
+        dlg.close()
+        sip.delete(dlg)
+        blocked.release.set()
+        assert blocked.first_done.wait(30)
+        for _ in range(20):  # the answer's queued signal, if any, reaches a deleted dialog
+            qgis_app.processEvents()
+            time.sleep(0.01)
+        assert sip.isdeleted(dlg) and dlg.tiling_pending()  # never shown, nothing raised
 
 
 def test_recommended_tiling(dialog, model, layers, tmp_path):
