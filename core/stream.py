@@ -33,16 +33,13 @@ from .tta import with_views
 log = logging.getLogger("geoseg")
 
 PROB_NODATA = -1.0
-CREATE_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
-# GDAL's own compression threads: for every map but a class map written beside a model that runs on the
-# CPU (a class map compresses fast in the writer thread, and two more threads only crowd the model's cores:
-# measured, issue 18)
-COMPRESS_THREADS = ["NUM_THREADS=ALL_CPUS"]
+# GDAL's compression threads for every map: a class map compressed in the writer thread alone was measured
+# 30 % slower with a tiny model whose map hardly compresses (issue 18), for a few % gained with a smooth one.
+CREATE_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
 
 
 def _create(path: str, info, bands: int, gdal_type: int, extra: list[str]) -> gdal.Dataset:
-    opts = CREATE_OPTIONS + extra
-    ds = gdal.GetDriverByName("GTiff").Create(path, info.width, info.height, bands, gdal_type, opts)
+    ds = gdal.GetDriverByName("GTiff").Create(path, info.width, info.height, bands, gdal_type, CREATE_OPTIONS + extra)
     ds.SetGeoTransform(info.geotransform)
     if info.wkt:
         ds.SetProjection(info.wkt)
@@ -59,18 +56,12 @@ def _style_classes(band: gdal.Band, classes: tuple[CardClass, ...]) -> None:
     band.SetNoDataValue(MASK_NODATA)
 
 
-def new_map(path: str, info, card: ModelCard, prob: bool, cpu_model: bool = False) -> gdal.Dataset:
+def new_map(path: str, info, card: ModelCard, prob: bool) -> gdal.Dataset:
     """An empty class map (Byte, colour table) or probability map (Float32, one named band per class)
-    on `info`'s grid: the one way every writer (tiles, write-back, cluster assembly) starts a map.
-    `cpu_model`: written while a model runs on the CPU (see COMPRESS_THREADS)."""
+    on `info`'s grid: the one way every writer (tiles, write-back, cluster assembly) starts a map."""
     k = len(card.classes)
-    threads = [] if cpu_model and not prob else COMPRESS_THREADS
     out = _create(
-        path,
-        info,
-        k if prob else 1,
-        gdal.GDT_Float32 if prob else gdal.GDT_Byte,
-        (["PREDICTOR=3"] if prob else []) + threads,
+        path, info, k if prob else 1, gdal.GDT_Float32 if prob else gdal.GDT_Byte, ["PREDICTOR=3"] if prob else []
     )
     if not prob:
         _style_classes(out.GetRasterBand(1), card.classes)
@@ -608,7 +599,7 @@ def stream_tiles(  # noqa: C901
     mean = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
     target, finite = part if part else (info, FiniteOutputs())
-    out = new_map(out_path, target, card, False, cpu_model=not infer.engine.on_cuda)
+    out = new_map(out_path, target, card, False)
     prob = new_map(prob_path, target, card, True) if prob_path else None
     stop = threading.Event()
     inbox: Pipe[_Batch] = Pipe(stop)
