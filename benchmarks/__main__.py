@@ -1,6 +1,6 @@
 """Run the benchmarks and write BENCHMARKS.md (machine, date, figures, targets).
 
-`python -m benchmarks` is `make bench` (about 10 minutes on 2 cores); `--quick` runs every
+`python -m benchmarks` is `make bench` (about 25 minutes on 2 cores); `--quick` runs every
 measurement at small sizes in about a minute and prints the report without writing the file
 (the ratios are then indicative only: fixed start-up costs weigh more on small rasters).
 """
