@@ -28,6 +28,37 @@ print(json.dumps({"tiles": done, "seconds": time.perf_counter() - t0}))
 """
 
 
+# The tail of a naive geoInfer child (inside its tile loop, `cls` the tile's classes): keep each tile's
+# centre (its whole extent at the raster's edges), then write the map and print the timing.
+NAIVE_TAIL = r"""
+        y0, y1 = (0 if y == 0 else crop), (chip if y + chip == height else chip - crop)
+        x0, x1 = (0 if x == 0 else crop), (chip if x + chip == width else chip - crop)
+        result[y + y0:y + y1, x + x0:x + x1] = cls[y0:y1, x0:x1]
+        tiles += 1
+dst = gdal.GetDriverByName("GTiff").Create(out, width, height, 1, gdal.GDT_Byte, ["TILED=YES", "COMPRESS=DEFLATE"])
+dst.SetGeoTransform(src.GetGeoTransform())
+dst.SetProjection(src.GetProjection())
+dst.GetRasterBand(1).WriteArray(result)
+dst = None
+print(json.dumps({"tiles": tiles, "seconds": time.perf_counter() - t0, "peak_kb": hwm()}))
+"""
+
+
+def log_records(prefix: str) -> str:
+    """Child-script code that keeps, in `records`, the arguments of geoseg's log messages starting with `prefix`."""
+    return f"""
+import logging
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        if record.msg.startswith({prefix!r}):
+            records.append(record.args)
+log = logging.getLogger("geoseg")
+log.setLevel(logging.INFO)
+log.addHandler(Keep())
+"""
+
+
 def run_child(code: str, *args: str, env: dict | None = None) -> dict:
     """Run `code` (which prints one JSON line last) in a fresh Python; return that JSON."""
     out = subprocess.run(

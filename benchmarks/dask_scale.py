@@ -22,27 +22,24 @@ import os
 import subprocess
 import tempfile
 
-from .common import run_child
+from .common import log_records, run_child
 from .export_memory import write_raster
 from .segment_speed import BANDS, unet_model
 
-CLIENT = r"""
+CLIENT = (
+    r"""
 import json, logging, sys
 from geoseg.core.predict import SegmentParams, segment
 raster, model, out, scheduler = sys.argv[1:5]
-records = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        if record.msg.startswith("Dask: %d parts, "):
-            records.append(record.args)
-log = logging.getLogger("geoseg")
-log.setLevel(logging.INFO)
-log.addHandler(Keep())
+"""
+    + log_records("Dask: %d parts, ")
+    + r"""
 r = segment(SegmentParams(raster, model, out, batch_size=8, scheduler=scheduler or None))
 parts, t_part, t_open, assembly = records[-1] if records else (0, 0.0, 0.0, 0.0)
 print(json.dumps({"tiles": r.tiles, "seconds": r.seconds, "parts": parts, "t_part": t_part, "t_open": t_open,
                   "assembly": assembly, "peak_kb": hwm()}))
 """
+)
 
 
 def _on_cluster(workers: int, raster: str, model: str, out: str) -> dict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from .common import BARE_LOOP, run_child
+from .common import BARE_LOOP, NAIVE_TAIL, run_child
 from .export_memory import write_raster
 
 BANDS, CLASSES, CHIP = 4, 5, 256
@@ -62,7 +62,8 @@ for b in range(2):
     + BARE_LOOP
 )
 
-NAIVE = r"""
+NAIVE = (
+    r"""
 import json, math, sys, time
 import numpy as np, torch
 from osgeo import gdal
@@ -91,17 +92,9 @@ for r in range(math.ceil(height / stride)):
         with torch.no_grad():
             logits = net(torch.from_numpy(tile[None]))
         cls = logits.argmax(dim=1)[0].numpy().astype(np.uint8)
-        y0, y1 = (0 if y == 0 else crop), (chip if y + chip == height else chip - crop)
-        x0, x1 = (0 if x == 0 else crop), (chip if x + chip == width else chip - crop)
-        result[y + y0:y + y1, x + x0:x + x1] = cls[y0:y1, x0:x1]
-        tiles += 1
-dst = gdal.GetDriverByName("GTiff").Create(out, width, height, 1, gdal.GDT_Byte, ["TILED=YES", "COMPRESS=DEFLATE"])
-dst.SetGeoTransform(src.GetGeoTransform())
-dst.SetProjection(src.GetProjection())
-dst.GetRasterBand(1).WriteArray(result)
-dst = None
-print(json.dumps({"tiles": tiles, "seconds": time.perf_counter() - t0, "peak_kb": hwm()}))
 """
+    + NAIVE_TAIL
+)
 
 
 def unet_model(folder: str) -> tuple[str, str, str]:

@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 
-from .common import BARE_LOOP, run_child
+from .common import BARE_LOOP, NAIVE_TAIL, log_records, run_child
 
 BANDS, CLASSES = 4, 5
 WIDTH, HEIGHT = 8192, 6144
@@ -52,17 +52,12 @@ import onnx, onnxruntime  # imported once per QGIS session, by its first run: no
     + r"""
 from geoseg.core.predict import SegmentParams, segment
 raster, model, out, tiling = sys.argv[1:5]
-seen = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        if record.msg.startswith("Segmented"):
-            seen.append(record.args)
-log = logging.getLogger("geoseg")
-log.setLevel(logging.INFO)
-log.addHandler(Keep())
+"""
+    + log_records("Segmented")
+    + r"""
 kw = dict(chip_size=256, stride_x=192, stride_y=192, crop=32, batch_size=8) if tiling == "fixed" else {}
 r = segment(SegmentParams(raster, model, out, backend="onnxruntime", **kw))
-tiles, w, h, chip, sx, sy, crop, batch, _ = seen[-1]
+tiles, w, h, chip, sx, sy, crop, batch, _ = records[-1]
 print(json.dumps({"tiles": r.tiles, "seconds": r.seconds, "chip": chip, "stride": sx, "crop": crop,
                   "batch": batch, "peak_kb": hwm()}))
 """
@@ -107,7 +102,8 @@ for y in range(0, ds.RasterYSize, bh):
 print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
-GEOINFER = r"""
+GEOINFER = (
+    r"""
 import json, math, sys, time
 import numpy as np, onnxruntime as ort
 from osgeo import gdal
@@ -131,17 +127,9 @@ for c in range(math.ceil(width / stride)):
         tile = (src.ReadAsArray(x, y, chip, chip).astype(np.float32) - mean) / std
         logits = session.run(None, {name: tile[None]})[0]
         cls = logits[0].argmax(axis=0).astype(np.uint8)
-        y0, y1 = (0 if y == 0 else crop), (chip if y + chip == height else chip - crop)
-        x0, x1 = (0 if x == 0 else crop), (chip if x + chip == width else chip - crop)
-        result[y + y0:y + y1, x + x0:x + x1] = cls[y0:y1, x0:x1]
-        tiles += 1
-dst = gdal.GetDriverByName("GTiff").Create(out, width, height, 1, gdal.GDT_Byte, ["TILED=YES", "COMPRESS=DEFLATE"])
-dst.SetGeoTransform(src.GetGeoTransform())
-dst.SetProjection(src.GetProjection())
-dst.GetRasterBand(1).WriteArray(result)
-dst = None
-print(json.dumps({"tiles": tiles, "seconds": time.perf_counter() - t0, "peak_kb": hwm()}))
 """
+    + NAIVE_TAIL
+)
 
 
 def conv_macs(widths: list[int], classes: int = CLASSES) -> int:
