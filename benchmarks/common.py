@@ -14,17 +14,31 @@ def hwm():
 
 
 # The bare model's timing loop, the tail of a child script that has set `engine`, `batches` (two
-# normalised batches), `batch` and `tiles`: the run's tiles through the model, the batches cycled.
+# normalised batches), `batch` and `tiles`, and optionally `lanes` (copies of the model, core.backends
+# model_lanes): the run's tiles through the model, the batches cycled; with lanes, each lane in its own
+# thread takes the next batch when it is free, as segment runs them.
 BARE_LOOP = r"""
-engine(batches[0])  # warm-up, as segment's own probe run
+import queue, threading
+lanes = globals().get("lanes") or [engine]
+for e in lanes:
+    e(batches[0])  # warm-up, as segment's own probe run
+sizes = queue.SimpleQueue()
+for i, start in enumerate(range(0, tiles, batch)):
+    sizes.put((i % 2, min(batch, tiles - start)))
+def lane(e):
+    while True:
+        try:
+            k, n = sizes.get_nowait()
+        except queue.Empty:
+            return
+        e(batches[k][:n])
 t0 = time.perf_counter()
-done = i = 0
-while done < tiles:
-    x = batches[i % 2][: min(batch, tiles - done)]
-    engine(x)
-    done += len(x)
-    i += 1
-print(json.dumps({"tiles": done, "seconds": time.perf_counter() - t0}))
+threads = [threading.Thread(target=lane, args=(e,)) for e in lanes]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"tiles": tiles, "seconds": time.perf_counter() - t0, "lanes": len(lanes)}))
 """
 
 

@@ -28,10 +28,12 @@ log = logging.getLogger("geoseg")
 
 PROBE_SIZE = 64  # pixels: activation memory is measured on a tile this size and scaled by area
 FALLBACK_BYTES_PER_PIXEL = 1024.0  # when a model cannot be probed: 256 float32 activations per pixel
-# onnxruntime's CPU threads, chosen by measurement (benchmarks/segment_throughput.py, BENCHMARKS.md):
-# every core inside each operator (0: os.cpu_count()), and idle workers that sleep rather than spin.
+# onnxruntime's CPU threads, chosen by measurement (benchmarks/segment_throughput.py, BENCHMARKS.md): the
+# cores shared among CPU_LANES copies of the model that run whole batches side by side (0 threads: the cores
+# divided among them), and idle workers that sleep rather than spin.
 INTRA_OP_THREADS = 0
 INTRA_OP_SPINNING = False
+CPU_LANES = 2
 
 
 class Backend(Protocol):
@@ -76,14 +78,15 @@ class OnnxBackend:
     """onnxruntime session; the CUDA execution provider when asked for (or auto) and working.
 
     Session options are set on purpose: all graph optimisations (fusions, NCHWc layouts), one
-    operator at a time (sequential, inter-op 1) with every core inside each operator, no
-    spinning of idle worker threads (GeoSeg's reader and writer threads need those cores between
-    runs), and on CUDA I/O binding so the batch goes to the device once and logits come back once.
+    operator at a time (sequential, inter-op 1) with `threads` (default: every core) inside each
+    operator, no spinning of idle worker threads (GeoSeg's reader and writer threads need those
+    cores between runs), and on CUDA I/O binding so the batch goes to the device once and logits
+    come back once. On the CPU, segment runs several with a share of the cores each: model_lanes.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path: str, device: str, io: ModelIO | None = None) -> None:
+    def __init__(self, path: str, device: str, io: ModelIO | None = None, threads: int = 0) -> None:
         import onnxruntime as ort
 
         self.io = io or ModelIO()
@@ -102,7 +105,7 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = INTRA_OP_THREADS or os.cpu_count() or 1
+        opts.intra_op_num_threads = threads or INTRA_OP_THREADS or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if INTRA_OP_SPINNING else "0")
         opts.log_severity_level = 3
@@ -245,6 +248,22 @@ def _probe_error(engine: Backend, card: ModelCard, chip: int, e: Exception) -> G
         f"MODEL: the model fails on a [1, {n}, {chip}, {chip}] input as its card describes ({one_line(e)}).",
         param="MODEL",
     )
+
+
+def model_lanes(engine: Backend, batch_bytes: float = 0.0, budget_mb: float = 0.0) -> list[Backend]:
+    """Copies of an onnxruntime CPU model that run whole batches side by side, the cores divided among
+    them. Measured on 2 cores (issue 18): two one-thread sessions ran the benchmark models 8-12 % faster
+    than one two-thread session, whose threads meet at the end of every operator; and a reader or writer
+    thread that takes a core for a moment delays one copy, not both. One lane (the engine itself) for
+    torch (its threads are process-wide), CUDA, a single core, CPU_LANES 1, or a memory budget (MB,
+    0: none) that does not hold a batch of `batch_bytes` in each lane."""
+    cores = os.cpu_count() or 1
+    lanes = min(CPU_LANES, cores)
+    fits = budget_mb <= 0 or lanes * batch_bytes <= budget_mb * 1e6
+    if not isinstance(engine, OnnxBackend) or engine.on_cuda or lanes < 2 or not fits:
+        return [engine]
+    threads = INTRA_OP_THREADS or max(1, cores // lanes)
+    return [OnnxBackend(engine.path, "cpu", engine.io, threads) for _ in range(lanes)]
 
 
 def open_backend(

@@ -4,9 +4,7 @@ never leave a thread blocked: when any stage fails or the run is cancelled, ever
 from __future__ import annotations
 
 import enum
-import os
 import queue
-import sys
 import threading
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
@@ -52,37 +50,19 @@ class Pipe(Generic[T]):
         raise Stop()
 
 
-BACKGROUND_NICE = 19  # a background stage's scheduling priority (the lowest)
-
-
-def lower_this_threads_priority() -> None:
-    """The calling thread yields its core to any busier one: on Linux each thread has its own nice
-    value, so this touches no other thread and ends with the thread. (Elsewhere the call would
-    renice the whole process, or another one: left alone there.)"""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        except OSError:  # a sandbox that forbids it: only a little slower
-            pass
-
-
 class Stage(threading.Thread):
     """A pipeline thread that keeps its exception for the main thread and stops the others.
 
-    `background`: the stage runs at the lowest priority, so that work beside a model computing on
-    the same cores (reading, writing) fills the model's idle moments instead of preempting its
-    threads (issue 18, measured on 2 cores, medians of 4-6 runs each: segment 4-6 % faster with the light,
-    medium and heavy benchmark models; the class map is the same)."""
+    It runs at the process's own priority: a lower one (tried in issue 18) is inherited by the
+    threads it starts, GDAL's shared compression pool included, which outlive the run."""
 
-    def __init__(self, name: str, work: Callable[[], None], stop: threading.Event, background: bool = False) -> None:
+    def __init__(self, name: str, work: Callable[[], None], stop: threading.Event) -> None:
         super().__init__(name=name, daemon=True)
-        self.work, self.stop, self.background = work, stop, background
+        self.work, self.stop = work, stop
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            if self.background:
-                lower_this_threads_priority()
             self.work()
         except Stop:
             pass

@@ -26,7 +26,7 @@ from typing import cast
 
 from osgeo import gdal, osr
 
-from .backends import Backend, open_backend, read_model, read_model_card
+from .backends import Backend, model_lanes, open_backend, read_model, read_model_card
 from .card import ModelCard
 from .errors import GeoSegError, IsCancelled, Progress
 from .extent import clip_to_extent
@@ -259,6 +259,16 @@ def choose_batch_size(
     return batch, per_tile
 
 
+def _lanes(engine: Backend, batch_size: int, tile_bytes: float, budget_mb: float) -> list[Backend]:
+    """The model's lanes (backends.model_lanes) when a batch in each fits the memory budget (the
+    explicit one, else the default), else the model alone."""
+    limit = budget_mb if budget_mb > 0 else default_budget_mb(engine)
+    lanes = model_lanes(engine, batch_size * tile_bytes, limit)
+    if len(lanes) > 1:
+        log.info("The model runs in %d lanes of batches, side by side on the CPU cores.", len(lanes))
+    return lanes
+
+
 def _refuse_unusable_input(ds: gdal.Dataset, info: RasterInfo) -> None:
     """A raster without a valid pixel would give an empty map. (A degree raster is read on the
     working grid: core.resample.)"""
@@ -398,7 +408,7 @@ class _Engine:
 
     def summary(self) -> tuple[str, str, int, int]:
         """(backend, provider, batch size at the start, at the end) for SegmentResult."""
-        return self.backend.name, self.backend.provider, self.batch_size, self.infer.batch_size
+        return self.backend.name, self.backend.provider, self.batch_size, self.infer.final_batch_size
 
 
 def _pinned(p: SegmentParams, tiling: Tiling) -> SegmentParams:
@@ -431,7 +441,9 @@ def _open_engine(p: SegmentParams, model: OpenedModel, tiling: Tiling) -> _Engin
         log.info("The model's batch size is fixed at %d; BATCH_SIZE %d is not used.", io.fixed_batch, p.batch_size)
     rule = class_rule(io, p.model_threshold)
     views = view_count(p.tta)
-    infer = Inference(engine, batch_size, tile_bytes, budget, p.tta, rule.probabilities_of_batch)
+    lanes = _lanes(engine, batch_size, tile_bytes, budget)
+    engine = lanes[0]  # the first session is dropped when the model runs in lanes of its own
+    infer = Inference(engine, batch_size, tile_bytes, budget, p.tta, rule.probabilities_of_batch, lanes)
     if views > 1:  # a batch of B tiles runs as B × views model inputs; the averaged views are probabilities
         rule = ClassRule(True, rule.single, rule.threshold)
     return _Engine(engine, infer, rule, max(1, batch_size // views), batch_size)

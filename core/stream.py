@@ -10,8 +10,11 @@ same stages on a cluster's workers.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -523,7 +526,10 @@ def _write_strips(
 
 class Inference:
     """Runs the model on a batch in pieces of the current batch size; an out-of-memory error
-    (real, or the simulated one of a memory budget) halves it and retries the same tiles."""
+    (real, or the simulated one of a memory budget) halves it and retries the same tiles.
+
+    `lanes` (backends.model_lanes): copies of the model that run whole batches side by side, each
+    with its share of the budget; `ordered` hands their results back in the reading order."""
 
     def __init__(
         self,
@@ -533,16 +539,59 @@ class Inference:
         budget_mb: float,
         tta: str = "none",
         to_probabilities: Callable[[np.ndarray], np.ndarray] | None = None,
+        lanes: Sequence[Backend] = (),
     ) -> None:
         self.engine, self.batch_size = engine, batch_size  # model inputs per run (tiles × TTA views)
         self.tile_bytes, self.budget_mb = tile_bytes, budget_mb
         self.tta, self.to_probabilities = tta, to_probabilities or softmax
+        share = budget_mb / max(1, len(lanes))
+        self.lanes = [Inference(e, batch_size, tile_bytes, share, tta, to_probabilities) for e in lanes]
+        if len(self.lanes) == 1:  # one lane is the model itself
+            self.lanes, self.engine = [], lanes[0]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The model's output for tiles `x`; with TTA the mean probabilities of their views (core/tta.py)."""
         if self.tta == "none":
             return self._in_pieces(x)
         return with_views(x, self.tta, self._in_pieces, self.to_probabilities)
+
+    @property
+    def final_batch_size(self) -> int:
+        """The batch size the run ended with (the smallest of its lanes')."""
+        return min(lane.batch_size for lane in self.lanes or [self])
+
+    def ordered(self, inbox: Pipe[_Batch]) -> Generator[tuple[_Batch, np.ndarray], None, None]:
+        """Each batch from `inbox` with the model's output, in the order read. With lanes, every lane
+        computes a batch at once (one more waits for the first free lane) while the oldest is awaited."""
+        if not self.lanes:
+            while (batch := inbox.get()) is not END:
+                yield batch, self(batch.x)
+            return
+        free: queue.SimpleQueue[Inference] = queue.SimpleQueue()
+        for lane in self.lanes:
+            free.put(lane)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            lane = free.get()
+            try:
+                return lane(x)
+            finally:
+                free.put(lane)
+
+        pending: deque[tuple[_Batch, Future[np.ndarray]]] = deque()
+        with ThreadPoolExecutor(len(self.lanes), thread_name_prefix="geoseg-model") as pool:
+            try:
+                while (batch := inbox.get()) is not END:
+                    pending.append((batch, pool.submit(run, batch.x)))
+                    if len(pending) > len(self.lanes):
+                        oldest, result = pending.popleft()
+                        yield oldest, result.result()
+                while pending:
+                    oldest, result = pending.popleft()
+                    yield oldest, result.result()
+            finally:  # stopped or failed: drop the batches not started (a started one ends with its run)
+                for _, result in pending:
+                    result.cancel()
 
     def _in_pieces(self, x: np.ndarray) -> np.ndarray:
         parts, i = [], 0
@@ -618,30 +667,31 @@ def stream_tiles(  # noqa: C901
             except Exception as e:  # noqa: BLE001  (GDAL write errors: disk full, permissions, …)
                 raise GeoSegError(f"OUTPUT: writing the result failed ({first_line(e, 300)}).") from None
 
-        beside = not infer.engine.on_cuda  # reader and writer share the model's cores: they yield to it
         stages = [
             Stage(
                 "geoseg-read",
                 lambda: _read_batches(ds, info, tiling, batch_size, mean, std, inbox, bands, source),
                 stop,
-                beside,
             ),
-            Stage("geoseg-write", write, stop, beside),
+            Stage("geoseg-write", write, stop),
         ]
         for s in stages:
             s.start()
         done = 0
+        batches = infer.ordered(inbox)
         try:
-            while (batch := inbox.get()) is not END:
+            for batch, scores in batches:
                 if cancelled():
                     raise Cancelled()
-                outbox.put((batch, infer(batch.x)))
+                outbox.put((batch, scores))
                 done += len(batch.x)
                 progress(0.97 * done / tiling.tiles)
             outbox.put(END)
             stages[1].join()
         except Stop:
             pass  # a stage failed: its error is raised below
+        finally:
+            batches.close()  # the lanes' batches in progress end before the files are closed
         if cancelled():
             raise Cancelled()
     finally:

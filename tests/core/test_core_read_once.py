@@ -132,28 +132,6 @@ def test_reading_into_the_cache_equals_a_plain_read(tmp_path, dtype, nodata):
     assert (buf == 7).all() and not mask.any()
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice values are Linux's")
-def test_a_background_stage_yields_its_core_and_nothing_else_changes():
-    """Reader and writer beside a CPU model run at the lowest priority, in their own threads only."""
-    import os
-    import threading
-
-    from geoseg.core.pipeline import BACKGROUND_NICE, Stage
-
-    seen: dict = {}
-    before = os.getpriority(os.PRIO_PROCESS, 0)
-
-    def work(key: str) -> None:
-        seen[key] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    for key, background in (("background", True), ("foreground", False)):
-        s = Stage(key, lambda k=key: work(k), threading.Event(), background)
-        s.start()
-        s.join()
-    assert seen == {"background": BACKGROUND_NICE, "foreground": before}
-    assert os.getpriority(os.PRIO_PROCESS, 0) == before == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-
 def test_any_valid_pixel_looks_at_one_block_first_and_then_everywhere(tmp_path, monkeypatch):
     """segment's "every pixel is nodata" check: a valid centre block answers at once (one block read,
     not a row of blocks); a raster valid only in a corner or nowhere is still judged right."""
