@@ -4,8 +4,8 @@ All three run on the same raster, tiles and model (a UNet with base width 16, th
 model, random weights; 4-band UInt16 raster), each in a fresh process, so the ratios compare
 like with like on whatever machine runs them:
 
-- bare model: the same onnxruntime session options and batch size as `segment`, tiles already
-  in memory (the run's first two batches of tiles, cycled: a dense network's cost does not
+- bare model: the same onnxruntime session options, lanes (core.backends model_lanes) and batch
+  size as `segment`, tiles already in memory (the run's first two batches of tiles, cycled: a dense network's cost does not
   depend on pixel values). It is the physical limit of this machine for this model.
 - naive: the course's geoInfer written in Python: the whole raster read into memory twice as
   float32, the torch model at batch 1, a sequential tile loop over ceil(W / stride) ×
@@ -40,7 +40,7 @@ BARE = (
     r"""
 import json, sys, time
 import numpy as np
-from geoseg.core.backends import open_backend, read_model_card
+from geoseg.core.backends import model_lanes, open_backend, read_model_card
 from geoseg.core.grid import make_tiling
 from geoseg.core.raster import open_raster, raster_info, read_window
 from geoseg.core.grid import Window
@@ -58,6 +58,7 @@ for b in range(2):
     xs = t.xs[b * batch:(b + 1) * batch] or t.xs[:batch]
     pix = [read_window(ds, info, Window(x, 0, chip, chip))[0] for x in xs]
     batches.append(((np.stack(pix).astype(np.float32) - mean) / std).astype(np.float32))
+lanes = model_lanes(engine)
 """
     + BARE_LOOP
 )
