@@ -5,8 +5,8 @@ model, random weights; 4-band UInt16 raster), each in a fresh process, so the ra
 like with like on whatever machine runs them:
 
 - bare model: the same onnxruntime session options, lanes (core.backends model_lanes) and batch
-  size as `segment`, tiles already in memory (the run's first two batches of tiles, cycled: a dense network's cost does not
-  depend on pixel values). It is the physical limit of this machine for this model.
+  size as `segment`, tiles already in memory (the run's first two batches of tiles, cycled: a
+  dense network's cost does not depend on pixel values). It is the physical limit of this machine for this model.
 - naive: the course's geoInfer written in Python: the whole raster read into memory twice as
   float32, the torch model at batch 1, a sequential tile loop over ceil(W / stride) ×
   ceil(H / stride) tiles (those past the edge shifted back to end on it, so edge tiles are
