@@ -259,9 +259,15 @@ def choose_batch_size(
     return batch, per_tile
 
 
-def _lanes(engine: Backend, batch_size: int, tile_bytes: float, budget_mb: float) -> list[Backend]:
-    """The model's lanes (backends.model_lanes) when a batch in each fits the memory budget (the
-    explicit one, else the default), else the model alone."""
+LANES_MIN_PIXELS = 16e6  # model input pixels: a smaller run (seconds on a CPU) gains less from lanes than they cost
+
+
+def _lanes(engine: Backend, batch_size: int, tile_bytes: float, budget_mb: float, pixels: float) -> list[Backend]:
+    """The model's lanes (backends.model_lanes) for a run of at least LANES_MIN_PIXELS model input pixels
+    (tiles × TTA views × chip²) when a batch in each fits the memory budget (the explicit one, else
+    the default), else the model alone."""
+    if pixels < LANES_MIN_PIXELS:
+        return [engine]
     limit = budget_mb if budget_mb > 0 else default_budget_mb(engine)
     lanes = model_lanes(engine, batch_size * tile_bytes, limit)
     if len(lanes) > 1:
@@ -441,7 +447,7 @@ def _open_engine(p: SegmentParams, model: OpenedModel, tiling: Tiling) -> _Engin
         log.info("The model's batch size is fixed at %d; BATCH_SIZE %d is not used.", io.fixed_batch, p.batch_size)
     rule = class_rule(io, p.model_threshold)
     views = view_count(p.tta)
-    lanes = _lanes(engine, batch_size, tile_bytes, budget)
+    lanes = _lanes(engine, batch_size, tile_bytes, budget, tiling.tiles * views * chip * chip)
     engine = lanes[0]  # the first session is dropped when the model runs in lanes of its own
     infer = Inference(engine, batch_size, tile_bytes, budget, p.tta, rule.probabilities_of_batch, lanes)
     if views > 1:  # a batch of B tiles runs as B × views model inputs; the averaged views are probabilities

@@ -11,10 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from geoseg.core import backends
+from geoseg.core import backends, predict
 from geoseg.core.backends import OnnxBackend, model_lanes, open_backend, read_model_card
 from geoseg.core.card import CARD_KEY
+from geoseg.core.errors import Cancelled
 from geoseg.core.pipeline import END, Pipe, Stop
+from geoseg.core.predict import SegmentParams, segment
 from geoseg.core.stream import Inference, _Batch
 from geoseg.models.export import export_onnx
 from tests.core.test_core_predict import HOLE, H, W, card, conv_stack, geoseg_threads, run_segment
@@ -125,28 +127,57 @@ def test_lanes_divide_the_cores_and_need_room_in_the_budget(scene, monkeypatch):
     assert model_lanes(engine) == [engine]
 
 
+LANES_MESSAGE = "The model runs in 3 lanes of batches, side by side on the CPU cores."
+
+
 def test_segment_in_lanes_gives_the_bytes_of_one_model(scene, tmp_path, monkeypatch, caplog):
     raster, model, _ = scene
     monkeypatch.setattr(backends.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(backends, "CPU_LANES", 1)
-    ref, ref_probs, _ = run_segment(raster, model, tmp_path, "one", batch_size=2)
     monkeypatch.setattr(backends, "CPU_LANES", 3)
+    with caplog.at_level(logging.INFO, logger="geoseg"):  # 72 tiles of 32²: too small a run for lanes
+        ref, ref_probs, _ = run_segment(raster, model, tmp_path, "one", batch_size=2)
+    assert LANES_MESSAGE not in caplog.messages
+    monkeypatch.setattr(predict, "LANES_MIN_PIXELS", 0)
     with caplog.at_level(logging.INFO, logger="geoseg"):
         classes, probs, r = run_segment(raster, model, tmp_path, "three", batch_size=2)
-    assert "The model runs in 3 lanes of batches, side by side on the CPU cores." in caplog.messages
+    assert LANES_MESSAGE in caplog.messages
     np.testing.assert_array_equal(classes, ref)
     np.testing.assert_array_equal(probs, ref_probs)  # bit for bit
     assert (r.batch_size, r.final_batch_size) == (2, 2) and geoseg_threads() == []
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread priorities are Linux's")
-def test_segment_leaves_every_thread_at_the_process_priority(scene, tmp_path):
+def test_segment_leaves_every_thread_at_the_process_priority(scene, tmp_path, monkeypatch):
     """No stage lowers its own priority: GDAL's shared compression pool, started from a stage's thread,
     would inherit it and keep it for every plugin after the run."""
     import glob
     import os
 
     raster, model, _ = scene
+    monkeypatch.setattr(predict, "LANES_MIN_PIXELS", 0)
     run_segment(raster, model, tmp_path, "nice", batch_size=2)
     nice = {int(open(f"{t}/stat").read().rsplit(")", 1)[1].split()[16]) for t in glob.glob("/proc/self/task/*")}
     assert nice == {os.getpriority(os.PRIO_PROCESS, 0)}
+
+
+def test_cancel_with_lanes_stops_every_stage_and_leaves_nothing(scene, tmp_path, monkeypatch):
+    raster, model, _ = scene
+    monkeypatch.setattr(predict, "LANES_MIN_PIXELS", 0)
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: list[float] = []
+    params = SegmentParams(
+        raster,
+        model,
+        str(out / "c.tif"),
+        str(out / "p.tif"),
+        chip_size=32,
+        stride_x=24,
+        stride_y=20,
+        crop=3,
+        batch_size=2,
+    )
+    with pytest.raises(Cancelled):
+        segment(params, progress=seen.append, cancelled=lambda: max(seen, default=0) > 0.5)
+    assert 0.5 < max(seen) < 0.97 and list(out.iterdir()) == [] and geoseg_threads() == []
