@@ -14,9 +14,7 @@ import pytest
 from geoseg.core import backends, predict
 from geoseg.core.backends import OnnxBackend, model_lanes, open_backend, read_model_card
 from geoseg.core.card import CARD_KEY
-from geoseg.core.errors import Cancelled
 from geoseg.core.pipeline import END, Pipe, Stop
-from geoseg.core.predict import SegmentParams, segment
 from geoseg.core.stream import Inference, _Batch
 from geoseg.models.export import export_onnx
 from tests.core.test_core_predict import HOLE, H, W, card, conv_stack, geoseg_threads, run_segment
@@ -158,26 +156,3 @@ def test_segment_leaves_every_thread_at_the_process_priority(scene, tmp_path, mo
     run_segment(raster, model, tmp_path, "nice", batch_size=2)
     nice = {int(open(f"{t}/stat").read().rsplit(")", 1)[1].split()[16]) for t in glob.glob("/proc/self/task/*")}
     assert nice == {os.getpriority(os.PRIO_PROCESS, 0)}
-
-
-def test_cancel_with_lanes_stops_every_stage_and_leaves_nothing(scene, tmp_path, monkeypatch):
-    raster, model, _ = scene
-    monkeypatch.setattr(predict, "LANES_MIN_PIXELS", 0)
-    monkeypatch.setattr(backends.os, "cpu_count", lambda: 4)
-    out = tmp_path / "out"
-    out.mkdir()
-    seen: list[float] = []
-    params = SegmentParams(
-        raster,
-        model,
-        str(out / "c.tif"),
-        str(out / "p.tif"),
-        chip_size=32,
-        stride_x=24,
-        stride_y=20,
-        crop=3,
-        batch_size=2,
-    )
-    with pytest.raises(Cancelled):
-        segment(params, progress=seen.append, cancelled=lambda: max(seen, default=0) > 0.5)
-    assert 0.5 < max(seen) < 0.97 and list(out.iterdir()) == [] and geoseg_threads() == []

@@ -425,8 +425,14 @@ def test_write_error_in_the_writer_thread_is_reported_and_leaves_no_output(scene
     assert len(writes) == 3 and os.listdir(tmp_path) == [] and geoseg_threads() == []
 
 
-def test_cancel_mid_run_stops_every_stage_and_leaves_nothing(scene, tmp_path):
+@pytest.mark.parametrize("lanes", [False, True])
+def test_cancel_mid_run_stops_every_stage_and_leaves_nothing(scene, tmp_path, monkeypatch, lanes):
     raster, model, _ = scene
+    if lanes:  # the model in lanes (tests/core/test_core_lanes.py), however small the run and the machine
+        from geoseg.core import backends, predict
+
+        monkeypatch.setattr(predict, "LANES_MIN_PIXELS", 0)
+        monkeypatch.setattr(backends.os, "cpu_count", lambda: 4)
     seen: list[float] = []
 
     def cancelled() -> bool:
