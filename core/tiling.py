@@ -317,6 +317,12 @@ def _measure(model_path: str, card: ModelCard, io: ModelIO | None) -> Profile:
     return Profile(locality, per_pixel)
 
 
+def measuring() -> bool:
+    """Whether a model is being measured now (by another thread: a dialog's planner), so that a caller
+    on a UI thread can wait with its events flowing instead of blocking on the measurement."""
+    return _LOCK.locked()
+
+
 def clear_cache() -> None:
     """Forget measured models (tests; a model file rewritten within one mtime tick)."""
     with _LOCK:

@@ -25,7 +25,7 @@ from qgis.core import (
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtCore import QEventLoop, QObject, QTimer, pyqtSignal
 from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
 from ..adapter.layers import COPY_PREFIX, LayerCopy, copied_then, is_web, layer_source, raster_source
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 SETTINGS_PREFIX = "geoseg/segment/"
 WARNING_STYLE = "color: #b35900;"
 MEASURING_TEXT = "Measuring the model's receptive field…"  # the tiling line while a new model is probed
+WAITING_TEXT = "Run waits for the model's measurement to finish…"  # Run pressed meanwhile
 
 
 def architecture_label(name: str | None) -> str:
@@ -187,6 +188,7 @@ class SegmentDialog(GeoSegDialog):
         self._plan_relay.done.connect(self._show_tiling_info)
         self._plan_shown = 0  # generation of the request whose text the tiling line shows
         self._plan_model: tuple[str, str | None, int] | None = None  # the model of the last request
+        self._waiting = False  # Run pressed while the planner measures the model
         self._setup()
 
     # ---------------------------------------------------------------- layout
@@ -498,6 +500,31 @@ class SegmentDialog(GeoSegDialog):
             return
         self._plan_shown = generation
         self.tilingInfo.setText(text)
+
+    def run(self) -> CoreTask | None:
+        """As every dialog's; but while the planner thread measures a model (its first impulse probe, seconds
+        for a large one), Run first waits for it with QGIS's events flowing and Run disabled: the run's
+        preflight needs that measurement, and would otherwise wait for it on the UI thread, freezing QGIS."""
+        from ..core.tiling import measuring
+
+        if self._waiting:
+            return None
+        if self.task is None and measuring():
+            self._waiting = True
+            self.runButton.setEnabled(False)
+            self._show_message(WAITING_TEXT, error=False)
+            try:
+                loop, timer = QEventLoop(), QTimer()
+                timer.timeout.connect(lambda: None if measuring() else loop.quit())
+                timer.start(20)
+                loop.exec_()
+                timer.stop()
+            finally:
+                self._waiting = False
+            if sip.isdeleted(self):
+                return None
+            self._set_running(False)
+        return super().run()
 
     def tiling_pending(self) -> bool:
         """Whether the tiling line still waits for the planner's answer to the current inputs."""

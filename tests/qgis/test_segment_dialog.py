@@ -320,6 +320,47 @@ def test_closing_while_planning_does_not_crash(qgis_app, qgis_iface, model, laye
         assert sip.isdeleted(dlg) and dlg.tiling_pending()  # never shown, nothing raised
 
 
+def test_run_while_the_model_is_measured_waits_with_qgis_responsive(
+    dialog, model, layers, tmp_path, qgis_app, monkeypatch
+):
+    """Run pressed while the planner thread still probes a new model: instead of blocking the UI thread on
+    the probe (the run's preflight needs it), Run waits with the event loop running and Run disabled, then
+    starts the task; the probe runs once."""
+    from qgis.PyQt.QtCore import QTimer
+
+    from geoseg.core import tiling
+    from geoseg.ui.segment_dialog import WAITING_TEXT
+
+    tiling.clear_cache()
+    started, release, probes = threading.Event(), threading.Event(), []
+    real = tiling._measure
+
+    def slow(*args):
+        probes.append(threading.current_thread() is threading.main_thread())
+        started.set()
+        release.wait(20)
+        return real(*args)
+
+    monkeypatch.setattr(tiling, "_measure", slow)
+    seen: list = []
+
+    def meanwhile() -> None:  # runs only if the UI thread keeps processing events while Run waits
+        seen.extend([dialog.runButton.isEnabled(), dialog.messageLabel.text(), dialog.task])
+        release.set()
+
+    try:
+        setup(dialog, layers["match"], model, tmp_path / "out.tif")
+        assert started.wait(10) and tiling.measuring()
+        QTimer.singleShot(50, meanwhile)
+        task = dialog.run()
+    finally:
+        release.set()
+    assert seen == [False, WAITING_TEXT, None]
+    assert task is not None and dialog.task is task and probes == [False]  # measured once, off the UI thread
+    wait_for(dialog, qgis_app)
+    assert dialog.last_error is None and os.path.isfile(tmp_path / "out.tif") and dialog.runButton.isEnabled()
+
+
 def test_recommended_tiling(dialog, model, layers, tmp_path):
     setup(dialog, layers["match"], model, tmp_path / "out.tif")
     dialog.recommendedButton.click()
