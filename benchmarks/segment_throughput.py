@@ -295,9 +295,9 @@ def run(repeats: int = 2, rows: int | None = None) -> dict:
     made = time.perf_counter() - t0
     from geoseg.core import backends
 
-    lanes = min(backends.CPU_LANES, os.cpu_count() or 1)
+    lanes, lane_threads = backends.lane_layout()
     result: dict = {"made_s": made, "models": {}, "threads": [], "repeats": repeats}
-    result.update(lanes=lanes, lane_threads=max(1, (os.cpu_count() or 1) // lanes))
+    result.update(lanes=lanes, lane_threads=lane_threads)
     result["thread_rows"] = gdal_height(thread_rows)
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
         models = {
@@ -313,10 +313,10 @@ def run(repeats: int = 2, rows: int | None = None) -> dict:
             r = _pair(raster, model, tmp, repeats + 2 * (name == "light"))  # the cheapest, and the noisiest
             result["models"][name] = {**r, "macs": macs, "rows": gdal_height(raster), "decode": decode}
         medium = models["medium"][0]
-        cores = os.cpu_count() or 1
-        for lanes, spin in (("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")):
-            r = _pair(thread_rows, medium, tmp, repeats, (spin, str(max(1, cores // int(lanes))), lanes))
-            result["threads"].append({"spin": spin == "1", "lanes": int(lanes), "threads": cores // int(lanes), **r})
+        for wanted, spin in ((1, "0"), (1, "1"), (2, "0"), (2, "1")):
+            n, threads = backends.lane_layout(wanted)
+            r = _pair(thread_rows, medium, tmp, repeats, (spin, str(threads), str(n)))
+            result["threads"].append({"spin": spin == "1", "lanes": n, "threads": threads, **r})
         result["naive"] = _naive_pair(full, medium, tmp, repeats)
     result["seconds"] = time.perf_counter() - t0
     return result

@@ -257,13 +257,19 @@ def model_lanes(engine: Backend, batch_bytes: float = 0.0, budget_mb: float = 0.
     thread that takes a core for a moment delays one copy, not both. One lane (the engine itself) for
     torch (its threads are process-wide), CUDA, a single core, CPU_LANES 1, or a memory budget (MB,
     0: none) that does not hold a batch of `batch_bytes` in each lane."""
-    cores = os.cpu_count() or 1
-    lanes = min(CPU_LANES, cores)
+    lanes, threads = lane_layout()
     fits = budget_mb <= 0 or lanes * batch_bytes <= budget_mb * 1e6
     if not isinstance(engine, OnnxBackend) or engine.on_cuda or lanes < 2 or not fits:
         return [engine]
-    threads = INTRA_OP_THREADS or max(1, cores // lanes)
     return [OnnxBackend(engine.path, "cpu", engine.io, threads) for _ in range(lanes)]
+
+
+def lane_layout(lanes: int = 0) -> tuple[int, int]:
+    """(lanes, onnxruntime intra-op threads in each) on this machine for `lanes` wanted (0: CPU_LANES):
+    at most one lane per core, the cores divided among them unless INTRA_OP_THREADS says otherwise."""
+    cores = os.cpu_count() or 1
+    n = max(1, min(lanes or CPU_LANES, cores))
+    return n, INTRA_OP_THREADS or max(1, cores // n)
 
 
 def open_backend(

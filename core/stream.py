@@ -541,13 +541,13 @@ class Inference:
         to_probabilities: Callable[[np.ndarray], np.ndarray] | None = None,
         lanes: Sequence[Backend] = (),
     ) -> None:
-        self.engine, self.batch_size = engine, batch_size  # model inputs per run (tiles × TTA views)
+        self.engine = lanes[0] if lanes else engine  # one lane is the model itself
+        self.batch_size = batch_size  # model inputs per run (tiles × TTA views)
         self.tile_bytes, self.budget_mb = tile_bytes, budget_mb
         self.tta, self.to_probabilities = tta, to_probabilities or softmax
-        share = budget_mb / max(1, len(lanes))
-        self.lanes = [Inference(e, batch_size, tile_bytes, share, tta, to_probabilities) for e in lanes]
-        if len(self.lanes) == 1:  # one lane is the model itself
-            self.lanes, self.engine = [], lanes[0]
+        share = budget_mb / max(1, len(lanes))  # each lane holds a batch of its own
+        clones = lanes if len(lanes) > 1 else ()
+        self.lanes = [Inference(e, batch_size, tile_bytes, share, tta, to_probabilities) for e in clones]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The model's output for tiles `x`; with TTA the mean probabilities of their views (core/tta.py)."""
