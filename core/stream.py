@@ -173,7 +173,8 @@ class _RowCache:
     read to the next block boundary, in whole blocks of at most READ_COLUMNS columns, then GDAL's
     cache is flushed (those blocks are never needed again). The next strip's rows are read a chunk
     at a time between the current strip's batches (`plan`, `fetch`), so the reader never stalls the
-    model for a whole block row.
+    model for a whole block row; rows a strip still lacks (the first strip's, all of them) are read
+    only as far as its next batch reaches (`upto`), so the model starts after a few blocks, not a row.
 
     The buffer is a ring: raster row y lives in buffer row y mod R, so the rows two strips share are
     never moved; a strip that wraps around the end is handed out as two pieces. R is a multiple of
@@ -200,17 +201,19 @@ class _RowCache:
         width = max(info.width, self.chip)  # a raster narrower than a chip: padding on the right
         self.pixels = np.zeros((n, self.ring, width), dtype=info.dtype)
         self.valid = np.zeros((self.ring, width), dtype=bool)
-        self.top = self.done = 0  # the current strip's first raster row; the first row not yet complete
+        self.top = self.planned = 0  # the current strip's first raster row; the first row not yet queued
         self.pending: list[tuple[int, int, int]] = []  # (y, h, x): reads queued for the next strip
+        self.missing: list[tuple[int, int, int]] = []  # reads the current strip still needs, left to right
 
     def strip(self, oy: int) -> Strip:
         """Rows [oy, oy + chip) as one or two pieces (pixels [bands, h, width], valid [h, width]),
-        top to bottom: views into the cache, valid until the next call."""
+        top to bottom: views into the cache, valid until the next call, complete as far as `upto`."""
+        self.upto(self.info.width)
         self.fetch(len(self.pending))
-        self.top, self.done = oy, max(self.done, oy)  # rows above oy are never needed (a cluster part's first strip)
+        self.top, self.planned = oy, max(self.planned, oy)  # rows above oy: never needed (a cluster part's 1st strip)
         self.plan(oy)
-        self.fetch(len(self.pending))
-        for y in range(max(self.done, oy), oy + self.chip):  # below a raster lower than one chip: padding
+        self.missing, self.pending = self.pending, []
+        for y in range(max(self.planned, oy), oy + self.chip):  # below a raster lower than one chip: padding
             self.valid[y % self.ring] = False
         first = oy % self.ring
         if first + self.chip <= self.ring:
@@ -218,17 +221,29 @@ class _RowCache:
         rest = first + self.chip - self.ring
         return [(self.pixels[:, first:], self.valid[first:]), (self.pixels[:, :rest], self.valid[:rest])]
 
+    def upto(self, x: int) -> None:
+        """Complete the current strip's rows left of column x."""
+        n = next((i for i, (_, _, x0) in enumerate(self.missing) if x0 >= x), len(self.missing))
+        self._do(self.missing[:n])
+        self.missing = self.missing[n:]
+
     def plan(self, oy: int) -> None:
         """Queue the reads that complete rows [oy, oy + chip), to the next block boundary, when they fit
         beside the current strip's rows."""
-        y = self.done
+        y = self.planned
         end = min(-(-(oy + self.chip) // self.align) * self.align, self.info.height)
         if y < end and end - self.top <= self.ring:
             self.pending = [(y, end - y, x) for x in range(0, self.info.width, self.columns)]
+            self.planned = end
 
     def fetch(self, count: int) -> None:
         """Do the first `count` queued reads."""
-        for y, h, x in self.pending[:count]:
+        self._do(self.pending[:count])
+        self.pending = self.pending[count:]
+
+    def _do(self, reads: list[tuple[int, int, int]]) -> None:
+        """Rows [y, y + h) of columns [x, x + READ_COLUMNS) into the ring, for each (y, h, x)."""
+        for y, h, x in reads:
             w = min(self.columns, self.info.width - x)
             first = y % self.ring
             split = min(h, self.ring - first)  # rows before the end of the ring (a block boundary)
@@ -244,9 +259,6 @@ class _RowCache:
                     f"INPUT: GDAL could not read columns {x}-{x + w} of rows {y}-{y + h} "
                     f"of {self.info.path} ({first_line(e, 300)})."
                 ) from None
-            if x + w >= self.info.width:  # the row range is complete
-                self.done = y + h
-        self.pending = self.pending[count:]
 
     def _read(self, x: int, y: int, w: int, h: int, row: int) -> None:
         """Raster rows [y, y + h), columns [x, x + w), into buffer rows [row, row + h)."""
@@ -341,6 +353,7 @@ def _read_batches(
             cache.plan(tiling.ys[si + 1])
         for k, b in enumerate(starts):
             xs = tiling.xs[b : b + batch_size]
+            cache.upto(xs[-1] + chip)
             x = _tiles(strip, xs, mean, std)
             window = np.concatenate([v[:, xs[0] : xs[-1] + chip] for _, v in strip])  # a copy: the writer's
             inbox.put(_Batch(si, b, xs[0], x, window, b + batch_size >= n))

@@ -95,6 +95,7 @@ def test_the_ring_of_rows_hands_out_each_strip_as_the_raster_has_it(tiled, chip,
     pieces = []
     for si, oy in enumerate(tiling.ys):
         strip = cache.strip(oy)
+        cache.upto(W)  # the strip's missing rows, as its batches ask for them
         if si + 1 < len(tiling.ys):
             cache.plan(tiling.ys[si + 1])
             cache.fetch(len(cache.pending))  # all of the next strip's reads, as a strip's batches spread them
@@ -106,6 +107,29 @@ def test_the_ring_of_rows_hands_out_each_strip_as_the_raster_has_it(tiled, chip,
         assert len(strip) == (2 if oy % cache.ring + chip > cache.ring else 1)
         pieces.append(len(strip))
     assert 2 in pieces or chip == 64  # the first two tilings run over the ring's end
+
+
+def test_the_first_batch_waits_only_for_the_blocks_it_covers(tiled, monkeypatch, reads):
+    """The first strip's rows are read column range by column range as its batches reach them: the
+    model starts after the first tiles' blocks are decoded, not after a whole block row of the raster."""
+    from geoseg.core.grid import make_tiling
+    from geoseg.core.raster import open_raster, raster_info
+
+    monkeypatch.setattr(stream, "READ_COLUMNS", BLOCK)
+    raster, _, pixels = tiled
+    ds = open_raster(raster)
+    info = raster_info(ds, raster)
+    tiling = make_tiling(W, H, 32, 26, 26, 3)
+    cache = stream._RowCache(ds, info, tiling)
+    strip = cache.strip(0)
+    assert reads == []  # nothing decoded yet
+    cache.upto(tiling.xs[1] + 32)  # a batch of the first two tiles: columns 0-58
+    assert sorted({w.xoff for w in reads}) == [0, 32]
+    assert all(w.yoff == 0 and w.height == 32 for w in reads)
+    np.testing.assert_array_equal(strip[0][0][:, :, :58], pixels[:, :32, :58])
+    cache.upto(W)
+    np.testing.assert_array_equal(strip[0][0][:, :, :W], pixels[:, :32])
+    assert len(reads) == -(-W // BLOCK)  # each column range once
 
 
 @pytest.mark.parametrize("dtype, nodata", [(gdal.GDT_UInt16, 0), (gdal.GDT_Float32, float("nan"))])
