@@ -49,8 +49,10 @@ def _in_raster_crs(box: tuple[float, float, float, float], crs: str, ds: gdal.Da
     return out[0], out[2], out[1], out[3]
 
 
-def clip_to_extent(ds: gdal.Dataset, text: str, name: str = "EXTENT") -> gdal.Dataset:
-    """A VRT of `ds` over the extent, snapped outwards to the raster's pixels (same grid, no resampling)."""
+def clip_to_extent(ds: gdal.Dataset, text: str, name: str = "EXTENT") -> tuple[gdal.Dataset, tuple[int, int, int, int]]:
+    """A VRT of `ds` over the extent, snapped outwards to the raster's pixels (same grid, no resampling),
+    and where `ds`'s blocks lie in it (core.raster.BlockGrid): reads aligned to those decode each block
+    once (the VRT's own 128² blocks would cut most of them in two or four, each part decoding it all)."""
     xmin, xmax, ymin, ymax, crs = parse_extent(text, name)
     if crs is not None and ds.GetProjection():
         xmin, xmax, ymin, ymax = _in_raster_crs((xmin, xmax, ymin, ymax), crs, ds)
@@ -61,4 +63,6 @@ def clip_to_extent(ds: gdal.Dataset, text: str, name: str = "EXTENT") -> gdal.Da
     r0, r1 = max(0, math.floor(rows[0] + 1e-6)), min(ds.RasterYSize, math.ceil(rows[1] - 1e-6))
     if c1 <= c0 or r1 <= r0:
         raise GeoSegError(f"{name}: the area does not overlap the input raster.", param=name)
-    return gdal.Translate("", ds, format="VRT", srcWin=[c0, r0, c1 - c0, r1 - r0])
+    bw, bh = ds.GetRasterBand(1).GetBlockSize()
+    blocks = (bw, bh, -(c0 % bw), -(r0 % bh))
+    return gdal.Translate("", ds, format="VRT", srcWin=[c0, r0, c1 - c0, r1 - r0]), blocks

@@ -36,7 +36,7 @@ from .grid import Tiling, make_tiling
 from .memory import memory_budget_mb
 from .options import TTA_CHOICES, values
 from .params import SegmentParams  # defined once there, with its front-end metadata
-from .raster import MASK_NODATA, RasterInfo, open_raster, raster_info, set_category_names
+from .raster import MASK_NODATA, BlockGrid, RasterInfo, open_raster, raster_info, set_category_names
 from .resample import GridPlan, plan_grid, warp_to_grid, warped_source
 from .staging import check_new_file, remove_stale_outputs, staged_file
 from .stream import (
@@ -350,10 +350,11 @@ def check_params(p: SegmentParams) -> OpenedModel:
 def _tiled_source(p: SegmentParams, model: OpenedModel) -> tuple[gdal.Dataset, RasterInfo, list[int] | None, _Grid]:
     """The dataset the tiles are read from (the raster, clipped to EXTENT, or its warped VRT), its info,
     the bands the model reads and the grid; refuses a raster without the model's bands or valid pixels."""
-    ds = open_raster(p.input_path)
+    ds, blocks = open_raster(p.input_path), None
     if p.extent:
-        ds = clip_to_extent(ds, p.extent)
-    info = raster_info(ds, p.input_path)
+        ds, grid = clip_to_extent(ds, p.extent)
+        blocks = BlockGrid(*grid)
+    info = replace(raster_info(ds, p.input_path), blocks=blocks)
     bands = _model_bands(model, info)
     _refuse_unusable_input(ds, info)
     return _working_grid(p, model.card, ds, info, bands)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from osgeo import gdal, osr
@@ -17,6 +18,17 @@ from .gdalx import with_gdal_exceptions
 from .grid import Window
 
 MASK_NODATA = 255  # the ignore value of every mask GeoSeg writes
+
+
+class BlockGrid(NamedTuple):
+    """The blocks GDAL decodes a dataset's pixels from: their size, and the dataset pixel (negative, or
+    0) where the first one starts, e.g. (256, 256, -100, -40) for a window at pixel 100, 40 of a raster
+    in 256² blocks. Reads of whole blocks of this grid decode each block once."""
+
+    width: int
+    height: int
+    x: int = 0
+    y: int = 0
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class RasterInfo:
     wkt: str
     nodata: tuple[float | None, ...]
     per_dataset_mask: bool
+    blocks: BlockGrid | None = None  # when they are not the dataset's own (a window of a raster: EXTENT)
 
     @property
     def dtype(self) -> np.dtype:

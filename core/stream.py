@@ -29,7 +29,7 @@ from .gdalx import with_gdal_exceptions
 from .grid import Tiling, Window
 from .memory import check_budget, retry_halving_batch
 from .pipeline import END, Pipe, Stage, Stop
-from .raster import MASK_NODATA, RasterInfo, read_window
+from .raster import MASK_NODATA, BlockGrid, RasterInfo, read_window
 from .resample import flush
 from .tta import with_views
 
@@ -163,6 +163,7 @@ MAX_ALIGN_ROWS = 1024  # taller blocks (a single-strip file) are read row range 
 
 
 Strip = list[tuple[np.ndarray, np.ndarray]]  # a strip's pieces (pixels, valid), top to bottom: _RowCache.strip
+Read = tuple[int, int, int, int]  # rows [y, y + h) of columns [x, end): (y, h, x, end), whole blocks
 
 
 class _RowCache:
@@ -176,9 +177,12 @@ class _RowCache:
     model for a whole block row; rows a strip still lacks (the first strip's, all of them) are read
     only as far as its next batch reaches (`upto`), so the model starts after a few blocks, not a row.
 
+    Blocks are those GDAL decodes the pixels from: the raster's, also under an EXTENT window whose
+    edges cut through them (RasterInfo.blocks).
+
     The buffer is a ring: raster row y lives in buffer row y mod R, so the rows two strips share are
-    never moved; a strip that wraps around the end is handed out as two pieces. R is a multiple of
-    the block height, so a read split at the end of the ring is still a read of whole blocks.
+    never moved; a strip that wraps around the end is handed out as two pieces. A read split at the
+    end of the ring reads both parts before GDAL's cache is flushed, so it still decodes each block once.
     Memory: R ≈ chip + stride + one block row of rows, the raster's width.
     """
 
@@ -191,9 +195,12 @@ class _RowCache:
         source: gdal.Dataset | None = None,
     ) -> None:
         self.ds, self.info, self.chip, self.bands, self.source = ds, info, tiling.chip, bands, source
-        bw, bh = ds.GetRasterBand(1).GetBlockSize()
-        self.align = bh if 1 < bh <= MAX_ALIGN_ROWS else 1
-        self.columns = max(bw, READ_COLUMNS // bw * bw) if bw < info.width else info.width
+        bw, bh, bx, by = info.blocks or BlockGrid(*ds.GetRasterBand(1).GetBlockSize())
+        self.align, self.phase = (bh, -by % bh) if 1 < bh <= MAX_ALIGN_ROWS else (1, 0)
+        columns = max(bw, READ_COLUMNS // bw * bw) if bw < info.width else info.width
+        first = bx % columns if bw < info.width else 0  # where the first chunk ends (a block edge), or 0
+        starts = [0, *range(first or columns, info.width, columns)]
+        self.columns = list(zip(starts, [*starts[1:], info.width], strict=True))  # whole blocks each
         step = max((b - a for a, b in zip(tiling.ys, tiling.ys[1:], strict=False)), default=0)
         need = self.chip + min(step, self.chip) + self.align - 1
         self.ring = -(-need // self.align) * self.align
@@ -202,8 +209,8 @@ class _RowCache:
         self.pixels = np.zeros((n, self.ring, width), dtype=info.dtype)
         self.valid = np.zeros((self.ring, width), dtype=bool)
         self.top = self.planned = 0  # the current strip's first raster row; the first row not yet queued
-        self.pending: list[tuple[int, int, int]] = []  # (y, h, x): reads queued for the next strip
-        self.missing: list[tuple[int, int, int]] = []  # reads the current strip still needs, left to right
+        self.pending: list[Read] = []  # reads queued for the next strip
+        self.missing: list[Read] = []  # reads the current strip still needs, left to right
 
     def strip(self, oy: int) -> Strip:
         """Rows [oy, oy + chip) as one or two pieces (pixels [bands, h, width], valid [h, width]),
@@ -223,7 +230,7 @@ class _RowCache:
 
     def upto(self, x: int) -> None:
         """Complete the current strip's rows left of column x."""
-        n = next((i for i, (_, _, x0) in enumerate(self.missing) if x0 >= x), len(self.missing))
+        n = next((i for i, (_, _, x0, _) in enumerate(self.missing) if x0 >= x), len(self.missing))
         self._do(self.missing[:n])
         self.missing = self.missing[n:]
 
@@ -231,9 +238,9 @@ class _RowCache:
         """Queue the reads that complete rows [oy, oy + chip), to the next block boundary, when they fit
         beside the current strip's rows."""
         y = self.planned
-        end = min(-(-(oy + self.chip) // self.align) * self.align, self.info.height)
+        end = min(-(-(oy + self.chip + self.phase) // self.align) * self.align - self.phase, self.info.height)
         if y < end and end - self.top <= self.ring:
-            self.pending = [(y, end - y, x) for x in range(0, self.info.width, self.columns)]
+            self.pending = [(y, end - y, x, w) for x, w in self.columns]
             self.planned = end
 
     def fetch(self, count: int) -> None:
@@ -241,10 +248,11 @@ class _RowCache:
         self._do(self.pending[:count])
         self.pending = self.pending[count:]
 
-    def _do(self, reads: list[tuple[int, int, int]]) -> None:
-        """Rows [y, y + h) of columns [x, x + READ_COLUMNS) into the ring, for each (y, h, x)."""
-        for y, h, x in reads:
-            w = min(self.columns, self.info.width - x)
+    def _do(self, reads: list[Read]) -> None:
+        """Each read into the ring, GDAL's cache flushed after it (a read split at the ring's end: after
+        both parts, so a block they share is decoded once)."""
+        for y, h, x, end in reads:
+            w = end - x
             first = y % self.ring
             split = min(h, self.ring - first)  # rows before the end of the ring (a block boundary)
             try:

@@ -25,8 +25,10 @@ def test_window_is_snapped_outwards_on_the_raster_grid(tmp_path):
     make_raster(raster, 60, 40, bands=3)
     ds = gdal.Open(raster)
     x0, dx, _, y0, _, dy = ds.GetGeoTransform()
-    vrt = clip_to_extent(ds, f"{x0 + 5.5 * dx},{x0 + 20.2 * dx},{y0 + 30.1 * dy},{y0 + 10.9 * dy}")
+    vrt, blocks = clip_to_extent(ds, f"{x0 + 5.5 * dx},{x0 + 20.2 * dx},{y0 + 30.1 * dy},{y0 + 10.9 * dy}")
     assert (vrt.RasterXSize, vrt.RasterYSize) == (16, 21)
+    bw, bh = ds.GetRasterBand(1).GetBlockSize()
+    assert blocks == (bw, bh, -(5 % bw), -(10 % bh))  # where the raster's blocks start, in the window's pixels
     assert vrt.GetGeoTransform() == pytest.approx((x0 + 5 * dx, dx, 0, y0 + 10 * dy, 0, dy))
     assert np.array_equal(vrt.ReadAsArray(), ds.ReadAsArray(5, 10, 16, 21))
     with pytest.raises(GeoSegError, match="does not overlap"):

@@ -67,6 +67,39 @@ def test_each_pixel_is_read_once_in_whole_blocks(tiled, tmp_path, reads, chip, s
     np.testing.assert_array_equal(gdal.Open(out).ReadAsArray(), ref)
 
 
+def test_an_extent_window_is_read_in_the_rasters_own_blocks(tiled, tmp_path, reads, monkeypatch):
+    """EXTENT reads a VRT window whose edges cut through the raster's blocks: the reads follow the
+    raster's blocks, not the window's, so each block is decoded once (between two flushes of GDAL's
+    cache, the reads cover whole blocks) and each pixel read once; the map is whole-image inference."""
+    raster, model, pixels = tiled
+    real_flush = stream.flush
+    monkeypatch.setattr(stream, "flush", lambda *ds: (reads.append(None), real_flush(*ds)))
+    monkeypatch.setattr(stream, "READ_COLUMNS", BLOCK)  # several reads across (the VRT's blocks are 128²)
+    x0, dx, _, y0, _, dy = gdal.Open(raster).GetGeoTransform()
+    c0, r0, w, h = 10, 7, 150, 150
+    extent = f"{x0 + c0 * dx},{x0 + (c0 + w) * dx},{y0 + (r0 + h) * dy},{y0 + r0 * dy}"
+    out = str(tmp_path / "c.tif")
+    p = SegmentParams(raster, model, out, chip_size=32, stride_x=26, stride_y=26, crop=3, batch_size=3, extent=extent)
+    segment(p)
+    times = np.zeros((h, w), dtype=int)
+    group: list = []
+    for win in reads:
+        if win is not None:
+            times[win.yoff : win.yoff + win.height, win.xoff : win.xoff + win.width] += 1
+            group.append(win)
+            continue
+        top, bottom = min(g.yoff for g in group), max(g.yoff + g.height for g in group)
+        left, right = min(g.xoff for g in group), max(g.xoff + g.width for g in group)
+        assert (top + r0) % BLOCK == 0 or top == 0
+        assert (bottom + r0) % BLOCK == 0 or bottom == h
+        assert (left + c0) % BLOCK == 0 or left == 0
+        assert (right + c0) % BLOCK == 0 or right == w
+        group = []
+    assert times.min() == times.max() == 1
+    ref, _ = whole_image(model, pixels[:, r0 : r0 + h, c0 : c0 + w], card())
+    np.testing.assert_array_equal(gdal.Open(out).ReadAsArray(), ref)
+
+
 def test_a_raster_smaller_than_a_chip_is_read_once_and_padded(tmp_path, tiled, reads):
     _, model, _ = tiled
     raster = str(tmp_path / "small.tif")
