@@ -352,8 +352,8 @@ def _tiled_source(p: SegmentParams, model: OpenedModel) -> tuple[gdal.Dataset, R
     the bands the model reads and the grid; refuses a raster without the model's bands or valid pixels."""
     ds, blocks = open_raster(p.input_path), None
     if p.extent:
-        ds, grid = clip_to_extent(ds, p.extent)
-        blocks = BlockGrid(*grid)
+        ds, cut = clip_to_extent(ds, p.extent)
+        blocks = BlockGrid(*cut)
     info = replace(raster_info(ds, p.input_path), blocks=blocks)
     bands = _model_bands(model, info)
     _refuse_unusable_input(ds, info)

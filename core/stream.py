@@ -200,7 +200,7 @@ class _RowCache:
         columns = max(bw, READ_COLUMNS // bw * bw) if bw < info.width else info.width
         first = bx % columns if bw < info.width else 0  # where the first chunk ends (a block edge), or 0
         starts = [0, *range(first or columns, info.width, columns)]
-        self.columns = list(zip(starts, [*starts[1:], info.width], strict=True))  # whole blocks each
+        self.columns = list(zip(starts, [*starts[1:], info.width], strict=True))  # (x, end): whole blocks each
         step = max((b - a for a, b in zip(tiling.ys, tiling.ys[1:], strict=False)), default=0)
         need = self.chip + min(step, self.chip) + self.align - 1
         self.ring = -(-need // self.align) * self.align
@@ -240,7 +240,7 @@ class _RowCache:
         y = self.planned
         end = min(-(-(oy + self.chip + self.phase) // self.align) * self.align - self.phase, self.info.height)
         if y < end and end - self.top <= self.ring:
-            self.pending = [(y, end - y, x, w) for x, w in self.columns]
+            self.pending = [(y, end - y, x0, x1) for x0, x1 in self.columns]
             self.planned = end
 
     def fetch(self, count: int) -> None:
@@ -254,7 +254,7 @@ class _RowCache:
         for y, h, x, end in reads:
             w = end - x
             first = y % self.ring
-            split = min(h, self.ring - first)  # rows before the end of the ring (a block boundary)
+            split = min(h, self.ring - first)  # rows before the end of the ring
             try:
                 self._read(x, y, w, split, first)
                 if split < h:
